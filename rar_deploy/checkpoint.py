@@ -1,0 +1,143 @@
+"""Reading official-format checkpoints (.bin state dicts or .safetensors) with actionable errors."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .config import GeneratorConfig, TokenizerConfig
+from .errors import CheckpointError
+from .model.generator import RARGenerator
+from .model.tokenizer import VQDecoder
+
+StateDict = dict[str, torch.Tensor]
+_SHOWN = 5  # how many offending keys an error message lists
+
+# Released files on the Hugging Face Hub, by the short names users type.
+RELEASED_CHECKPOINTS = {
+    **{name: ("yucornetto/RAR", f"{name}.bin") for name in ("rar_b", "rar_l", "rar_xl", "rar_xxl")},
+    "maskgit-vqgan-imagenet-f16-256": ("fun-research/TiTok", "maskgit-vqgan-imagenet-f16-256.bin"),
+}
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A local path as is; a released name (`rar_l`, ...) downloaded from the hub where reachable."""
+    path = Path(name_or_path)
+    key = path.name.removesuffix(".bin")
+    if path.exists() or str(name_or_path) not in (key, f"{key}.bin") or key not in RELEASED_CHECKPOINTS:
+        return path
+    repo, filename = RELEASED_CHECKPOINTS[key]
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, filename))
+    except Exception as exc:  # ImportError, offline, hub errors: all mean "get the file yourself"
+        raise CheckpointError(
+            f"{name_or_path!r} is the released checkpoint {repo}/{filename}, and it could not be downloaded "
+            f"({type(exc).__name__}: no network or no huggingface_hub here?); download it and pass its path"
+        ) from None
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """Load a plain state dict from `.bin`/`.pt`/`.pth` (torch.save) or `.safetensors`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch and safetensors raise many types for a bad file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated, corrupt, or not a state dict): {reason}"
+        ) from None
+    if isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), dict):
+        state = next(iter(state.values()))  # {"state_dict": {...}} / {"model": {...}} wrappers
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors (found {type(state).__name__})")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
+    """'generator', 'tokenizer' or 'unknown', judged from characteristic keys."""
+    if "lm_head.weight" in state or any(k.startswith("blocks.") for k in state):
+        return "generator"
+    if "quantize.embedding.weight" in state or any(k.startswith("decoder.") for k in state):
+        return "tokenizer"
+    return "unknown"
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], path: Path) -> None:
+    """Raise one error naming missing, unexpected and mis-shaped keys (first few of each, and counts)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k]
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > _SHOWN else ""
+            problems.append(f"{len(keys)} {label}: {', '.join(keys[:_SHOWN])}{more}")
+    if problems:
+        raise CheckpointError(f"{path} does not match the official layout: " + "; ".join(problems))
+
+
+def _wrong_kind_message(path: Path, state: StateDict, wanted: str) -> str:
+    kind = checkpoint_kind(state)
+    if kind == "tokenizer":
+        return f"{path} is a tokenizer checkpoint, not a RAR generator: pass it as --tokenizer"
+    if kind == "generator":
+        return f"{path} is a RAR generator checkpoint, not a tokenizer: pass it as --ckpt"
+    return f"{path} is not a RAR {wanted} checkpoint (its first keys: {', '.join(list(state)[:3])})"
+
+
+def _build(module_type: type[nn.Module], config, state: StateDict, path: Path) -> nn.Module:
+    with torch.device("meta"):
+        module = module_type(config)
+    check_keys(state, expected_shapes(module), path)
+    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    return module.eval().requires_grad_(False)
+
+
+def load_generator(path: str | Path) -> RARGenerator:
+    """Load a RAR generator in eval mode; its `.config` is read off the tensors."""
+    path = resolve_checkpoint(path)
+    state = read_state_dict(path)
+    if checkpoint_kind(state) != "generator":
+        raise CheckpointError(_wrong_kind_message(path, state, "generator"))
+    config = GeneratorConfig.from_state_dict(state)
+    return _build(RARGenerator, config, state, path)
+
+
+def load_tokenizer(path: str | Path) -> VQDecoder:
+    """Load the MaskGIT-VQGAN decoder in eval mode; `encoder.*` keys are accepted and dropped."""
+    path = resolve_checkpoint(path)
+    state = read_state_dict(path)
+    if checkpoint_kind(state) != "tokenizer":
+        raise CheckpointError(_wrong_kind_message(path, state, "tokenizer"))
+    state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    config = TokenizerConfig.from_state_dict(state)
+    return _build(VQDecoder, config, state, path)

@@ -1,0 +1,78 @@
+"""Randomly initialised checkpoints in the official format, for demos and tests without the hub."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, TokenizerConfig
+from .errors import RARDeployError
+from .files import atomic_file
+from .model.generator import RARGenerator
+from .model.layers import NORM_TYPES
+from .model.tokenizer import VQDecoder
+
+# Released sizes decode with the released tokenizer's shape; the tiny model with the tiny one.
+_TOKENIZER_FOR = {"tiny": "tiny"}
+_DEFAULT_TOKENIZER = "maskgit-vqgan-imagenet-f16-256"
+_TOKENIZER_FILES = {"tiny": "maskgit-vqgan-tiny.bin", _DEFAULT_TOKENIZER: f"{_DEFAULT_TOKENIZER}.bin"}
+
+
+def randomize(module: nn.Module, seed: int) -> nn.Module:
+    """Give every parameter a non-trivial random value (adaLN included, unlike the training init).
+
+    Matrices get std 1/sqrt(fan_in) so activations stay O(1); embeddings and learned positions N(0, 1);
+    norm weights 1 + N(0, 0.1); biases N(0, 0.02).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    norm_params = {id(p) for m in module.modules() if isinstance(m, NORM_TYPES) for p in m.parameters()}
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if id(param) in norm_params:
+                param.copy_(1 + 0.1 * noise if name.endswith("weight") else 0.02 * noise)
+            elif name.endswith("bias"):
+                param.copy_(0.02 * noise)
+            elif param.dim() >= 2 and isinstance(_owner(module, name), (nn.Linear, nn.Conv2d)):
+                param.copy_(noise / math.sqrt(param[0].numel()))
+            else:
+                param.copy_(noise)
+    return module
+
+
+def _owner(module: nn.Module, param_name: str) -> nn.Module:
+    return module.get_submodule(param_name.rpartition(".")[0]) if "." in param_name else module
+
+
+def random_generator(config: GeneratorConfig, seed: int = 0) -> RARGenerator:
+    return randomize(RARGenerator(config), seed).eval().requires_grad_(False)
+
+
+def random_tokenizer(config: TokenizerConfig, seed: int = 0) -> VQDecoder:
+    decoder = randomize(VQDecoder(config), seed).eval().requires_grad_(False)
+    # Centre the output in [0, 1] so that demo pictures show texture rather than clamped black.
+    decoder.decoder.conv_out.weight.mul_(0.25)
+    decoder.decoder.conv_out.bias.add_(0.5)
+    return decoder
+
+
+def save_state_dict(module: nn.Module, path: Path) -> Path:
+    with atomic_file(path) as tmp:
+        torch.save(module.state_dict(), tmp)
+    return path
+
+
+def make_demo_checkpoints(preset: str, out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write `<out>/rar_<preset>.bin` and its tokenizer; returns both paths."""
+    if preset not in GENERATOR_PRESETS:
+        raise RARDeployError(f"unknown preset {preset!r}: choose one of {', '.join(GENERATOR_PRESETS)}")
+    out_dir = Path(out_dir)
+    tokenizer_name = _TOKENIZER_FOR.get(preset, _DEFAULT_TOKENIZER)
+    generator_path = out_dir / (f"{preset}.bin" if preset.startswith("rar_") else f"rar_{preset}.bin")
+    tokenizer_path = out_dir / _TOKENIZER_FILES[tokenizer_name]
+    save_state_dict(random_generator(GENERATOR_PRESETS[preset], seed), generator_path)
+    save_state_dict(random_tokenizer(TOKENIZER_PRESETS[tokenizer_name], seed + 1), tokenizer_path)
+    return generator_path, tokenizer_path

@@ -1,0 +1,186 @@
+"""The RAR generator, numerically equal to the official `modeling/rar.py` at inference (raster order).
+
+Parameter names and shapes are exactly those of the official module, so released checkpoints load
+with `load_state_dict(strict=True)`. Class labels are plain ids in [0, num_classes]; the id
+`num_classes` is the null class of classifier-free guidance.
+
+Sequence layout: index 0 the learned cls token, 1 the class, 2 + j image token j.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..config import GeneratorConfig
+from .attention import causal_attention, cached_attention
+from .layers import LayerNorm, modulate
+
+# attend(layer, q, k, v) -> attention output; lets one block definition serve every cache strategy.
+AttendFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.q_norm = LayerNorm(self.head_dim)
+        self.k_norm = LayerNorm(self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[R, P, D] -> q, k, v as [R, H, P, Dh], with qk-norm applied."""
+        rows, positions, _ = x.shape
+        qkv = self.qkv(x).reshape(rows, positions, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        """[R, H, P, Dh] -> output projection [R, P, D]."""
+        rows, _, positions, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(rows, positions, -1))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with adaLN modulation from the per-position condition."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, config.num_heads)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, config.mlp_size)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, attend: Callable[..., torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns the new residual stream and this block's keys and values [R, H, P, Dh]."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
+        q, k, v = self.attn.heads(modulate(self.norm1(x), shift1, scale1))
+        x = x + gate1 * self.attn.merge(attend(q, k, v))
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x, k, v
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm_final = LayerNorm(dim, affine=False)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.adaLN_modulation(c).chunk(2, dim=-1)  # scale first, unlike the blocks
+        return modulate(self.norm_final(x), shift, scale)
+
+
+class RARGenerator(nn.Module):
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        n, dim = config.image_seq_len, config.hidden_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n + 1024, dim))
+        self.target_aware_pos_embed = nn.Parameter(torch.zeros(1, n + 1024, dim))
+        self.timesteps_embeddings = nn.Parameter(torch.zeros(1, n + 100, dim))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.embeddings = nn.Embedding(config.embedding_rows, dim)
+        self.adaln_before_head = FinalLayer(dim)
+        self.lm_head = nn.Linear(dim, config.codebook_size)
+
+    # -- features that depend only on (class, position) -------------------------------------------
+    def conditioning(self, class_labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """c_i = class embedding + timestep embedding of position i: [R] x [P] or [R, P] -> [R, P, D]."""
+        class_emb = self.embeddings(class_labels + self.config.codebook_size + 1)
+        return class_emb[:, None] + self.timesteps_embeddings[0, positions]
+
+    def position_features(self, positions: torch.Tensor) -> torch.Tensor:
+        """pos_embed[i] + ta(i), where ta(i) = target_aware_pos_embed[i + 1] for 1 <= i <= N, else 0."""
+        in_range = (positions >= 1) & (positions <= self.config.image_seq_len)
+        target_aware = self.target_aware_pos_embed[0, positions + 1] * in_range[..., None]
+        return self.pos_embed[0, positions] + target_aware.to(self.pos_embed.dtype)
+
+    # -- building blocks of every path -------------------------------------------------------------
+    def run_blocks(
+        self, x: torch.Tensor, c: torch.Tensor, attend: AttendFn
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All blocks; returns the stream and stacked keys and values [L, R, H, P, Dh]."""
+        keys, values = [], []
+        for layer, block in enumerate(self.blocks):
+            x, k, v = block(x, c, lambda q, k, v, layer=layer: attend(layer, q, k, v))
+            keys.append(k)
+            values.append(v)
+        return x, torch.stack(keys), torch.stack(values)
+
+    def head(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Final adaLN and lm_head; logits in float32."""
+        return self.lm_head(self.adaln_before_head(x, c)).float()
+
+    def forward_prefix(
+        self, class_labels: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Causal forward over [cls, class, tokens]: logits [R, n+1, V] and keys/values of all n+2."""
+        rows, n = tokens.shape
+        positions = torch.arange(n + 2, device=tokens.device)
+        ids = torch.cat([class_labels[:, None] + self.config.codebook_size + 1, tokens], dim=1)
+        x = torch.cat([self.cls_token.expand(rows, -1, -1), self.embeddings(ids)], dim=1)
+        x = x + self.position_features(positions)
+        c = self.conditioning(class_labels, positions)
+        x, keys, values = self.run_blocks(x, c, lambda layer, q, k, v: causal_attention(q, k, v))
+        return self.head(x[:, 1:], c[:, 1:]), keys, values
+
+    # -- public inference API ----------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, class_labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, n+1, V] float32; output i predicts image token i.
+
+        Equal to the official `forward_fn(tokens, condition, is_sampling=True)` without KV cache.
+        """
+        return self.forward_prefix(class_labels, tokens)[0]
+
+    def prefill(self, class_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Positions 0 and 1: logits of image token 0 [R, V] and keys/values [L, R, H, 2, Dh]."""
+        empty = class_labels.new_zeros((class_labels.shape[0], 0))
+        logits, keys, values = self.forward_prefix(class_labels, empty)
+        return logits[:, 0], keys, values
+
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        step: torch.Tensor,
+        class_labels: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Feed image token t-1 at sequence position t+1 and return the logits of token t [R, V].
+
+        tokens, step, class_labels: [R]; step t in 1..N-1 per row. k_cache, v_cache: static
+        [L, R, H, S, Dh], holding positions 0..t of each row (later positions are ignored).
+        Returns this step's keys and values [L, R, H, 1, Dh]; the caller writes them at t+1.
+        """
+        positions = (step + 1)[:, None]
+        x = self.embeddings(tokens)[:, None] + self.position_features(positions)
+        c = self.conditioning(class_labels, positions)
+        seq = torch.arange(k_cache.shape[-2], device=tokens.device)
+        valid = seq[None, :] < positions
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return cached_attention(q, k, v, k_cache[layer], v_cache[layer], valid)
+
+        x, keys, values = self.run_blocks(x, c, attend)
+        return self.head(x[:, 0], c[:, 0]), keys, values

@@ -1,0 +1,41 @@
+"""Shared fixtures: the official golden data and small models in the official checkpoint format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rar_deploy
+
+DATA = Path(__file__).parent / "data" / "official_tiny"
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict[str, np.ndarray]:
+    with np.load(DATA / "tiny_golden.npz") as npz:
+        return dict(npz)
+
+
+@pytest.fixture(scope="session")
+def official_generator():
+    return rar_deploy.load_generator(DATA / "tiny_rar.bin")
+
+
+@pytest.fixture(scope="session")
+def official_tokenizer():
+    return rar_deploy.load_tokenizer(DATA / "tiny_vq.bin")
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """A random tiny generator and tokenizer written by make-checkpoint's code path."""
+    from rar_deploy.demo import make_demo_checkpoints
+
+    return make_demo_checkpoints("tiny", tmp_path_factory.mktemp("demo"), seed=7)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import time
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -41,3 +43,81 @@ def make_checkpoint(preset: str, out_dir: str, seed: int) -> None:
 
     generator_path, tokenizer_path = make_demo_checkpoints(preset, out_dir, seed)
     click.echo(f"generator: {generator_path}\ntokenizer: {tokenizer_path}")
+
+
+def _progress_printer() -> Callable[[str], None]:
+    start = time.perf_counter()
+    return lambda message: click.echo(f"[{time.perf_counter() - start:7.1f}s] {message}", err=True)
+
+
+def _default_tokenizer(ckpt: str) -> str:
+    """The released tokenizer beside the checkpoint, else its released name (hub)."""
+    beside = Path(ckpt).parent / "maskgit-vqgan-imagenet-f16-256.bin"
+    return str(beside) if beside.exists() else "maskgit-vqgan-imagenet-f16-256"
+
+
+@click.command("rar-export")
+@click.option("--ckpt", required=True, help="Generator checkpoint (.bin/.safetensors) or a released name (rar_l).")
+@click.option("--tokenizer", help="Tokenizer checkpoint [default: maskgit-vqgan-imagenet-f16-256.bin beside --ckpt].")
+@click.option("--out", type=click.Path(path_type=Path), help="Artifact directory [default: <ckpt>-<precision>].")
+@click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Precision the graphs carry.")
+@click.option("--engine/--no-engine", default=None, help="Build TensorRT engines [default: when TensorRT is importable].")
+@click.option("--min-batch", default=1, show_default=True, help="Smallest batch of the engine profile.")
+@click.option("--opt-batch", type=int, help="Batch the engines are tuned for [default: 8, or --max-batch if smaller].")
+@click.option("--max-batch", default=64, show_default=True, help="Largest batch of the engine profile.")
+@click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5), help="TensorRT builder optimization level.")
+@click.option("--compute-capability", "capabilities", multiple=True,
+              help="TensorRT-RTX targets, e.g. SM89 (repeatable) [default: SM80 SM86 SM89 SM120].")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
+              help="TensorRT timing cache to reuse across exports (read, then updated).")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check the graphs against the reference.")
+@click.option("--external-data", is_flag=True, help="Store weights in .onnx.data files even below 2 GB.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@friendly_errors
+def export_command(ckpt, tokenizer, out, fp16, engine, min_batch, opt_batch, max_batch, opt_level, capabilities,
+                   timing_cache, verify, external_data, force) -> None:
+    """Export a RAR generator and its tokenizer to ONNX graphs, TensorRT engines and a manifest."""
+    from .export.artifacts import ExportRequest, export_artifacts
+    from .export.tensorrt import RTX_DEFAULT_CAPABILITIES, BatchProfile
+
+    precision = "fp16" if fp16 else "fp32"
+    request = ExportRequest(
+        ckpt=ckpt, tokenizer=tokenizer or _default_tokenizer(ckpt),
+        out=out or Path(f"{Path(ckpt).name.split('.')[0]}-{precision}"), precision=precision, engine=engine,
+        profile=BatchProfile(min_batch, opt_batch or max(min_batch, min(8, max_batch)), max_batch), verify=verify, force=force, opt_level=opt_level,
+        compute_capabilities=tuple(capabilities) or RTX_DEFAULT_CAPABILITIES, external_data=external_data,
+        timing_cache=timing_cache,
+    )
+    result = export_artifacts(request, progress=_progress_printer())
+    click.echo(export_summary(result))
+
+
+def export_summary(result) -> str:
+    """Graphs with sizes, the worst parity numbers, engines: what a person checks after an export."""
+    def size(path: Path) -> str:
+        return f"{path.stat().st_size / 2**20:9.1f} MiB" if path.exists() else "        -"
+
+    lines = [f"wrote {result.out} in {result.seconds:.1f} s ({result.manifest['precision']})",
+             f"{'graph':<12} {'onnx':>13} {'weights':>13} {'engine':>13}"]
+    for name, graph in result.manifest["graphs"].items():
+        data = result.out / graph["external_data"] if graph["external_data"] else Path("/nonexistent")
+        lines.append(f"{name:<12} {size(result.out / graph['file'])} {size(data)} {size(result.out / 'engines' / f'{name}.plan')}")
+    if result.parity:
+        graphs = result.parity["graphs"]
+        worst = max(stats["max_rel_to_peak"] for g in graphs.values() for stats in g.values() if "max_rel_to_peak" in stats)
+        logits = graphs["teacher_forced"]["logits"]
+        lines.append(f"parity vs float32 reference (ONNX Runtime CPU): worst error {worst:.2e} of peak, teacher-forced "
+                     f"logits max abs {logits['max_abs']:.2e}, top-1 {logits['top1_agreement']:.3f}: PASSED")
+    else:
+        lines.append("parity: not verified (--no-verify)")
+    engines = result.manifest["engines"]
+    if engines:
+        first = next(iter(engines.values()))
+        lines.append(f"engines: {first['flavour']} {first['tensorrt_version']}, batch {first['profile']['batch']}, "
+                     f"compute capabilities {', '.join(first['compute_capabilities'])}")
+    else:
+        lines.append("engines: none (no TensorRT importable, or --no-engine)")
+    return "\n".join(lines)
+
+
+main.add_command(export_command, name="export")

@@ -40,7 +40,8 @@ def sampling_noise(seed: int, num_images: int, num_steps: int, vocab: int, first
 
 def apply_guidance(logits: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """[2B, V] rows (conditional first) -> guided [B, V]: u + (c - u) * s, as the official code."""
-    cond, uncond = logits.chunk(2, dim=0)
+    half = logits.shape[0] // 2  # slicing, not chunk(): chunk makes torch.export specialise the batch
+    cond, uncond = logits[:half], logits[half:]
     if isinstance(scale, torch.Tensor) and scale.dim() == 1:
         scale = scale[:, None]
     return uncond + (cond - uncond) * scale

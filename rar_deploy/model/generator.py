@@ -170,13 +170,14 @@ class RARGenerator(nn.Module):
         """Feed image token t-1 at sequence position t+1 and return the logits of token t [R, V].
 
         tokens, step, class_labels: [R]; step t in 1..N-1 per row. k_cache, v_cache: static
-        [L, R, H, S, Dh], holding positions 0..t of each row (later positions are ignored).
+        [L, R, H, S, Dh] (or a list of L [R, H, S, Dh] views), holding positions 0..t of each row
+        (later positions are ignored).
         Returns this step's keys and values [L, R, H, 1, Dh]; the caller writes them at t+1.
         """
         positions = (step + 1)[:, None]
         x = self.embeddings(tokens)[:, None] + self.position_features(positions)
         c = self.conditioning(class_labels, positions)
-        seq = torch.arange(k_cache.shape[-2], device=tokens.device)
+        seq = torch.arange(k_cache[0].shape[-2], device=tokens.device)
         valid = seq[None, :] < positions
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,131 @@
+"""`rar-export`'s job: checkpoints -> verified ONNX graphs (+ engines) + manifest, written atomically."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from ..checkpoint import load_generator, load_tokenizer, resolve_checkpoint, sha256_of
+from ..errors import ExportError
+from ..files import atomic_directory, atomic_file, check_output_directory
+from ..manifest import build_manifest, write_manifest
+from .graphs import graph_specs
+from .onnx_export import GRAPH_NAMES, OPSET, cast_models, export_graph, graph_exports, needs_external_data
+from .tensorrt import RTX_DEFAULT_CAPABILITIES, BatchProfile, build_engine, find_tensorrt, require_tensorrt
+from .verify import TOLERANCES, failures, verify_decoder_graph, verify_generator_graphs
+
+VERIFY_STEPS = 8  # teacher-forced decode steps checked at export time (all of them for N <= 9)
+
+
+@dataclass
+class ExportRequest:
+    ckpt: str
+    tokenizer: str
+    out: Path
+    precision: str = "fp16"
+    engine: bool | None = None  # None: build when a TensorRT is importable
+    profile: BatchProfile = field(default_factory=lambda: BatchProfile(1, 8, 64))
+    verify: bool = True
+    force: bool = False
+    opt_level: int = 3
+    compute_capabilities: tuple[str, ...] = RTX_DEFAULT_CAPABILITIES
+    external_data: bool = False  # force weights into .onnx.data even below 2 GB
+    timing_cache: Path | None = None  # a TensorRT timing cache shared across exports: read, then updated
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict
+    parity: dict | None
+    seconds: float
+
+
+def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = print) -> ExportResult:
+    """Everything `rar-export` does. Nothing appears at `request.out` unless all of it succeeded."""
+    start = time.perf_counter()
+    request.profile.validate()
+    check_output_directory(request.out, request.force)
+    trt = require_tensorrt() if request.engine else (find_tensorrt() if request.engine is None else None)
+    ckpt, tokenizer_path = resolve_checkpoint(request.ckpt), resolve_checkpoint(request.tokenizer)
+    progress(f"loading {ckpt} and {tokenizer_path}")
+    generator, tokenizer = load_generator(ckpt), load_tokenizer(tokenizer_path)
+    _check_compatible(generator.config, tokenizer.config, tokenizer_path)
+
+    with atomic_directory(request.out, force=request.force) as tmp:
+        cast_gen, cast_tok = cast_models(generator, tokenizer, request.precision)
+        cache_dtype = "float16" if request.precision == "fp16" else "float32"
+        specs = graph_specs(generator, tokenizer, cache_dtype)
+        exports = graph_exports(cast_gen, cast_tok, request.profile.max)
+        graphs = {}
+        for name in GRAPH_NAMES:
+            external = request.external_data or needs_external_data(exports[name])
+            progress(f"exporting {name}.onnx ({request.precision}{', external weights' if external else ''})")
+            export_graph(exports[name], tmp / f"{name}.onnx", external)
+            graphs[name] = {"file": f"{name}.onnx", "external_data": f"{name}.onnx.data" if external else None,
+                            "inputs": [s.to_dict() for s in specs[name]["inputs"]],
+                            "outputs": [s.to_dict() for s in specs[name]["outputs"]]}
+        del exports, cast_gen, cast_tok
+
+        parity = None
+        if request.verify:
+            progress(f"verifying in ONNX Runtime against the float32 reference (batch 3, {request.precision})")
+            parity = _verify(generator, tokenizer, tmp, request.precision, np.dtype(cache_dtype))
+            (tmp / "parity.json").write_text(json.dumps(parity, indent=1) + "\n")
+            if parity["failures"]:
+                raise ExportError("export verification failed: " + "; ".join(parity["failures"][:3]))
+
+        engines = {}
+        if trt is not None:
+            (tmp / "engines").mkdir()
+            timing_cache = tmp / "engines" / "timing.cache"
+            if request.timing_cache and request.timing_cache.exists():
+                shutil.copyfile(request.timing_cache, timing_cache)
+            for name in GRAPH_NAMES:
+                engines[name] = build_engine(trt, tmp / f"{name}.onnx", tmp / "engines" / f"{name}.plan",
+                                             graphs[name]["inputs"], request.profile, timing_cache,
+                                             request.opt_level, request.compute_capabilities, progress)
+            if request.timing_cache and timing_cache.exists():
+                with atomic_file(request.timing_cache) as shared:
+                    shutil.copyfile(timing_cache, shared)
+
+        manifest = build_manifest(
+            generator=generator.config, tokenizer=tokenizer.config, precision=request.precision,
+            checkpoints={"generator": {"file": ckpt.name, "sha256": sha256_of(ckpt)},
+                         "tokenizer": {"file": tokenizer_path.name, "sha256": sha256_of(tokenizer_path)}},
+            graphs=graphs, cache_dtype=cache_dtype, engines=engines,
+            batch_profile=[request.profile.min, request.profile.opt, request.profile.max],
+            tools={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                   "opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
+                   "tensorrt": {"version": trt.version, "flavour": trt.flavour} if trt else None},
+        )
+        write_manifest(manifest, tmp)
+    return ExportResult(request.out, manifest, parity, time.perf_counter() - start)
+
+
+def _check_compatible(generator, tokenizer, tokenizer_path: Path) -> None:
+    if tokenizer.codebook_size != generator.codebook_size:
+        raise ExportError(f"tokenizer {tokenizer_path} has a codebook of {tokenizer.codebook_size} entries but the "
+                          f"generator predicts {generator.codebook_size} tokens: pass the tokenizer it was trained with")
+    if generator.grid_size ** 2 != generator.image_seq_len:
+        raise ExportError(f"image_seq_len {generator.image_seq_len} is not a square token grid")
+
+
+def _verify(generator, tokenizer, directory: Path, precision: str, cache_dtype: np.dtype) -> dict:
+    paths = {name: directory / f"{name}.onnx" for name in GRAPH_NAMES}
+    steps = min(VERIFY_STEPS, generator.config.image_seq_len - 1)
+    report = {"precision": precision, "backend": "onnxruntime-cpu", "reference": "pytorch float32",
+              "batch": 3, "tolerances": TOLERANCES[precision]}
+    report["graphs"] = {**verify_generator_graphs(generator, paths, cache_dtype, steps),
+                        **verify_decoder_graph(tokenizer, paths["vq_decoder"], generator.config.image_seq_len)}
+    report["failures"] = failures(report["graphs"], precision)
+    return report

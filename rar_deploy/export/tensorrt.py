@@ -1,0 +1,198 @@
+"""Strongly typed TensorRT engines from the ONNX graphs, through one code path for standard TensorRT
+(10.x/11.x, module `tensorrt`) and TensorRT-RTX (module `tensorrt_rtx_bindings`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+from ..errors import ExportError
+from ..files import atomic_file
+
+FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt_rtx_bindings", "tensorrt-rtx"))
+# TensorRT-RTX builds ahead of time for named compute capabilities; with no GPU present it cannot
+# use CURRENT. Its support matrix lists these (no Hopper 9.0).
+RTX_DEFAULT_CAPABILITIES = ("SM80", "SM86", "SM89", "SM120")
+
+
+@dataclass(frozen=True)
+class TensorRT:
+    module: ModuleType
+    flavour: str  # "tensorrt" or "tensorrt-rtx"
+
+    @property
+    def version(self) -> str:
+        return self.module.__version__
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    min: int
+    opt: int
+    max: int
+
+    def validate(self) -> "BatchProfile":
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ExportError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
+                              f"min {self.min}, opt {self.opt}, max {self.max}")
+        return self
+
+
+def find_tensorrt() -> TensorRT | None:
+    """The first importable flavour: standard TensorRT, else TensorRT-RTX."""
+    for module_name, flavour in FLAVOURS:
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            continue
+        return TensorRT(module, flavour)
+    return None
+
+
+def require_tensorrt() -> TensorRT:
+    trt = find_tensorrt()
+    if trt is None:
+        raise ExportError("no TensorRT found: install standard TensorRT (`pip install .[tensorrt]` on a CUDA machine) "
+                          "or TensorRT-RTX (`pip install .[rtx]`), or pass --no-engine")
+    return trt
+
+
+def resolve_shape(shape: list, batch: int) -> list[int]:
+    """Manifest shape with symbolic dims ('batch', '2*batch') -> concrete dims."""
+    return [{"batch": batch, "2*batch": 2 * batch}[d] if isinstance(d, str) else d for d in shape]
+
+
+def build_engine(
+    trt: TensorRT,
+    onnx_path: Path,
+    plan_path: Path,
+    inputs: list[dict],
+    profile: BatchProfile,
+    timing_cache: Path,
+    opt_level: int = 3,
+    compute_capabilities: tuple[str, ...] = RTX_DEFAULT_CAPABILITIES,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Parse, build and serialise one engine; returns what the manifest records about it."""
+    t = trt.module
+    logger = _make_logger(t)
+    builder = t.Builder(logger)
+    network = builder.create_network(1 << int(t.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = t.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+
+    config = builder.create_builder_config()
+    config.builder_optimization_level = opt_level
+    trt_profile = builder.create_optimization_profile()
+    for spec in inputs:
+        trt_profile.set_shape(spec["name"], *(resolve_shape(spec["shape"], b) for b in (profile.min, profile.opt, profile.max)))
+    config.add_optimization_profile(trt_profile)
+    capabilities = _set_compute_capabilities(trt, config, compute_capabilities)
+    uses_timing_cache = trt.flavour != "tensorrt-rtx"  # RTX tunes at runtime; its timing cache is a no-op
+    if uses_timing_cache:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    if progress:
+        progress(f"building {plan_path.name} ({trt.flavour} {trt.version})")
+    start = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError(f"TensorRT failed to build an engine from {onnx_path.name}: {' | '.join(logger.errors[-3:])}")
+    with atomic_file(plan_path) as tmp:
+        tmp.write_bytes(bytes(plan))
+    if uses_timing_cache:
+        with atomic_file(timing_cache) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {
+        "file": f"engines/{plan_path.name}",
+        "tensorrt_version": trt.version,
+        "flavour": trt.flavour,
+        "device": _device_name(),
+        "compute_capabilities": capabilities,
+        "profile": {"batch": [profile.min, profile.opt, profile.max]},
+        "opt_level": opt_level,
+        "timing_cache": f"engines/{timing_cache.name}" if uses_timing_cache else None,
+        "build_seconds": round(time.perf_counter() - start, 2),
+        "io": network_io(network, trt_profile),
+    }
+
+
+# TensorRT-RTX reports its probe for a CUDA device as an error on CPU-only machines; the build goes on.
+_HARMLESS = ("CUDA driver version is insufficient",)
+
+
+def _make_logger(t: ModuleType):
+    class Logger(t.ILogger):
+        def __init__(self) -> None:
+            t.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, message: str) -> None:
+            if severity <= t.ILogger.Severity.ERROR and not any(h in message for h in _HARMLESS):
+                self.errors.append(message)
+                print(f"[TensorRT] {message}", file=sys.stderr)
+
+    return Logger()
+
+
+def network_io(network, profile) -> list[dict]:
+    """Names, dtypes, shapes (-1 for dynamic) of the built network's inputs and outputs, and for each
+    input the [min, opt, max] shapes TensorRT holds in its optimization profile."""
+    io = []
+    for i in range(network.num_inputs):
+        x = network.get_input(i)
+        io.append({"name": x.name, "dtype": _dtype_name(x.dtype), "shape": list(x.shape), "is_input": True,
+                   "profile": [list(shape) for shape in profile.get_shape(x.name)]})
+    for i in range(network.num_outputs):
+        x = network.get_output(i)
+        io.append({"name": x.name, "dtype": _dtype_name(x.dtype), "shape": list(x.shape), "is_input": False})
+    return io
+
+
+_TRT_TO_NUMPY = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
+                 "UINT8": "uint8", "INT8": "int8", "BOOL": "bool"}
+
+
+def _dtype_name(dtype) -> str:
+    """TensorRT DataType -> the numpy name the manifest uses."""
+    name = str(dtype).rsplit(".", 1)[-1]
+    return _TRT_TO_NUMPY.get(name, name.lower())
+
+
+def _set_compute_capabilities(trt: TensorRT, config, names: tuple[str, ...]) -> list[str]:
+    """TensorRT-RTX: build for the named capabilities. Standard TensorRT: the GPU it runs on."""
+    if trt.flavour != "tensorrt-rtx":
+        return [_current_capability()]
+    config.num_compute_capabilities = len(names)
+    for index, name in enumerate(names):
+        try:
+            config.set_compute_capability(getattr(trt.module.ComputeCapability, name), index)
+        except AttributeError:
+            raise ExportError(f"TensorRT-RTX {trt.version} has no compute capability {name}") from None
+    return list(names)
+
+
+def _current_capability() -> str:
+    try:
+        import torch
+
+        major, minor = torch.cuda.get_device_capability()
+        return f"SM{major}{minor}"
+    except Exception:
+        return "unknown"
+
+
+def _device_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except Exception:
+        return None

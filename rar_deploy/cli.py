@@ -120,4 +120,57 @@ def export_summary(result) -> str:
     return "\n".join(lines)
 
 
+def _parse_labels(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise RARDeployError(f"--class-labels must be comma-separated integers, got {text!r}") from None
+
+
+@click.command("rar-generate")
+@click.option("--artifacts", "artifacts_dir", required=True, type=click.Path(path_type=Path),
+              help="Artifact directory written by rar-export.")
+@click.option("--class-labels", required=True, help="Comma-separated ImageNet class ids, e.g. 207,360.")
+@click.option("--num-per-class", default=1, show_default=True, type=click.IntRange(1), help="Images per class.")
+@click.option("--seed", default=0, show_default=True, help="Image i's noise comes from (seed, i).")
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"]))
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda where available, cpu for onnxruntime]")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the PNGs and grid.png.")
+@click.option("--guidance-scale", type=float, help="[default: the model size's published value]")
+@click.option("--guidance-pow", type=float, help="[default: the model size's published value]")
+@click.option("--temperature", type=float, help="0 is greedy [default: the model size's published value]")
+@click.option("--batch-size", type=int, help="Images per batch [default: the artifacts' max batch].")
+@click.option("--save-tokens", type=click.Path(dir_okay=False, path_type=Path), help="Also save the tokens (.npy).")
+@click.option("--ckpt", help="torch backend: generator checkpoint, if it moved since export.")
+@click.option("--tokenizer", help="torch backend: tokenizer checkpoint, if it moved since export.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@friendly_errors
+def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, device, out, guidance_scale,
+                     guidance_pow, temperature, batch_size, save_tokens, ckpt, tokenizer, force) -> None:
+    """Generate images from exported artifacts: one PNG per image and grid.png."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from .files import atomic_directory, atomic_file, check_output_directory
+    from .runtime import RARPipeline, image_grid
+
+    labels = [label for label in _parse_labels(class_labels) for _ in range(num_per_class)]
+    check_output_directory(out, force)
+    pipeline = RARPipeline.from_artifacts(artifacts_dir, backend=backend, device=device, ckpt=ckpt, tokenizer=tokenizer)
+    with tqdm(total=len(labels) * pipeline.config.image_seq_len, unit="step", desc="generating") as bar:
+        tokens = pipeline.generate_tokens(labels, guidance_scale, guidance_pow, temperature, seed, batch_size,
+                                          progress=lambda done, total: bar.update(done - bar.n))
+    images = [__import__("PIL.Image").Image.fromarray(a) for a in pipeline.decode(tokens, batch_size)]
+    with atomic_directory(out, force=force) as tmp:
+        for index, (label, image) in enumerate(zip(labels, images)):
+            image.save(tmp / f"{index:04d}_class{label}.png")
+        image_grid(images, columns=num_per_class if num_per_class > 1 else min(len(images), 8)).save(tmp / "grid.png")
+    if save_tokens:
+        with atomic_file(save_tokens) as tmp_tokens:
+            with open(tmp_tokens, "wb") as f:
+                np.save(f, tokens)
+    click.echo(f"wrote {len(images)} images and grid.png to {out} ({backend})")
+
+
 main.add_command(export_command, name="export")
+main.add_command(generate_command, name="generate")

@@ -100,8 +100,8 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
 
         manifest = build_manifest(
             generator=generator.config, tokenizer=tokenizer.config, precision=request.precision,
-            checkpoints={"generator": {"file": ckpt.name, "sha256": sha256_of(ckpt)},
-                         "tokenizer": {"file": tokenizer_path.name, "sha256": sha256_of(tokenizer_path)}},
+            checkpoints={kind: {"file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
+                         for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))},
             graphs=graphs, cache_dtype=cache_dtype, engines=engines,
             batch_profile=[request.profile.min, request.profile.opt, request.profile.max],
             tools={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,

@@ -1,0 +1,213 @@
+"""Backends behind one small interface. The generation loop (`pipeline.py`) only calls `start`,
+`prefill`, `step`, `tokens` and `decode_images`; buffers live on the backend's device as torch tensors,
+so the cache writes between steps never leave it and the loop never synchronises per step."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from ..errors import RARDeployError
+from .artifacts import Artifacts
+
+TORCH_DTYPES = {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16,
+                np.dtype("int64"): torch.int64, np.dtype("uint8"): torch.uint8}
+
+
+class Backend(ABC):
+    """One artifact directory's graphs on one device. Subclasses run a graph from named tensors."""
+
+    name: str
+
+    def __init__(self, artifacts: Artifacts, device: torch.device) -> None:
+        self.artifacts = artifacts
+        self.config = artifacts.config
+        self.device = device
+        self.cache_dtype = TORCH_DTYPES[artifacts.cache_dtype]
+        self.batch = 0
+
+    @abstractmethod
+    def run(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run one graph; inputs and outputs are tensors on `self.device`."""
+
+    # -- the loop's interface ----------------------------------------------------------------------------
+    def start(self, class_labels: torch.Tensor, guidance_scales: torch.Tensor, temperature: torch.Tensor,
+              noise: torch.Tensor) -> None:
+        """Per-batch inputs: labels [B], the schedule [N], temperatures [B], noise [N, B, V]."""
+        c, b = self.config, class_labels.shape[0]
+        if b != self.batch:
+            shape = (c.depth, 2 * b, c.num_heads, c.cache_len, c.head_dim)
+            self.k_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+            self.v_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+            self.out_tokens = torch.zeros((c.image_seq_len, b), dtype=torch.int64, device=self.device)
+            self.step_index = torch.zeros(b, dtype=torch.int64, device=self.device)
+            self.batch = b
+        self.class_labels = class_labels.to(self.device)
+        self.guidance = guidance_scales.to(self.device)[:, None].expand(-1, b).contiguous()  # [N, B]
+        self.temperature = temperature.to(self.device, torch.float32).contiguous()
+        self.noise = noise.to(self.device)  # [N, B, V]: noise[t] is contiguous
+
+    def prefill(self) -> None:
+        out = self.run("prefill", {"class_labels": self.class_labels, "guidance_scale": self.guidance[0],
+                                   "temperature": self.temperature, "noise": self.noise[0]})
+        self.k_cache[:, :, :, :2] = out["keys"]
+        self.v_cache[:, :, :, :2] = out["values"]
+        self.out_tokens[0] = out["tokens"]
+
+    def step(self, t: int) -> None:
+        """Decode step t (1..N-1): feeds token t-1, writes this step's keys/values at position t+1."""
+        self.step_index.fill_(t)
+        out = self.run("decode_step", self.decode_feeds(t))
+        self.k_cache[:, :, :, t + 1] = out["keys"][:, :, :, 0]
+        self.v_cache[:, :, :, t + 1] = out["values"][:, :, :, 0]
+        self.out_tokens[t] = out["next_tokens"]
+
+    def decode_feeds(self, t: int) -> dict[str, torch.Tensor]:
+        layers = range(self.config.depth)
+        return {"tokens": self.out_tokens[t - 1], "step": self.step_index, "class_labels": self.class_labels,
+                **{f"k_cache.{i}": self.k_cache[i] for i in layers}, **{f"v_cache.{i}": self.v_cache[i] for i in layers},
+                "guidance_scale": self.guidance[t], "temperature": self.temperature, "noise": self.noise[t]}
+
+    def tokens(self) -> np.ndarray:
+        """The generated tokens [B, N] on the host (the loop's one synchronisation)."""
+        return self.out_tokens.t().to("cpu", copy=True).numpy()  # a copy: the buffer is reused by the next batch
+
+    def decode_images(self, tokens: np.ndarray) -> np.ndarray:
+        """Tokens [B, N] -> uint8 images [B, H, W, 3]."""
+        out = self.run("vq_decoder", {"tokens": torch.from_numpy(tokens).to(self.device)})
+        return out["images_uint8"].to("cpu", copy=True).numpy()
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime through IOBinding on torch buffers: CPU, or the CUDA execution provider when it is
+    installed and `device` is CUDA (then inputs, cache and outputs all stay on the GPU)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, artifacts: Artifacts, device: torch.device) -> None:
+        import onnxruntime as ort
+
+        super().__init__(artifacts, device)
+        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RARDeployError("onnxruntime has no CUDA execution provider here: install onnxruntime-gpu, "
+                                 "or run with --device cpu")
+        providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.sessions = {name: ort.InferenceSession(str(artifacts.graph_path(name)), options, providers=providers)
+                         for name in ("prefill", "decode_step", "vq_decoder")}
+        self.ort_device = ("cuda" if device.type == "cuda" else "cpu", device.index or 0)
+
+    def run(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        session = self.sessions[graph]
+        binding = session.io_binding()
+        batch = feeds["class_labels" if "class_labels" in feeds else "tokens"].shape[0]
+        for name, tensor in feeds.items():
+            tensor = tensor.contiguous()
+            feeds[name] = tensor  # keep alive until run returns
+            binding.bind_input(name, *self.ort_device, _numpy_dtype(tensor), list(tensor.shape), tensor.data_ptr())
+        outputs = {}
+        for name, (shape, dtype) in self.artifacts.output_shapes(graph, batch).items():
+            outputs[name] = torch.empty(shape, dtype=TORCH_DTYPES[dtype], device=self.device)
+            binding.bind_output(name, *self.ort_device, dtype, shape, outputs[name].data_ptr())
+        session.run_with_iobinding(binding)
+        return outputs
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
+    return np.dtype(str(tensor.dtype).removeprefix("torch."))
+
+
+class TorchBackend(Backend):
+    """The graph modules in PyTorch: float32 eager on CPU; on CUDA in the artifacts' precision, with
+    the decode step (graph + cache write) captured once in a CUDA graph and replayed."""
+
+    name = "torch"
+
+    def __init__(self, artifacts: Artifacts, device: torch.device, ckpt: str | None = None,
+                 tokenizer: str | None = None, cuda_graphs: bool = True) -> None:
+        from ..export.graphs import DecodeStepGraph, PrefillGraph, VQDecoderGraph
+        from ..model.layers import cast_for_inference
+
+        super().__init__(artifacts, device)
+        generator = _load_checked(artifacts, "generator", ckpt)
+        decoder = _load_checked(artifacts, "tokenizer", tokenizer)
+        dtype = torch.float16 if device.type == "cuda" and artifacts.precision == "fp16" else torch.float32
+        self.cache_dtype = dtype
+        self.modules = {
+            "prefill": PrefillGraph(cast_for_inference(generator, dtype).to(device)),
+            "decode_step": DecodeStepGraph(generator),
+            "vq_decoder": VQDecoderGraph(cast_for_inference(decoder, dtype).to(device)),
+        }
+        self.use_cuda_graph = cuda_graphs and device.type == "cuda"
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    @torch.no_grad()
+    def run(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        module = self.modules[graph]
+        if graph == "decode_step":
+            layers = range(self.config.depth)
+            args = (feeds["tokens"], feeds["step"], feeds["class_labels"], [feeds[f"k_cache.{i}"] for i in layers],
+                    [feeds[f"v_cache.{i}"] for i in layers], feeds["guidance_scale"], feeds["temperature"], feeds["noise"])
+        else:
+            args = tuple(feeds[name] for name in module.input_names)
+        return dict(zip(module.output_names, module(*args)))
+
+    def start(self, class_labels, guidance_scales, temperature, noise) -> None:
+        if class_labels.shape[0] != self.batch:
+            self.graph = None  # captured for another batch size
+        super().start(class_labels, guidance_scales, temperature, noise)
+
+    @torch.no_grad()
+    def step(self, t: int) -> None:
+        if not self.use_cuda_graph:
+            return super().step(t)
+        if self.graph is None:
+            self._capture(t)
+        self._static_in["tokens"].copy_(self.out_tokens[t - 1])
+        self._static_in["guidance_scale"].copy_(self.guidance[t])
+        self._static_in["noise"].copy_(self.noise[t])
+        self._static_in["class_labels"].copy_(self.class_labels)
+        self._static_in["temperature"].copy_(self.temperature)
+        self.step_index.fill_(t)
+        self.graph.replay()
+        self.out_tokens[t].copy_(self._static_out)
+
+    def _capture(self, t: int) -> None:
+        """Warm up on a side stream, then capture decode + in-place cache write at step_index + 1."""
+        feeds = self.decode_feeds(t)
+        self._static_in = {k: feeds[k].clone() for k in ("tokens", "class_labels", "guidance_scale", "temperature", "noise")}
+
+        def decode_and_write() -> torch.Tensor:
+            out = self.run("decode_step", {**feeds, **self._static_in, "step": self.step_index})
+            position = self.step_index[:1] + 1
+            self.k_cache.index_copy_(3, position, out["keys"])
+            self.v_cache.index_copy_(3, position, out["values"])
+            return out["next_tokens"]
+
+        self.step_index.fill_(t)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            decode_and_write()  # warm-up; rewrites position t + 1, which this step writes anyway
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._static_out = decode_and_write()
+
+
+def _load_checked(artifacts: Artifacts, kind: str, path: str | None):
+    """Load the checkpoint the artifacts were exported from (or `path`), refusing a different one."""
+    from ..checkpoint import load_generator, load_tokenizer, sha256_of
+
+    record = artifacts.manifest["checkpoints"][kind]
+    path = path or record.get("path")
+    flag = "--ckpt" if kind == "generator" else "--tokenizer"
+    if not path:
+        raise RARDeployError(f"the torch backend needs the {kind} checkpoint {record['file']}: pass {flag}")
+    if sha256_of(path) != record["sha256"]:
+        raise RARDeployError(f"{path} is not the {kind} these artifacts were exported from "
+                             f"({record['file']}, sha256 {record['sha256'][:12]}...): pass the right {flag}")
+    return load_generator(path) if kind == "generator" else load_tokenizer(path)

@@ -1,0 +1,127 @@
+"""TensorRT engines (standard TensorRT 10.x/11.x or TensorRT-RTX) on CUDA, with torch owning the device
+buffers. Engines are checked against this machine (TensorRT version and flavour, GPU compute
+capability) before anything is deserialised; the decode step is captured in a CUDA graph."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import RARDeployError
+from ..export.tensorrt import find_tensorrt
+from .artifacts import GRAPHS, Artifacts
+from .backends import TORCH_DTYPES, Backend
+
+
+def check_engines(artifacts: Artifacts, trt_version: str, flavour: str, capability: str | None) -> None:
+    """Refuse engines that this machine cannot run, with what to rebuild."""
+    engines = artifacts.manifest.get("engines") or {}
+    rebuild = f"rebuild them here: rar-export --ckpt ... --engine --out {artifacts.directory} --force"
+    if set(engines) != set(GRAPHS):
+        raise RARDeployError(f"{artifacts.directory} has no TensorRT engines: export on a machine with TensorRT "
+                             "(rar-export --engine), or use --backend onnxruntime or torch")
+    for name, engine in engines.items():
+        if (engine["flavour"], engine["tensorrt_version"]) != (flavour, trt_version):
+            raise RARDeployError(f"engine {name} was built with {engine['flavour']} {engine['tensorrt_version']}, "
+                                 f"this machine has {flavour} {trt_version}: {rebuild}")
+        if capability is None:
+            raise RARDeployError("the tensorrt backend needs an NVIDIA GPU (torch.cuda sees none): "
+                                 "use --backend onnxruntime or torch on this machine")
+        if capability not in engine["compute_capabilities"]:
+            raise RARDeployError(f"engine {name} was built for {', '.join(engine['compute_capabilities'])}, this GPU "
+                                 f"is {capability}: {rebuild}")
+        if not (artifacts.directory / engine["file"]).is_file():
+            raise RARDeployError(f"{artifacts.directory / engine['file']} is missing: {rebuild}")
+
+
+def current_capability() -> str | None:
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return f"SM{major}{minor}"
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, artifacts: Artifacts, device: torch.device, cuda_graphs: bool = True) -> None:
+        trt = find_tensorrt()
+        if trt is None:
+            raise RARDeployError("--backend tensorrt needs TensorRT: install tensorrt (or tensorrt-rtx with "
+                                 "`pip install .[rtx]`), or use --backend onnxruntime or torch")
+        check_engines(artifacts, trt.version, trt.flavour, current_capability())
+        super().__init__(artifacts, device)
+        self.trt = trt.module
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        runtime = self.trt.Runtime(self.logger)
+        self.engines = {}
+        for name in GRAPHS:
+            plan = (artifacts.directory / artifacts.manifest["engines"][name]["file"]).read_bytes()
+            engine = runtime.deserialize_cuda_engine(plan)
+            if engine is None:
+                raise RARDeployError(f"TensorRT could not load engine {name}: rebuild it with rar-export --engine")
+            self.engines[name] = engine
+        self.contexts = {name: engine.create_execution_context() for name, engine in self.engines.items()}
+        self.stream = torch.cuda.Stream(device)
+        self.use_cuda_graph = cuda_graphs
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.bound: dict[str, dict[str, torch.Tensor]] = {}
+
+    def start(self, class_labels, guidance_scales, temperature, noise) -> None:
+        if class_labels.shape[0] != self.batch:
+            self.graph, self.bound = None, {}
+        super().start(class_labels, guidance_scales, temperature, noise)
+
+    def _bind(self, graph: str, feeds: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
+        """Set shapes and addresses; outputs are allocated once per graph and batch size."""
+        context = self.contexts[graph]
+        outputs = self.bound.get(graph)
+        if outputs is None:
+            for name, tensor in feeds.items():
+                context.set_input_shape(name, tuple(tensor.shape))
+            outputs = {name: torch.empty(shape, dtype=TORCH_DTYPES[dtype], device=self.device)
+                       for name, (shape, dtype) in self.artifacts.output_shapes(graph, batch).items()}
+            self.bound[graph] = outputs
+            for name, tensor in outputs.items():
+                context.set_tensor_address(name, tensor.data_ptr())
+        for name, tensor in feeds.items():
+            context.set_tensor_address(name, tensor.contiguous().data_ptr())
+        return outputs
+
+    def run(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        feeds = {name: tensor.contiguous() for name, tensor in feeds.items()}
+        batch = feeds["class_labels" if "class_labels" in feeds else "tokens"].shape[0]
+        outputs = self._bind(graph, feeds, batch)
+        if not self.contexts[graph].execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RARDeployError(f"TensorRT failed to run {graph}")
+        return outputs
+
+    def step(self, t: int) -> None:
+        if not self.use_cuda_graph:
+            return super().step(t)
+        if self.graph is None:
+            self._capture(t)
+        self._static["tokens"].copy_(self.out_tokens[t - 1])
+        self._static["guidance_scale"].copy_(self.guidance[t])
+        self._static["noise"].copy_(self.noise[t])
+        self.step_index.fill_(t)
+        self.graph.replay()
+        self.out_tokens[t].copy_(self.bound["decode_step"]["next_tokens"])
+
+    def _capture(self, t: int) -> None:
+        feeds = self.decode_feeds(t)
+        self._static = {k: feeds[k].clone() for k in ("tokens", "guidance_scale", "noise")}
+        feeds.update(self._static)
+
+        def decode_and_write() -> None:
+            out = self.run("decode_step", feeds)
+            position = self.step_index[:1] + 1
+            self.k_cache.index_copy_(3, position, out["keys"])
+            self.v_cache.index_copy_(3, position, out["values"])
+
+        self.step_index.fill_(t)
+        with torch.cuda.stream(self.stream):
+            decode_and_write()  # warm-up outside capture, as TensorRT requires
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=self.stream):
+                decode_and_write()
+        torch.cuda.current_stream().wait_stream(self.stream)

@@ -172,5 +172,38 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     click.echo(f"wrote {len(images)} images and grid.png to {out} ({backend})")
 
 
+@click.command("rar-parity")
+@click.option("--artifacts", "artifacts_dir", required=True, type=click.Path(path_type=Path), help="Artifact directory.")
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"]))
+@click.option("--ckpt", help="Reference generator checkpoint [default: the one recorded in the manifest].")
+@click.option("--tokenizer", help="Reference tokenizer checkpoint [default: the one recorded in the manifest].")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device of the backend.")
+@click.option("--batch", default=2, show_default=True, type=click.IntRange(1), help="Images compared.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the inputs and of the shared noise.")
+@click.option("--tolerance", type=float, help="Max error relative to the reference's peak [default: per precision].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@friendly_errors
+def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed, tolerance, as_json) -> None:
+    """Compare a backend with the PyTorch reference: per graph, teacher-forced, free-running, decoder.
+    Exits 1 when a metric is over its tolerance, naming it and the tolerance that would have passed."""
+    import json
+
+    from .checkpoint import load_generator, load_tokenizer
+    from .parity import format_report, run_parity
+    from .runtime import Artifacts, RARPipeline
+
+    checkpoints = Artifacts.load(artifacts_dir).manifest["checkpoints"]
+    generator = load_generator(ckpt or checkpoints["generator"]["path"])
+    decoder = load_tokenizer(tokenizer or checkpoints["tokenizer"]["path"])
+    pipeline = RARPipeline.from_artifacts(artifacts_dir, backend=backend, device=device,
+                                          ckpt=ckpt, tokenizer=tokenizer)
+    report = run_parity(generator, decoder, pipeline, batch=batch, seed=seed, rel_tol=tolerance,
+                        progress=_progress_printer())
+    click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
+    if report["failures"]:
+        raise SystemExit(1)
+
+
 main.add_command(export_command, name="export")
 main.add_command(generate_command, name="generate")
+main.add_command(parity_command, name="parity")

@@ -11,7 +11,7 @@ import torch
 
 from ..model.generator import RARGenerator
 from ..model.tokenizer import VQDecoder
-from ..parity import error_stats, top1_agreement
+from ..metrics import error_stats, top1_agreement
 from ..sampling import apply_guidance
 from .graphs import DecodeStepGraph, PrefillGraph, VQDecoderGraph
 

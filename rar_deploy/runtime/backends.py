@@ -55,6 +55,7 @@ class Backend(ABC):
         self.k_cache[:, :, :, :2] = out["keys"]
         self.v_cache[:, :, :, :2] = out["values"]
         self.out_tokens[0] = out["tokens"]
+        self.last_logits = out["logits"]
 
     def step(self, t: int) -> None:
         """Decode step t (1..N-1): feeds token t-1, writes this step's keys/values at position t+1."""
@@ -63,6 +64,7 @@ class Backend(ABC):
         self.k_cache[:, :, :, t + 1] = out["keys"][:, :, :, 0]
         self.v_cache[:, :, :, t + 1] = out["values"][:, :, :, 0]
         self.out_tokens[t] = out["next_tokens"]
+        self.last_logits = out["logits"]  # guided logits [B, V] of this step, for parity checks
 
     def decode_feeds(self, t: int) -> dict[str, torch.Tensor]:
         layers = range(self.config.depth)
@@ -173,19 +175,20 @@ class TorchBackend(Backend):
         self._static_in["temperature"].copy_(self.temperature)
         self.step_index.fill_(t)
         self.graph.replay()
-        self.out_tokens[t].copy_(self._static_out)
+        self.out_tokens[t].copy_(self._static_out["next_tokens"])
+        self.last_logits = self._static_out["logits"]
 
     def _capture(self, t: int) -> None:
         """Warm up on a side stream, then capture decode + in-place cache write at step_index + 1."""
         feeds = self.decode_feeds(t)
         self._static_in = {k: feeds[k].clone() for k in ("tokens", "class_labels", "guidance_scale", "temperature", "noise")}
 
-        def decode_and_write() -> torch.Tensor:
+        def decode_and_write() -> dict[str, torch.Tensor]:
             out = self.run("decode_step", {**feeds, **self._static_in, "step": self.step_index})
             position = self.step_index[:1] + 1
             self.k_cache.index_copy_(3, position, out["keys"])
             self.v_cache.index_copy_(3, position, out["values"])
-            return out["next_tokens"]
+            return out
 
         self.step_index.fill_(t)
         stream = torch.cuda.Stream()

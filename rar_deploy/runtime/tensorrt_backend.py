@@ -106,6 +106,7 @@ class TensorRTBackend(Backend):
         self.step_index.fill_(t)
         self.graph.replay()
         self.out_tokens[t].copy_(self.bound["decode_step"]["next_tokens"])
+        self.last_logits = self.bound["decode_step"]["logits"]
 
     def _capture(self, t: int) -> None:
         feeds = self.decode_feeds(t)

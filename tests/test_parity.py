@@ -1,0 +1,65 @@
+"""rar-parity passes on honest exports and fails, naming the metric, on a perturbed decode graph."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rar_deploy.checkpoint import read_state_dict
+from rar_deploy.cli import parity_command
+from rar_deploy.export.artifacts import ExportRequest, export_artifacts
+from rar_deploy.export.tensorrt import BatchProfile
+
+
+def _export(ckpt: Path, tokenizer: Path, out: Path, precision: str) -> Path:
+    export_artifacts(ExportRequest(ckpt=str(ckpt), tokenizer=str(tokenizer), out=out, precision=precision,
+                                   engine=False, profile=BatchProfile(1, 2, 4)), progress=lambda message: None)
+    return out
+
+
+@pytest.fixture(scope="module", params=["fp32", "fp16"])
+def artifacts(request, official_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("parity") / request.param
+    return _export(official_dir / "tiny_rar.bin", official_dir / "tiny_vq.bin", out, request.param)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_parity_passes_on_honest_exports(artifacts, backend):
+    result = CliRunner().invoke(parity_command, ["--artifacts", str(artifacts), "--backend", backend, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["failures"] == []
+    assert set(report["graphs"]) == {"prefill", "decode_step", "vq_decoder"}
+    assert report["teacher_forced"]["logits"]["steps"] == 16
+    assert report["teacher_forced"]["logits"]["top1_agreement"] == 1.0
+    if report["precision"] == "fp32":
+        assert report["free_running"]["token_agreement"] == 1.0
+        assert report["free_running"]["first_divergent_step"] is None
+        assert report["decoder"]["psnr_db"] > 40
+
+
+def test_parity_table_is_readable(artifacts):
+    result = CliRunner().invoke(parity_command, ["--artifacts", str(artifacts)])
+    assert result.exit_code == 0, result.output
+    assert "teacher_forced.logits" in result.output and "PSNR" in result.output and "PASSED" in result.output
+
+
+def test_parity_fails_on_a_perturbed_decode_graph(official_dir, tmp_path):
+    good = _export(official_dir / "tiny_rar.bin", official_dir / "tiny_vq.bin", tmp_path / "good", "fp32")
+    state = read_state_dict(official_dir / "tiny_rar.bin")
+    state["blocks.1.mlp.fc2.weight"] = state["blocks.1.mlp.fc2.weight"] * 1.05  # a 5% error in one matrix
+    torch.save(state, tmp_path / "perturbed.bin")
+    bad = _export(tmp_path / "perturbed.bin", official_dir / "tiny_vq.bin", tmp_path / "bad", "fp32")
+    shutil.copyfile(bad / "decode_step.onnx", good / "decode_step.onnx")  # only the decode graph is wrong
+
+    result = CliRunner().invoke(parity_command, ["--artifacts", str(good), "--backend", "onnxruntime"])
+    assert result.exit_code == 1, result.output
+    assert "FAILED" in result.output
+    assert "decode_step.logits: error" in result.output and "would pass with a tolerance of" in result.output
+    assert "teacher_forced.logits" in result.output.split("FAILED")[1]
+    assert "prefill.logits: error" not in result.output  # the honest graphs still pass

@@ -204,6 +204,37 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
         raise SystemExit(1)
 
 
+@click.command("rar-bench")
+@click.option("--artifacts", "artifacts_dir", required=True, type=click.Path(path_type=Path), help="Artifact directory.")
+@click.option("--backend", "backends", multiple=True, default=["onnxruntime"], show_default=True,
+              type=click.Choice(["onnxruntime", "torch", "tensorrt"]), help="Repeatable: all run in one process.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device of the backends and the baseline.")
+@click.option("--baseline", is_flag=True, help="Also time the official-style eager loop and print ratios to it.")
+@click.option("--ckpt", help="Checkpoint for torch/baseline [default: the one recorded in the manifest].")
+@click.option("--tokenizer", help="Tokenizer for torch/baseline [default: the one recorded in the manifest].")
+@click.option("--warmup-steps", default=3, show_default=True, help="Decode steps run before timing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@friendly_errors
+def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, tokenizer, warmup_steps, as_json):
+    """Per-stage latency (prefill, decode step mean/p50/p99, decoder), per image, images/s, peak memory."""
+    import json
+
+    from .benchmark import bench_results
+    from .runtime import Artifacts
+
+    sizes = [int(b) for b in _parse_labels(batch_sizes)]
+    results = bench_results(Artifacts.load(artifacts_dir), list(backends), sizes, device, baseline, ckpt, tokenizer,
+                            warmup_steps, progress=_progress_printer())
+    if as_json:
+        click.echo(json.dumps(results, indent=1))
+    else:
+        from .benchmark import format_results
+
+        click.echo(format_results(results))
+
+
 main.add_command(export_command, name="export")
 main.add_command(generate_command, name="generate")
 main.add_command(parity_command, name="parity")
+main.add_command(bench_command, name="bench")

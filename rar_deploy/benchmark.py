@@ -1,0 +1,233 @@
+"""rar-bench: per-stage latency of a backend, and the official-style eager loop as the baseline.
+
+Times are taken with CUDA events on GPU (no synchronisation inside the loop) and perf_counter on
+CPU. The baseline reproduces the cost structure of the official `generate()`: the KV cache grows by
+torch.cat every step and the whole prefix is re-embedded every step.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .model.generator import RARGenerator
+from .model.tokenizer import VQDecoder
+from .runtime.pipeline import RARPipeline
+from .sampling import apply_guidance, guidance_schedule, gumbel_max, sampling_noise
+
+HBM_BYTES_PER_S = 3.0e12  # H100 bandwidth measured in this workplace (RAR_FACTS.md); the per-step floor
+
+
+class StageClock:
+    """Marks between stages; CUDA events on GPU (read once at the end), wall clock on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals_ms(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+
+
+def _summary(prefill_ms: float, steps_ms: list[float], decoder_ms: float, batch: int) -> dict:
+    steps = np.array(steps_ms)
+    window = min(20, len(steps) // 2) or 1
+    total = prefill_ms + steps.sum() + decoder_ms
+    return {
+        "batch": batch, "prefill_ms": prefill_ms, "step_mean_ms": float(steps.mean()),
+        "step_p50_ms": float(np.percentile(steps, 50)), "step_p99_ms": float(np.percentile(steps, 99)),
+        "step_drift": float(steps[-window:].mean() / steps[:window].mean()), "steps": int(len(steps)),
+        "decoder_ms": decoder_ms, "total_ms_per_image": float(total / batch), "images_per_s": float(batch * 1e3 / total),
+    }
+
+
+def _memory(device: torch.device) -> dict:
+    memory = {"peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        memory["peak_device_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return memory
+
+
+def bench_pipeline(pipeline: RARPipeline, batch: int, warmup_steps: int = 3, seed: int = 0) -> dict:
+    """One warm-up (prefill + a few steps + decoder), then one full timed generation."""
+    backend, c = pipeline.backend, pipeline.config
+    labels = torch.arange(batch) % c.num_classes
+    defaults = pipeline.artifacts.sampling_defaults
+    schedule = torch.from_numpy(guidance_schedule(c.image_seq_len, defaults.guidance_scale, defaults.guidance_pow))
+    noise = torch.from_numpy(np.ascontiguousarray(
+        sampling_noise(seed, batch, c.image_seq_len, c.codebook_size).transpose(1, 0, 2)))
+    temperature = torch.full((batch,), defaults.temperature)
+    if backend.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(backend.device)
+
+    backend.start(labels, schedule, temperature, noise)
+    backend.prefill()
+    for t in range(1, 1 + min(warmup_steps, c.image_seq_len - 1)):
+        backend.step(t)
+    backend.decode_images(backend.tokens())
+
+    clock = StageClock(backend.device)
+    backend.start(labels, schedule, temperature, noise)
+    clock.mark()
+    backend.prefill()
+    clock.mark()
+    for t in range(1, c.image_seq_len):
+        backend.step(t)
+        clock.mark()
+    tokens = backend.tokens()
+    decode_start = time.perf_counter()
+    backend.decode_images(tokens)
+    decoder_ms = (time.perf_counter() - decode_start) * 1e3  # includes the host copy of the images
+    intervals = clock.intervals_ms()
+    return {**_summary(intervals[0], intervals[1:], decoder_ms, batch), **_memory(backend.device)}
+
+
+class OfficialStyleLoop:
+    """The official `generate()` loop on our reference modules: the prefix is re-embedded and the
+    KV cache concatenated every step; same guidance and the same Gumbel-max noise as the pipelines."""
+
+    def __init__(self, generator: RARGenerator, tokenizer: VQDecoder) -> None:
+        self.generator, self.tokenizer = generator, tokenizer
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, schedule: torch.Tensor, temperature: torch.Tensor,
+                 noise: torch.Tensor, on_step: Callable[[], None] = lambda: None,
+                 steps: int | None = None) -> torch.Tensor:
+        """Tokens [B, steps] (all N by default); noise [N, B, V]."""
+        g, c = self.generator, self.generator.config
+        rows = torch.cat([labels, torch.full_like(labels, c.null_class)])
+        ids = rows.new_zeros((rows.shape[0], 0))
+        caches: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * c.depth
+
+        def attend(layer: int, q, k, v):
+            if caches[layer] is not None:
+                k = torch.cat([caches[layer][0], k], dim=-2)
+                v = torch.cat([caches[layer][1], v], dim=-2)
+            caches[layer] = (k, v)
+            scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+            if q.shape[-2] > 1:
+                scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+            return scores.float().softmax(-1).to(v.dtype) @ v
+
+        tokens = []
+        for t in range(steps or c.image_seq_len):
+            positions = torch.arange(t + 2, device=rows.device)
+            emb = g.embeddings(torch.cat([rows[:, None] + c.codebook_size + 1, ids], dim=1))
+            x = torch.cat([g.cls_token.expand(rows.shape[0], -1, -1), emb], dim=1) + g.position_features(positions)
+            cond = g.conditioning(rows, positions)
+            if t > 0:
+                x, cond = x[:, -1:], cond[:, -1:]
+            x, _, _ = g.run_blocks(x, cond, attend)
+            logits = apply_guidance(g.head(x[:, -1], cond[:, -1]), schedule[t])
+            token = gumbel_max(logits, noise[t], temperature)
+            tokens.append(token)
+            ids = torch.cat([ids, token.repeat(2)[:, None]], dim=1)
+            on_step()
+        return torch.stack(tokens, dim=1)
+
+
+def bench_baseline(loop: OfficialStyleLoop, artifacts, batch: int, device: torch.device, warmup_steps: int = 3,
+                   seed: int = 0) -> dict:
+    c, defaults = artifacts.config, artifacts.sampling_defaults
+    labels = (torch.arange(batch) % c.num_classes).to(device)
+    schedule = torch.from_numpy(guidance_schedule(c.image_seq_len, defaults.guidance_scale, defaults.guidance_pow)).to(device)
+    noise = torch.from_numpy(np.ascontiguousarray(
+        sampling_noise(seed, batch, c.image_seq_len, c.codebook_size).transpose(1, 0, 2))).to(device)
+    temperature = torch.full((batch,), defaults.temperature, device=device)
+    loop.generate(labels, schedule, temperature, noise, steps=1 + warmup_steps)
+    loop.tokenizer.decode(torch.zeros((batch, c.image_seq_len), dtype=torch.int64, device=device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    clock = StageClock(device)
+    clock.mark()
+    tokens = loop.generate(labels, schedule, temperature, noise, clock.mark)
+    decode_start = time.perf_counter()
+    loop.tokenizer.decode(tokens).cpu()
+    decoder_ms = (time.perf_counter() - decode_start) * 1e3
+    intervals = clock.intervals_ms()
+    return {**_summary(intervals[0], intervals[1:], decoder_ms, batch), **_memory(device)}
+
+
+def step_floor_ms(generator_bytes_per_step: float) -> float:
+    """Reading every weight once per step at HBM bandwidth: the batch-1 floor of a decode step."""
+    return generator_bytes_per_step / HBM_BYTES_PER_S * 1e3
+
+
+def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device: str | None, baseline: bool,
+                  ckpt: str | None, tokenizer: str | None, warmup_steps: int = 3,
+                  progress: Callable[[str], None] = lambda message: None) -> dict:
+    """Every backend at every batch size, then the baseline, in this one process."""
+    import platform
+
+    from .checkpoint import load_generator, load_tokenizer
+    from .model.layers import cast_for_inference
+
+    too_big = [b for b in batch_sizes if not 1 <= b <= artifacts.max_batch]
+    if too_big:
+        from .errors import RARDeployError
+
+        raise RARDeployError(f"batch sizes {too_big} are outside the artifacts' profile [1, {artifacts.max_batch}]")
+    c = artifacts.config
+    itemsize = 2 if artifacts.precision == "fp16" else 4
+    results = {"model": {**c.to_dict(), "preset": c.preset_name}, "precision": artifacts.precision,
+               "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
+                           "torch": torch.__version__,
+                           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+               "runs": []}
+    for name in backends:
+        pipeline = RARPipeline.from_artifacts(artifacts.directory, backend=name, device=device, ckpt=ckpt,
+                                              tokenizer=tokenizer)
+        for batch in batch_sizes:
+            progress(f"{name}, batch {batch}")
+            run = {"backend": name, "device": str(pipeline.backend.device), **bench_pipeline(pipeline, batch, warmup_steps)}
+            if pipeline.backend.device.type == "cuda":
+                run["floor_step_ms"] = step_floor_ms(18 * c.hidden_size**2 * c.depth * itemsize)
+            results["runs"].append(run)
+        del pipeline
+    if baseline:
+        checkpoints = artifacts.manifest["checkpoints"]
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.float16 if target.type == "cuda" and artifacts.precision == "fp16" else torch.float32
+        generator = cast_for_inference(load_generator(ckpt or checkpoints["generator"]["path"]), dtype).to(target)
+        decoder = cast_for_inference(load_tokenizer(tokenizer or checkpoints["tokenizer"]["path"]), dtype).to(target)
+        loop = OfficialStyleLoop(generator, decoder)
+        for batch in batch_sizes:
+            progress(f"baseline (official-style eager loop), batch {batch}")
+            results["runs"].append({"backend": "baseline", "device": str(target), "dtype": str(dtype),
+                                    **bench_baseline(loop, artifacts, batch, target, warmup_steps)})
+    return results
+
+
+def format_results(results: dict) -> str:
+    m = results["model"]
+    lines = [f"rar-bench: {m['preset'] or 'custom'} (L={m['depth']}, D={m['hidden_size']}, N={m['image_seq_len']}), "
+             f"{results['precision']} artifacts, torch {results['machine']['torch']}, "
+             f"{results['machine']['gpu'] or str(results['machine']['cpus']) + ' CPUs'}",
+             f"{'backend':<12} {'batch':>5} {'prefill':>9} {'step mean':>9} {'p50':>8} {'p99':>8} {'drift':>6} "
+             f"{'decoder':>9} {'ms/image':>9} {'img/s':>8} {'RSS MiB':>8} {'vs base':>8}"]
+    base = {r["batch"]: r for r in results["runs"] if r["backend"] == "baseline"}
+    for r in results["runs"]:
+        ratio = f"{base[r['batch']]['total_ms_per_image'] / r['total_ms_per_image']:.2f}x" if r["batch"] in base else "-"
+        lines.append(f"{r['backend']:<12} {r['batch']:>5} {r['prefill_ms']:9.2f} {r['step_mean_ms']:9.2f} "
+                     f"{r['step_p50_ms']:8.2f} {r['step_p99_ms']:8.2f} {r['step_drift']:6.2f} {r['decoder_ms']:9.1f} "
+                     f"{r['total_ms_per_image']:9.1f} {r['images_per_s']:8.3f} {r['peak_host_rss_mib']:8.0f} {ratio:>8}")
+        if "floor_step_ms" in r:
+            lines[-1] += f"  step/floor {r['step_p50_ms'] / r['floor_step_ms']:.2f}"
+    lines.append("times in ms; drift = mean of the last 20 steps / first 20; vs base = baseline ms/image / this "
+                 "ms/image (speed-up over the official-style loop at the same batch)")
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""rar-bench: the official-style baseline is the official loop, and the report has every stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rar_deploy import guidance_schedule, reference_generate, sampling_noise
+from rar_deploy.benchmark import OfficialStyleLoop
+from rar_deploy.cli import bench_command
+from rar_deploy.export.artifacts import ExportRequest, export_artifacts
+from rar_deploy.export.tensorrt import BatchProfile
+
+
+def test_official_style_loop_generates_what_the_reference_generates(official_generator, official_tokenizer):
+    labels = torch.tensor([3, 500])
+    noise = sampling_noise(4, 2, 16, 1024)
+    schedule = torch.from_numpy(guidance_schedule(16, 16.0, 2.75))
+    loop = OfficialStyleLoop(official_generator, official_tokenizer)
+    tokens = loop.generate(labels, schedule, torch.ones(2), torch.from_numpy(noise.transpose(1, 0, 2).copy()))
+    expected = reference_generate(official_generator, labels, 16.0, 2.75, 1.0, noise=noise).tokens
+    assert torch.equal(tokens, expected)
+
+
+@pytest.fixture(scope="module")
+def artifacts(official_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "fp32"
+    export_artifacts(ExportRequest(ckpt=str(official_dir / "tiny_rar.bin"), tokenizer=str(official_dir / "tiny_vq.bin"),
+                                   out=out, precision="fp32", engine=False, profile=BatchProfile(1, 2, 4)),
+                     progress=lambda message: None)
+    return out
+
+
+def test_bench_reports_every_stage_and_the_baseline(artifacts):
+    result = CliRunner().invoke(bench_command, ["--artifacts", str(artifacts), "--backend", "onnxruntime",
+                                                "--backend", "torch", "--batch-sizes", "1,2", "--baseline", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    runs = report["runs"]
+    assert [(r["backend"], r["batch"]) for r in runs] == [
+        ("onnxruntime", 1), ("onnxruntime", 2), ("torch", 1), ("torch", 2), ("baseline", 1), ("baseline", 2)]
+    for run in runs:
+        assert run["steps"] == 15
+        assert 0 < run["step_p50_ms"] <= run["step_p99_ms"]
+        assert run["prefill_ms"] > 0 and run["decoder_ms"] > 0 and run["peak_host_rss_mib"] > 0
+        assert run["images_per_s"] == pytest.approx(run["batch"] * 1e3 / (run["total_ms_per_image"] * run["batch"]))
+        assert np.isfinite(run["step_drift"])
+
+
+def test_bench_table_and_bad_batch(artifacts):
+    result = CliRunner().invoke(bench_command, ["--artifacts", str(artifacts), "--batch-sizes", "1"])
+    assert result.exit_code == 0 and "step mean" in result.output and "img/s" in result.output, result.output
+    result = CliRunner().invoke(bench_command, ["--artifacts", str(artifacts), "--batch-sizes", "1,9"])
+    assert result.exit_code != 0 and "batch sizes [9] are outside the artifacts' profile [1, 4]" in result.output

@@ -71,6 +71,36 @@ def test_rows_at_different_steps_share_a_batch():
     torch.testing.assert_close(logits, full[[0, 1], step], rtol=0, atol=STEP_VS_FULL_TOL)
 
 
+def test_hoisted_adaln_tables_give_the_same_step():
+    generator = random_generator(GENERATOR_PRESETS["tiny"], seed=5)
+    labels = torch.tensor([7, 1000])
+    ids = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(2))
+    _, keys, values = generator.forward_prefix(labels, ids)
+    cache = StaticKVCache.allocate(generator.config, 2)
+    cache.keys[:, :, :, :17], cache.values[:, :, :, :17] = keys[..., :17, :], values[..., :17, :]
+    step = torch.tensor([5, 12])
+    blocks, head = generator.adaln_tables(labels)
+    rows = torch.arange(2)
+    args = (ids[rows, step - 1], step, labels, cache.keys, cache.values)
+    plain = generator.decode_step(*args)
+    hoisted = generator.decode_step(*args, (blocks[:, rows, step + 1], head[rows, step + 1]))
+    for a, b in zip(plain, hoisted):
+        torch.testing.assert_close(b, a, rtol=0, atol=STEP_VS_FULL_TOL)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 9])
+def test_weight_major_linear_equals_linear(rows):
+    from rar_deploy.runtime.backends import use_weight_major_linears
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96)
+    x = torch.randn(rows, 1, 64)
+    expected = linear(x)
+    switched = use_weight_major_linears(linear)
+    assert type(switched).__name__ == "WeightMajorLinear"
+    torch.testing.assert_close(switched(x), expected, rtol=1e-6, atol=1e-6)
+
+
 def _official_shapes(official_dir, name):
     spec = json.loads((official_dir / "official_state_dict_shapes.json").read_text())[name]
     return {k: tuple(v["shape"]) for k, v in spec.items()}

@@ -69,10 +69,12 @@ class DecodeStepGraph(nn.Module):
         self.input_names = ("tokens", "step", "class_labels", *(f"k_cache.{i}" for i in layers),
                             *(f"v_cache.{i}" for i in layers), "guidance_scale", "temperature", "noise")
 
-    def forward(self, tokens, step, class_labels, k_cache: list, v_cache: list, guidance_scale, temperature, noise):
+    def forward(self, tokens, step, class_labels, k_cache: list, v_cache: list, guidance_scale, temperature, noise,
+                modulation: tuple | None = None):
+        """`modulation` (eager runtimes only, never exported): this step's rows of adaln_tables."""
         rows = _guidance_rows(class_labels, self.generator.config.null_class)
         logits, keys, values = self.generator.decode_step(
-            tokens.repeat(2), step.repeat(2), rows, k_cache, v_cache
+            tokens.repeat(2), step.repeat(2), rows, k_cache, v_cache, modulation
         )
         guided = apply_guidance(logits, guidance_scale)
         return gumbel_max(guided, noise, temperature), guided, keys, values

@@ -68,10 +68,16 @@ class Block(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, attend: Callable[..., torch.Tensor]
+        self, x: torch.Tensor, c: torch.Tensor, attend: Callable[..., torch.Tensor],
+        modulation: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns the new residual stream and this block's keys and values [R, H, P, Dh]."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
+        """Returns the new residual stream and this block's keys and values [R, H, P, Dh].
+
+        `modulation`: adaLN_modulation(c) computed ahead (it depends only on class and position).
+        """
+        if modulation is None:
+            modulation = self.adaLN_modulation(c)
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         q, k, v = self.attn.heads(modulate(self.norm1(x), shift1, scale1))
         x = x + gate1 * self.attn.merge(attend(q, k, v))
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
@@ -84,8 +90,10 @@ class FinalLayer(nn.Module):
         self.norm_final = LayerNorm(dim, affine=False)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.adaLN_modulation(c).chunk(2, dim=-1)  # scale first, unlike the blocks
+    def forward(self, x: torch.Tensor, c: torch.Tensor, modulation: torch.Tensor | None = None) -> torch.Tensor:
+        if modulation is None:
+            modulation = self.adaLN_modulation(c)
+        scale, shift = modulation.chunk(2, dim=-1)  # scale first, unlike the blocks
         return modulate(self.norm_final(x), shift, scale)
 
 
@@ -117,19 +125,29 @@ class RARGenerator(nn.Module):
 
     # -- building blocks of every path -------------------------------------------------------------
     def run_blocks(
-        self, x: torch.Tensor, c: torch.Tensor, attend: AttendFn
+        self, x: torch.Tensor, c: torch.Tensor, attend: AttendFn, modulation: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All blocks; returns the stream and stacked keys and values [L, R, H, P, Dh]."""
         keys, values = [], []
         for layer, block in enumerate(self.blocks):
-            x, k, v = block(x, c, lambda q, k, v, layer=layer: attend(layer, q, k, v))
+            ahead = None if modulation is None else modulation[layer]
+            x, k, v = block(x, c, lambda q, k, v, layer=layer: attend(layer, q, k, v), ahead)
             keys.append(k)
             values.append(v)
         return x, torch.stack(keys), torch.stack(values)
 
-    def head(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def head(self, x: torch.Tensor, c: torch.Tensor, modulation: torch.Tensor | None = None) -> torch.Tensor:
         """Final adaLN and lm_head; logits in float32."""
-        return self.lm_head(self.adaln_before_head(x, c)).float()
+        return self.lm_head(self.adaln_before_head(x, c, modulation)).float()
+
+    def adaln_tables(self, class_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every adaLN output for positions 0 .. S-1 of each row, computed in one GEMM per block:
+        blocks [L, R, S, 6D] and head [R, S, 2D]. They depend only on (class, position), and are a
+        third of the weight bytes a decode step would otherwise read."""
+        positions = torch.arange(self.config.cache_len, device=class_labels.device)
+        c = self.conditioning(class_labels, positions)
+        blocks = torch.stack([block.adaLN_modulation(c) for block in self.blocks])
+        return blocks, self.adaln_before_head.adaLN_modulation(c)
 
     def forward_prefix(
         self, class_labels: torch.Tensor, tokens: torch.Tensor
@@ -166,6 +184,7 @@ class RARGenerator(nn.Module):
         class_labels: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
+        modulation: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Feed image token t-1 at sequence position t+1 and return the logits of token t [R, V].
 
@@ -173,6 +192,7 @@ class RARGenerator(nn.Module):
         [L, R, H, S, Dh] (or a list of L [R, H, S, Dh] views), holding positions 0..t of each row
         (later positions are ignored).
         Returns this step's keys and values [L, R, H, 1, Dh]; the caller writes them at t+1.
+        `modulation`: this step's rows of `adaln_tables` ([L, R, 6D], [R, 2D]), to skip the adaLN GEMVs.
         """
         positions = (step + 1)[:, None]
         x = self.embeddings(tokens)[:, None] + self.position_features(positions)
@@ -183,5 +203,6 @@ class RARGenerator(nn.Module):
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             return cached_attention(q, k, v, k_cache[layer], v_cache[layer], valid)
 
-        x, keys, values = self.run_blocks(x, c, attend)
-        return self.head(x[:, 0], c[:, 0]), keys, values
+        blocks, head = (None, None) if modulation is None else (modulation[0][:, :, None], modulation[1])
+        x, keys, values = self.run_blocks(x, c, attend, blocks)
+        return self.head(x[:, 0], c[:, 0], head), keys, values

@@ -1,6 +1,6 @@
 """TensorRT engines (standard TensorRT 10.x/11.x or TensorRT-RTX) on CUDA, with torch owning the device
 buffers. Engines are checked against this machine (TensorRT version and flavour, GPU compute
-capability) before anything is deserialised; the decode step is captured in a CUDA graph."""
+capability) before anything is deserialised; the decode step is captured in a CUDA graph (Backend)."""
 
 from __future__ import annotations
 
@@ -61,30 +61,22 @@ class TensorRTBackend(Backend):
                 raise RARDeployError(f"TensorRT could not load engine {name}: rebuild it with rar-export --engine")
             self.engines[name] = engine
         self.contexts = {name: engine.create_execution_context() for name, engine in self.engines.items()}
-        self.stream = torch.cuda.Stream(device)
         self.use_cuda_graph = cuda_graphs
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.bound: dict[str, dict[str, torch.Tensor]] = {}
-
-    def start(self, class_labels, guidance_scales, temperature, noise) -> None:
-        if class_labels.shape[0] != self.batch:
-            self.graph, self.bound = None, {}
-        super().start(class_labels, guidance_scales, temperature, noise)
+        self.outputs: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # allocated once per graph and batch
 
     def _bind(self, graph: str, feeds: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
-        """Set shapes and addresses; outputs are allocated once per graph and batch size."""
+        """Input shapes and every tensor address of this call (cheap host calls, no device work)."""
         context = self.contexts[graph]
-        outputs = self.bound.get(graph)
+        outputs = self.outputs.get((graph, batch))
         if outputs is None:
-            for name, tensor in feeds.items():
-                context.set_input_shape(name, tuple(tensor.shape))
             outputs = {name: torch.empty(shape, dtype=TORCH_DTYPES[dtype], device=self.device)
                        for name, (shape, dtype) in self.artifacts.output_shapes(graph, batch).items()}
-            self.bound[graph] = outputs
-            for name, tensor in outputs.items():
-                context.set_tensor_address(name, tensor.data_ptr())
+            self.outputs[(graph, batch)] = outputs
         for name, tensor in feeds.items():
-            context.set_tensor_address(name, tensor.contiguous().data_ptr())
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
+        for name, tensor in outputs.items():
+            context.set_tensor_address(name, tensor.data_ptr())
         return outputs
 
     def run(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,35 +86,3 @@ class TensorRTBackend(Backend):
         if not self.contexts[graph].execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise RARDeployError(f"TensorRT failed to run {graph}")
         return outputs
-
-    def step(self, t: int) -> None:
-        if not self.use_cuda_graph:
-            return super().step(t)
-        if self.graph is None:
-            self._capture(t)
-        self._static["tokens"].copy_(self.out_tokens[t - 1])
-        self._static["guidance_scale"].copy_(self.guidance[t])
-        self._static["noise"].copy_(self.noise[t])
-        self.step_index.fill_(t)
-        self.graph.replay()
-        self.out_tokens[t].copy_(self.bound["decode_step"]["next_tokens"])
-        self.last_logits = self.bound["decode_step"]["logits"]
-
-    def _capture(self, t: int) -> None:
-        feeds = self.decode_feeds(t)
-        self._static = {k: feeds[k].clone() for k in ("tokens", "guidance_scale", "noise")}
-        feeds.update(self._static)
-
-        def decode_and_write() -> None:
-            out = self.run("decode_step", feeds)
-            position = self.step_index[:1] + 1
-            self.k_cache.index_copy_(3, position, out["keys"])
-            self.v_cache.index_copy_(3, position, out["values"])
-
-        self.step_index.fill_(t)
-        with torch.cuda.stream(self.stream):
-            decode_and_write()  # warm-up outside capture, as TensorRT requires
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=self.stream):
-                decode_and_write()
-        torch.cuda.current_stream().wait_stream(self.stream)

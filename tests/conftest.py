@@ -39,3 +39,20 @@ def demo_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     from rar_deploy.demo import make_demo_checkpoints
 
     return make_demo_checkpoints("tiny", tmp_path_factory.mktemp("demo"), seed=7)
+
+
+@pytest.fixture(scope="session")
+def export_tiny():
+    """export_tiny(out, precision, ckpt=None, **request options): the official-tiny fixture (or another
+    generator `ckpt` with its tokenizer) exported quietly, batch profile 1..4 unless given."""
+    from rar_deploy.export.artifacts import ExportRequest, export_artifacts
+    from rar_deploy.export.tensorrt import BatchProfile
+
+    def export(out: Path, precision: str, ckpt: Path | None = None, **options) -> Path:
+        options = {"engine": False, "profile": BatchProfile(1, 2, 4), **options}
+        request = ExportRequest(ckpt=str(ckpt or DATA / "tiny_rar.bin"), tokenizer=str(DATA / "tiny_vq.bin"),
+                                out=out, precision=precision, **options)
+        export_artifacts(request, progress=lambda message: None)
+        return out
+
+    return export

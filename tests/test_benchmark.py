@@ -12,8 +12,6 @@ from click.testing import CliRunner
 from rar_deploy import guidance_schedule, reference_generate, sampling_noise
 from rar_deploy.benchmark import OfficialStyleLoop
 from rar_deploy.cli import bench_command
-from rar_deploy.export.artifacts import ExportRequest, export_artifacts
-from rar_deploy.export.tensorrt import BatchProfile
 
 
 def test_official_style_loop_generates_what_the_reference_generates(official_generator, official_tokenizer):
@@ -27,12 +25,8 @@ def test_official_style_loop_generates_what_the_reference_generates(official_gen
 
 
 @pytest.fixture(scope="module")
-def artifacts(official_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "fp32"
-    export_artifacts(ExportRequest(ckpt=str(official_dir / "tiny_rar.bin"), tokenizer=str(official_dir / "tiny_vq.bin"),
-                                   out=out, precision="fp32", engine=False, profile=BatchProfile(1, 2, 4)),
-                     progress=lambda message: None)
-    return out
+def artifacts(export_tiny, tmp_path_factory):
+    return export_tiny(tmp_path_factory.mktemp("bench") / "fp32", "fp32")
 
 
 def test_bench_reports_every_stage_and_the_baseline(artifacts):

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from rar_deploy import TokenizerConfig
 from rar_deploy.cli import export_command
 from rar_deploy.demo import random_tokenizer, save_state_dict
-from rar_deploy.export.artifacts import ExportRequest, export_artifacts
 from rar_deploy.export.graphs import DecodeStepGraph
 from rar_deploy.export.tensorrt import BatchProfile, find_tensorrt, resolve_shape
 from rar_deploy.export.verify import (TOLERANCES, cache_feeds, decode_step_reference, failures, ort_session,
@@ -24,16 +23,9 @@ PROFILE = BatchProfile(1, 2, 6)
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")
 
 
-def _export(official_dir: Path, out: Path, precision: str, **options) -> Path:
-    request = ExportRequest(ckpt=str(official_dir / "tiny_rar.bin"), tokenizer=str(official_dir / "tiny_vq.bin"),
-                            out=out, precision=precision, profile=PROFILE, **options)
-    export_artifacts(request, progress=lambda message: None)
-    return out
-
-
 @pytest.fixture(scope="module", params=["fp32", "fp16"])
-def official_export(request, official_dir, tmp_path_factory) -> Path:
-    return _export(official_dir, tmp_path_factory.mktemp("export") / request.param, request.param)
+def official_export(request, export_tiny, tmp_path_factory) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("export") / request.param, request.param, engine=None, profile=PROFILE)
 
 
 def _manifest(directory: Path) -> dict:
@@ -183,8 +175,8 @@ def test_engines_match_the_manifest(official_export):
 
 
 @needs_tensorrt
-def test_forced_external_data_exports_parses_and_builds(official_dir, tmp_path):
-    out = _export(official_dir, tmp_path / "ext", "fp16", external_data=True)
+def test_forced_external_data_exports_parses_and_builds(export_tiny, tmp_path):
+    out = export_tiny(tmp_path / "ext", "fp16", engine=None, profile=PROFILE, external_data=True)
     manifest = _manifest(out)
     for name, graph in manifest["graphs"].items():
         assert graph["external_data"] == f"{name}.onnx.data"

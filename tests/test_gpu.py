@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from rar_deploy import RARPipeline, reference_generate, sampling_noise
-from rar_deploy.export.artifacts import ExportRequest, export_artifacts
 from rar_deploy.export.tensorrt import BatchProfile, find_tensorrt
 from rar_deploy.runtime.artifacts import Artifacts
 from rar_deploy.runtime.backends import TorchBackend
@@ -20,16 +19,13 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 FP16_TOKEN_AGREEMENT = 0.9  # fp16 vs the float32 reference, greedy, tiny model: rounding flips a few ties
 
 
-def _export(official_dir: Path, out: Path, precision: str, engine: bool) -> Path:
-    export_artifacts(ExportRequest(ckpt=str(official_dir / "tiny_rar.bin"), tokenizer=str(official_dir / "tiny_vq.bin"),
-                                   out=out, precision=precision, engine=engine, profile=BatchProfile(1, 4, 8),
-                                   compute_capabilities=(current_capability() or "SM89",)),
-                     progress=lambda message: None)
-    return out
+def _export(export_tiny, out: Path, precision: str, engine: bool) -> Path:
+    return export_tiny(out, precision, engine=engine, profile=BatchProfile(1, 4, 8),
+                       compute_capabilities=(current_capability() or "SM89",))
 
 
-def test_cuda_graph_replay_equals_eager(official_dir, tmp_path):
-    artifacts = Artifacts.load(_export(official_dir, tmp_path / "fp16", "fp16", engine=False))
+def test_cuda_graph_replay_equals_eager(export_tiny, tmp_path):
+    artifacts = Artifacts.load(_export(export_tiny, tmp_path / "fp16", "fp16", engine=False))
     labels = [1, 2, 3]
     runs = []
     for cuda_graphs in (False, True):
@@ -38,8 +34,8 @@ def test_cuda_graph_replay_equals_eager(official_dir, tmp_path):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
-def test_torch_cuda_fp32_matches_reference(official_dir, official_generator, tmp_path):
-    pipeline = RARPipeline.from_artifacts(_export(official_dir, tmp_path / "fp32", "fp32", engine=False), "torch",
+def test_torch_cuda_fp32_matches_reference(export_tiny, official_generator, tmp_path):
+    pipeline = RARPipeline.from_artifacts(_export(export_tiny, tmp_path / "fp32", "fp32", engine=False), "torch",
                                           device="cuda")
     tokens = pipeline.generate_tokens([3, 500], 4.0, 0.0, 1.0, seed=9)
     reference = reference_generate(official_generator, [3, 500], 4.0, 0.0, 1.0, noise=sampling_noise(9, 2, 16, 1024))
@@ -47,9 +43,9 @@ def test_torch_cuda_fp32_matches_reference(official_dir, official_generator, tmp
 
 
 @pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT")
-def test_tensorrt_backend_agrees_with_torch(official_dir, golden, tmp_path):
+def test_tensorrt_backend_agrees_with_torch(export_tiny, golden, tmp_path):
     try:
-        out = _export(official_dir, tmp_path / "trt", "fp16", engine=True)
+        out = _export(export_tiny, tmp_path / "trt", "fp16", engine=True)
     except Exception as exc:  # e.g. TensorRT-RTX has no build target for Hopper (SM90)
         pytest.skip(f"no engine for this GPU: {exc}")
     labels = list(golden["labels"])

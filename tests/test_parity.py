@@ -12,20 +12,11 @@ from click.testing import CliRunner
 
 from rar_deploy.checkpoint import read_state_dict
 from rar_deploy.cli import parity_command
-from rar_deploy.export.artifacts import ExportRequest, export_artifacts
-from rar_deploy.export.tensorrt import BatchProfile
-
-
-def _export(ckpt: Path, tokenizer: Path, out: Path, precision: str) -> Path:
-    export_artifacts(ExportRequest(ckpt=str(ckpt), tokenizer=str(tokenizer), out=out, precision=precision,
-                                   engine=False, profile=BatchProfile(1, 2, 4)), progress=lambda message: None)
-    return out
 
 
 @pytest.fixture(scope="module", params=["fp32", "fp16"])
-def artifacts(request, official_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("parity") / request.param
-    return _export(official_dir / "tiny_rar.bin", official_dir / "tiny_vq.bin", out, request.param)
+def artifacts(request, export_tiny, tmp_path_factory) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("parity") / request.param, request.param)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
@@ -49,12 +40,12 @@ def test_parity_table_is_readable(artifacts):
     assert "teacher_forced.logits" in result.output and "PSNR" in result.output and "PASSED" in result.output
 
 
-def test_parity_fails_on_a_perturbed_decode_graph(official_dir, tmp_path):
-    good = _export(official_dir / "tiny_rar.bin", official_dir / "tiny_vq.bin", tmp_path / "good", "fp32")
+def test_parity_fails_on_a_perturbed_decode_graph(official_dir, export_tiny, tmp_path):
+    good = export_tiny(tmp_path / "good", "fp32")
     state = read_state_dict(official_dir / "tiny_rar.bin")
     state["blocks.1.mlp.fc2.weight"] = state["blocks.1.mlp.fc2.weight"] * 1.05  # a 5% error in one matrix
     torch.save(state, tmp_path / "perturbed.bin")
-    bad = _export(tmp_path / "perturbed.bin", official_dir / "tiny_vq.bin", tmp_path / "bad", "fp32")
+    bad = export_tiny(tmp_path / "bad", "fp32", ckpt=tmp_path / "perturbed.bin")
     shutil.copyfile(bad / "decode_step.onnx", good / "decode_step.onnx")  # only the decode graph is wrong
 
     result = CliRunner().invoke(parity_command, ["--artifacts", str(good), "--backend", "onnxruntime"])

@@ -15,8 +15,7 @@ from PIL import Image
 
 from rar_deploy import RARDeployError, RARPipeline, reference_generate, sampling_noise
 from rar_deploy.cli import generate_command
-from rar_deploy.export.artifacts import ExportRequest, export_artifacts
-from rar_deploy.export.tensorrt import BatchProfile, find_tensorrt
+from rar_deploy.export.tensorrt import find_tensorrt
 from rar_deploy.runtime.artifacts import Artifacts
 from rar_deploy.runtime.tensorrt_backend import check_engines
 
@@ -24,12 +23,8 @@ RUNS = {"const": ("4", "0"), "powcos": ("16", "2.75")}
 
 
 @pytest.fixture(scope="module")
-def fp32_artifacts(official_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runtime") / "fp32"
-    export_artifacts(ExportRequest(ckpt=str(official_dir / "tiny_rar.bin"), tokenizer=str(official_dir / "tiny_vq.bin"),
-                                   out=out, precision="fp32", engine=False, profile=BatchProfile(1, 2, 4)),
-                     progress=lambda message: None)
-    return out
+def fp32_artifacts(export_tiny, tmp_path_factory) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("runtime") / "fp32", "fp32")
 
 
 def _generate(args: list[str]):
@@ -93,12 +88,8 @@ needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT
 
 
 @pytest.fixture(scope="module")
-def engine_artifacts(official_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runtime") / "fp16"
-    export_artifacts(ExportRequest(ckpt=str(official_dir / "tiny_rar.bin"), tokenizer=str(official_dir / "tiny_vq.bin"),
-                                   out=out, precision="fp16", engine=True, profile=BatchProfile(1, 2, 4)),
-                     progress=lambda message: None)
-    return out
+def engine_artifacts(export_tiny, tmp_path_factory) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("runtime") / "fp16", "fp16", engine=True)
 
 
 @needs_tensorrt

@@ -52,7 +52,8 @@ def _summary(prefill_ms: float, steps_ms: list[float], decoder_ms: float, batch:
         "batch": batch, "prefill_ms": prefill_ms, "step_mean_ms": float(steps.mean()),
         "step_p50_ms": float(np.percentile(steps, 50)), "step_p99_ms": float(np.percentile(steps, 99)),
         "step_drift": float(steps[-window:].mean() / steps[:window].mean()), "steps": int(len(steps)),
-        "decoder_ms": decoder_ms, "total_ms_per_image": float(total / batch), "images_per_s": float(batch * 1e3 / total),
+        "decoder_ms": decoder_ms, "total_ms_per_image": float(total / batch),
+        "images_per_s": float(batch * 1e3 / total),
     }
 
 
@@ -145,7 +146,8 @@ def bench_baseline(loop: OfficialStyleLoop, artifacts, batch: int, device: torch
                    seed: int = 0) -> dict:
     c, defaults = artifacts.config, artifacts.sampling_defaults
     labels = (torch.arange(batch) % c.num_classes).to(device)
-    schedule = torch.from_numpy(guidance_schedule(c.image_seq_len, defaults.guidance_scale, defaults.guidance_pow)).to(device)
+    schedule = guidance_schedule(c.image_seq_len, defaults.guidance_scale, defaults.guidance_pow)
+    schedule = torch.from_numpy(schedule).to(device)
     noise = torch.from_numpy(np.ascontiguousarray(
         sampling_noise(seed, batch, c.image_seq_len, c.codebook_size).transpose(1, 0, 2))).to(device)
     temperature = torch.full((batch,), defaults.temperature, device=device)
@@ -194,7 +196,8 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
                                               tokenizer=tokenizer)
         for batch in batch_sizes:
             progress(f"{name}, batch {batch}")
-            run = {"backend": name, "device": str(pipeline.backend.device), **bench_pipeline(pipeline, batch, warmup_steps)}
+            timings = bench_pipeline(pipeline, batch, warmup_steps)
+            run = {"backend": name, "device": str(pipeline.backend.device), **timings}
             if pipeline.backend.device.type == "cuda":
                 run["floor_step_ms"] = step_floor_ms(18 * c.hidden_size**2 * c.depth * itemsize)
             results["runs"].append(run)
@@ -222,10 +225,12 @@ def format_results(results: dict) -> str:
              f"{'decoder':>9} {'ms/image':>9} {'img/s':>8} {'RSS MiB':>8} {'vs base':>8}"]
     base = {r["batch"]: r for r in results["runs"] if r["backend"] == "baseline"}
     for r in results["runs"]:
-        ratio = f"{base[r['batch']]['total_ms_per_image'] / r['total_ms_per_image']:.2f}x" if r["batch"] in base else "-"
+        speedup = base[r["batch"]]["total_ms_per_image"] / r["total_ms_per_image"] if r["batch"] in base else None
+        ratio = f"{speedup:.2f}x" if speedup else "-"
         lines.append(f"{r['backend']:<12} {r['batch']:>5} {r['prefill_ms']:9.2f} {r['step_mean_ms']:9.2f} "
                      f"{r['step_p50_ms']:8.2f} {r['step_p99_ms']:8.2f} {r['step_drift']:6.2f} {r['decoder_ms']:9.1f} "
-                     f"{r['total_ms_per_image']:9.1f} {r['images_per_s']:8.3f} {r['peak_host_rss_mib']:8.0f} {ratio:>8}")
+                     f"{r['total_ms_per_image']:9.1f} {r['images_per_s']:8.3f} {r['peak_host_rss_mib']:8.0f} "
+                     f"{ratio:>8}")
         if "floor_step_ms" in r:
             lines[-1] += f"  step/floor {r['step_p50_ms'] / r['floor_step_ms']:.2f}"
     lines.append("times in ms; drift = mean of the last 20 steps / first 20; vs base = baseline ms/image / this "

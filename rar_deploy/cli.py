@@ -11,6 +11,9 @@ import click
 
 from .errors import RARDeployError
 
+BACKEND_CHOICE = click.Choice(["onnxruntime", "torch", "tensorrt"])
+PATH_TYPE = click.Path(path_type=Path)
+
 
 def friendly_errors(command: Callable) -> Callable:
     """Turn RARDeployError into click's one-line 'Error: ...' and exit status 1."""
@@ -59,13 +62,15 @@ def _default_tokenizer(ckpt: str) -> str:
 @click.command("rar-export")
 @click.option("--ckpt", required=True, help="Generator checkpoint (.bin/.safetensors) or a released name (rar_l).")
 @click.option("--tokenizer", help="Tokenizer checkpoint [default: maskgit-vqgan-imagenet-f16-256.bin beside --ckpt].")
-@click.option("--out", type=click.Path(path_type=Path), help="Artifact directory [default: <ckpt>-<precision>].")
+@click.option("--out", type=PATH_TYPE, help="Artifact directory [default: <ckpt>-<precision>].")
 @click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Precision the graphs carry.")
-@click.option("--engine/--no-engine", default=None, help="Build TensorRT engines [default: when TensorRT is importable].")
+@click.option("--engine/--no-engine", default=None,
+              help="Build TensorRT engines [default: when TensorRT is importable].")
 @click.option("--min-batch", default=1, show_default=True, help="Smallest batch of the engine profile.")
 @click.option("--opt-batch", type=int, help="Batch the engines are tuned for [default: 8, or --max-batch if smaller].")
 @click.option("--max-batch", default=64, show_default=True, help="Largest batch of the engine profile.")
-@click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5), help="TensorRT builder optimization level.")
+@click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5),
+              help="TensorRT builder optimization level.")
 @click.option("--compute-capability", "capabilities", multiple=True,
               help="TensorRT-RTX targets, e.g. SM89 (repeatable) [default: SM80 SM86 SM89 SM120].")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
@@ -84,7 +89,8 @@ def export_command(ckpt, tokenizer, out, fp16, engine, min_batch, opt_batch, max
     request = ExportRequest(
         ckpt=ckpt, tokenizer=tokenizer or _default_tokenizer(ckpt),
         out=out or Path(f"{Path(ckpt).name.split('.')[0]}-{precision}"), precision=precision, engine=engine,
-        profile=BatchProfile(min_batch, opt_batch or max(min_batch, min(8, max_batch)), max_batch), verify=verify, force=force, opt_level=opt_level,
+        profile=BatchProfile(min_batch, opt_batch or max(min_batch, min(8, max_batch)), max_batch),
+        verify=verify, force=force, opt_level=opt_level,
         compute_capabilities=tuple(capabilities) or RTX_DEFAULT_CAPABILITIES, external_data=external_data,
         timing_cache=timing_cache,
     )
@@ -101,10 +107,12 @@ def export_summary(result) -> str:
              f"{'graph':<12} {'onnx':>13} {'weights':>13} {'engine':>13}"]
     for name, graph in result.manifest["graphs"].items():
         data = result.out / graph["external_data"] if graph["external_data"] else Path("/nonexistent")
-        lines.append(f"{name:<12} {size(result.out / graph['file'])} {size(data)} {size(result.out / 'engines' / f'{name}.plan')}")
+        engine = result.out / "engines" / f"{name}.plan"
+        lines.append(f"{name:<12} {size(result.out / graph['file'])} {size(data)} {size(engine)}")
     if result.parity:
         graphs = result.parity["graphs"]
-        worst = max(stats["max_rel_to_peak"] for g in graphs.values() for stats in g.values() if "max_rel_to_peak" in stats)
+        worst = max(stats["max_rel_to_peak"] for g in graphs.values() for stats in g.values()
+                    if "max_rel_to_peak" in stats)
         logits = graphs["teacher_forced"]["logits"]
         lines.append(f"parity vs float32 reference (ONNX Runtime CPU): worst error {worst:.2e} of peak, teacher-forced "
                      f"logits max abs {logits['max_abs']:.2e}, top-1 {logits['top1_agreement']:.3f}: PASSED")
@@ -128,14 +136,15 @@ def _parse_labels(text: str) -> list[int]:
 
 
 @click.command("rar-generate")
-@click.option("--artifacts", "artifacts_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--artifacts", "artifacts_dir", required=True, type=PATH_TYPE,
               help="Artifact directory written by rar-export.")
 @click.option("--class-labels", required=True, help="Comma-separated ImageNet class ids, e.g. 207,360.")
 @click.option("--num-per-class", default=1, show_default=True, type=click.IntRange(1), help="Images per class.")
 @click.option("--seed", default=0, show_default=True, help="Image i's noise comes from (seed, i).")
-@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"]))
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda where available, cpu for onnxruntime]")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the PNGs and grid.png.")
+@click.option("--backend", default="onnxruntime", show_default=True, type=BACKEND_CHOICE)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]),
+              help="[default: cuda where available, cpu for onnxruntime]")
+@click.option("--out", required=True, type=PATH_TYPE, help="Folder for the PNGs and grid.png.")
 @click.option("--guidance-scale", type=float, help="[default: the model size's published value]")
 @click.option("--guidance-pow", type=float, help="[default: the model size's published value]")
 @click.option("--temperature", type=float, help="0 is greedy [default: the model size's published value]")
@@ -173,8 +182,8 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
 
 
 @click.command("rar-parity")
-@click.option("--artifacts", "artifacts_dir", required=True, type=click.Path(path_type=Path), help="Artifact directory.")
-@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"]))
+@click.option("--artifacts", "artifacts_dir", required=True, type=PATH_TYPE, help="Artifact directory.")
+@click.option("--backend", default="onnxruntime", show_default=True, type=BACKEND_CHOICE)
 @click.option("--ckpt", help="Reference generator checkpoint [default: the one recorded in the manifest].")
 @click.option("--tokenizer", help="Reference tokenizer checkpoint [default: the one recorded in the manifest].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device of the backend.")
@@ -205,9 +214,9 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
 
 
 @click.command("rar-bench")
-@click.option("--artifacts", "artifacts_dir", required=True, type=click.Path(path_type=Path), help="Artifact directory.")
+@click.option("--artifacts", "artifacts_dir", required=True, type=PATH_TYPE, help="Artifact directory.")
 @click.option("--backend", "backends", multiple=True, default=["onnxruntime"], show_default=True,
-              type=click.Choice(["onnxruntime", "torch", "tensorrt"]), help="Repeatable: all run in one process.")
+              type=BACKEND_CHOICE, help="Repeatable: all run in one process.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device of the backends and the baseline.")
 @click.option("--baseline", is_flag=True, help="Also time the official-style eager loop and print ratios to it.")

@@ -19,7 +19,7 @@ from .metrics import error_stats, top1_agreement
 from .model.generator import RARGenerator
 from .model.tokenizer import VQDecoder, images_to_uint8
 from .runtime.pipeline import RARPipeline
-from .sampling import apply_guidance, guidance_schedule, reference_generate, sampling_noise
+from .sampling import guidance_schedule, reference_generate, sampling_noise
 
 # End-to-end thresholds per precision: free-running token agreement, decoder PSNR on uint8 images.
 END_TO_END = {"fp32": {"min_token_agreement": 1.0, "min_psnr_db": 40.0},
@@ -162,8 +162,8 @@ def run_parity(generator: RARGenerator, tokenizer: VQDecoder, pipeline: RARPipel
     progress("reference generation (float32, shared noise)")
     reference = reference_generate(generator, labels, scale, pow, 1.0, noise=noise, keep_logits=True)
     progress(f"teacher-forced decode, {c.image_seq_len} steps")
-    report["teacher_forced"] = teacher_forced(pipeline, reference, labels, guidance_schedule(c.image_seq_len, scale, pow),
-                                              noise, None)
+    schedule = guidance_schedule(c.image_seq_len, scale, pow)
+    report["teacher_forced"] = teacher_forced(pipeline, reference, labels, schedule, noise, None)
     progress("free-running decode with the reference's noise")
     report["free_running"] = free_running(pipeline, reference.tokens.numpy(), labels.tolist(), scale, pow, seed)
     progress("decoder on identical tokens")
@@ -197,7 +197,8 @@ def format_report(report: dict) -> str:
     """The terminal table."""
     lines = [f"rar-parity: {report['backend']} ({report['precision']}) vs PyTorch float32 reference, "
              f"batch {report['batch']}, seed {report['seed']}",
-             f"{'check':<26} {'max abs':>10} {'mean abs':>10} {'rel/peak':>10} {'cosine':>10} {'top-1':>7} {'inf/nan':>7}"]
+             f"{'check':<26} {'max abs':>10} {'mean abs':>10} {'rel/peak':>10} {'cosine':>10} {'top-1':>7} "
+             f"{'inf/nan':>7}"]
     rows = [(f"{g}.{o}", s) for g, outs in report["graphs"].items() for o, s in outs.items()]
     rows.append(("teacher_forced.logits", report["teacher_forced"]["logits"]))
     for name, s in rows:
@@ -205,8 +206,9 @@ def format_report(report: dict) -> str:
         lines.append(f"{name:<26} {s['max_abs']:10.3g} {s['mean_abs']:10.3g} {s['max_rel_to_peak']:10.3g} "
                      f"{s['cosine']:10.6f} {top1:>7} {s['nonfinite']:>7}")
     fr, dec = report["free_running"], report["decoder"]
-    lines.append(f"free-running tokens: {fr['token_agreement']:.4f} equal, {fr['images_identical']}/{fr['images']} images "
-                 f"identical, first divergent step {fr['first_divergent_step']}")
+    lines.append(f"free-running tokens: {fr['token_agreement']:.4f} equal, "
+                 f"{fr['images_identical']}/{fr['images']} images identical, "
+                 f"first divergent step {fr['first_divergent_step']}")
     lines.append(f"decoder on identical tokens: PSNR {dec['psnr_db']:.1f} dB, max {dec['max_levels']} levels")
     lines.append("PASSED" if not report["failures"] else "FAILED:\n  " + "\n  ".join(report["failures"]))
     return "\n".join(lines)

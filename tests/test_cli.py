@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from click.testing import CliRunner
 
 from rar_deploy import load_generator, load_tokenizer

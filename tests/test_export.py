@@ -16,8 +16,14 @@ from rar_deploy.cli import export_command
 from rar_deploy.demo import random_tokenizer, save_state_dict
 from rar_deploy.export.graphs import DecodeStepGraph
 from rar_deploy.export.tensorrt import BatchProfile, find_tensorrt, resolve_shape
-from rar_deploy.export.verify import (TOLERANCES, cache_feeds, decode_step_reference, failures, ort_session,
-                                      verify_generator_graphs)
+from rar_deploy.export.verify import (
+    TOLERANCES,
+    cache_feeds,
+    decode_step_reference,
+    failures,
+    ort_session,
+    verify_generator_graphs,
+)
 
 PROFILE = BatchProfile(1, 2, 6)
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")

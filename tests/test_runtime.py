@@ -148,7 +148,8 @@ def test_bad_class_labels(fp32_artifacts, tmp_path, labels, message):
 
 def test_batch_above_profile(fp32_artifacts, tmp_path):
     out = tmp_path / "out"
-    result = _generate(["--artifacts", str(fp32_artifacts), "--class-labels", "1", "--batch-size", "5", "--out", str(out)])
+    result = _generate(["--artifacts", str(fp32_artifacts), "--class-labels", "1", "--batch-size", "5",
+                        "--out", str(out)])
     _assert_refused(result, out, "batch size 5 is outside the artifacts' profile [1, 4]")
 
 

@@ -31,9 +31,9 @@ def rar_b_artifacts(request, rar_b, tmp_path_factory) -> Path:
     generator, tokenizer = rar_b
     out = tmp_path_factory.mktemp("export") / request.param
     engine = request.param == "fp16" and find_tensorrt() is not None
-    result = CliRunner().invoke(export_command, ["--ckpt", str(generator), "--tokenizer", str(tokenizer), "--out",
-                                                 str(out), f"--{request.param}", "--engine" if engine else "--no-engine",
-                                                 "--max-batch", "8"])
+    args = ["--ckpt", str(generator), "--tokenizer", str(tokenizer), "--out", str(out), f"--{request.param}",
+            "--engine" if engine else "--no-engine", "--max-batch", "8"]
+    result = CliRunner().invoke(export_command, args)
     assert result.exit_code == 0, result.output
     return out
 

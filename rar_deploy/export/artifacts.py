@@ -114,8 +114,9 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
 
 def _check_compatible(generator, tokenizer, tokenizer_path: Path) -> None:
     if tokenizer.codebook_size != generator.codebook_size:
-        raise ExportError(f"tokenizer {tokenizer_path} has a codebook of {tokenizer.codebook_size} entries but the "
-                          f"generator predicts {generator.codebook_size} tokens: pass the tokenizer it was trained with")
+        raise ExportError(f"tokenizer {tokenizer_path} has a codebook of {tokenizer.codebook_size} entries but "
+                          f"the generator predicts {generator.codebook_size} tokens: pass the tokenizer it was "
+                          "trained with")
     if generator.grid_size ** 2 != generator.image_seq_len:
         raise ExportError(f"image_seq_len {generator.image_seq_len} is not a square token grid")
 

@@ -91,7 +91,8 @@ def build_engine(
     config.builder_optimization_level = opt_level
     trt_profile = builder.create_optimization_profile()
     for spec in inputs:
-        trt_profile.set_shape(spec["name"], *(resolve_shape(spec["shape"], b) for b in (profile.min, profile.opt, profile.max)))
+        shapes = (resolve_shape(spec["shape"], b) for b in (profile.min, profile.opt, profile.max))
+        trt_profile.set_shape(spec["name"], *shapes)
     config.add_optimization_profile(trt_profile)
     capabilities = _set_compute_capabilities(trt, config, compute_capabilities)
     uses_timing_cache = trt.flavour != "tensorrt-rtx"  # RTX tunes at runtime; its timing cache is a no-op

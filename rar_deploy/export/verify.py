@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from ..metrics import error_stats, top1_agreement
 from ..model.generator import RARGenerator
 from ..model.tokenizer import VQDecoder
-from ..metrics import error_stats, top1_agreement
 from ..sampling import apply_guidance
 from .graphs import DecodeStepGraph, PrefillGraph, VQDecoderGraph
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config import GeneratorConfig
-from .attention import causal_attention, cached_attention
+from .attention import cached_attention, causal_attention
 from .layers import LayerNorm, modulate
 
 # attend(layer, q, k, v) -> attention output; lets one block definition serve every cache strategy.

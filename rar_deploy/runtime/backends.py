@@ -117,7 +117,8 @@ class Backend(ABC):
     def decode_feeds(self, t: int) -> dict[str, torch.Tensor]:
         layers = range(self.config.depth)
         return {"tokens": self.out_tokens[t - 1], "step": self.step_index, "class_labels": self.class_labels,
-                **{f"k_cache.{i}": self.k_cache[i] for i in layers}, **{f"v_cache.{i}": self.v_cache[i] for i in layers},
+                **{f"k_cache.{i}": self.k_cache[i] for i in layers},
+                **{f"v_cache.{i}": self.v_cache[i] for i in layers},
                 "guidance_scale": self.guidance[t], "temperature": self.temperature, "noise": self.noise[t]}
 
     def tokens(self) -> np.ndarray:
@@ -225,13 +226,14 @@ class TorchBackend(Backend):
         self.hoist_adaln = hoist_adaln
 
     @torch.no_grad()
-    def run(self, graph: str, feeds: dict[str, torch.Tensor], modulation: tuple | None = None) -> dict[str, torch.Tensor]:
+    def run(self, graph: str, feeds: dict[str, torch.Tensor],
+            modulation: tuple | None = None) -> dict[str, torch.Tensor]:
         module = self.modules[graph]
         if graph == "decode_step":
             layers = range(self.config.depth)
             args = (feeds["tokens"], feeds["step"], feeds["class_labels"], [feeds[f"k_cache.{i}"] for i in layers],
-                    [feeds[f"v_cache.{i}"] for i in layers], feeds["guidance_scale"], feeds["temperature"], feeds["noise"],
-                    modulation)
+                    [feeds[f"v_cache.{i}"] for i in layers], feeds["guidance_scale"], feeds["temperature"],
+                    feeds["noise"], modulation)
         else:
             args = tuple(feeds[name] for name in module.input_names)
         return dict(zip(module.output_names, module(*args)))

@@ -62,6 +62,15 @@ def test_same_seed_same_tokens_across_backends_and_reference(fp32_artifacts, off
     assert len({tuple(row) for row in reference}) == 3  # sampling, not a constant
 
 
+def test_torch_backend_computes_adaln_per_step_over_its_budget(fp32_artifacts, official_generator):
+    pipeline = RARPipeline.from_artifacts(fp32_artifacts, "torch")
+    pipeline.backend.ADALN_TABLE_BUDGET = 0
+    tokens = pipeline.generate_tokens([3, 500], 3.0, 1.0, 1.0, seed=21)
+    assert pipeline.backend.tables is None
+    reference = reference_generate(official_generator, [3, 500], 3.0, 1.0, 1.0, noise=sampling_noise(21, 2, 16, 1024))
+    np.testing.assert_array_equal(tokens, reference.tokens.numpy())
+
+
 def test_image_does_not_depend_on_batch_size(fp32_artifacts):
     pipeline = RARPipeline.from_artifacts(fp32_artifacts, "onnxruntime")
     labels = [7, 8, 9]

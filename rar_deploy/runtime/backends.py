@@ -199,11 +199,13 @@ class TorchBackend(Backend):
     the decode step (graph + cache write) captured once in a CUDA graph and replayed.
 
     hoist_adaln: compute every adaLN output of the batch (all classes x positions) once at start, a
-    compute-bound GEMM, so that a step reads two thirds of the weight bytes. Memory: L x 2B x (N+1) x
-    6D values (RAR-B at batch 4: 0.9 GB in float32).
+    compute-bound GEMM, so that a step reads two thirds of the weight bytes. The tables hold
+    2B x (N+1) x (6L + 2) x D values (RAR-B at batch 4: 0.9 GB in float32); a batch whose tables would
+    pass ADALN_TABLE_BUDGET computes adaLN in every step instead (RAR-L fp16 hoists up to batch 13).
     """
 
     name = "torch"
+    ADALN_TABLE_BUDGET = 2 << 30  # bytes
 
     def __init__(self, artifacts: Artifacts, device: torch.device, ckpt: str | None = None,
                  tokenizer: str | None = None, cuda_graphs: bool = True, hoist_adaln: bool = True) -> None:
@@ -224,6 +226,7 @@ class TorchBackend(Backend):
         }
         self.use_cuda_graph = cuda_graphs and device.type == "cuda"
         self.hoist_adaln = hoist_adaln
+        self.tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @torch.no_grad()
     def run(self, graph: str, feeds: dict[str, torch.Tensor],
@@ -238,20 +241,26 @@ class TorchBackend(Backend):
             args = tuple(feeds[name] for name in module.input_names)
         return dict(zip(module.output_names, module(*args)))
 
+    def adaln_table_bytes(self, batch: int) -> int:
+        c = self.config
+        return 2 * batch * c.cache_len * (6 * c.depth + 2) * c.hidden_size * self.cache_dtype.itemsize
+
     @torch.no_grad()
     def start(self, class_labels, guidance_scales, temperature, noise) -> None:
         super().start(class_labels, guidance_scales, temperature, noise)
-        if self.hoist_adaln:
-            rows = torch.cat([self.class_labels, torch.full_like(self.class_labels, self.config.null_class)])
-            tables = self.modules["decode_step"].generator.adaln_tables(rows)
-            if self.graph is not None:  # replayed graphs read the tables captured with them
-                self.tables[0].copy_(tables[0])
-                self.tables[1].copy_(tables[1])
-            else:
-                self.tables = tables
+        if not self.hoist_adaln or self.adaln_table_bytes(self.batch) > self.ADALN_TABLE_BUDGET:
+            self.tables = None
+            return
+        rows = torch.cat([self.class_labels, torch.full_like(self.class_labels, self.config.null_class)])
+        tables = self.modules["decode_step"].generator.adaln_tables(rows)
+        if self.graph is not None:  # replayed graphs read the tables captured with them
+            self.tables[0].copy_(tables[0])
+            self.tables[1].copy_(tables[1])
+        else:
+            self.tables = tables
 
     def decode(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self.hoist_adaln:
+        if self.tables is None:
             return self.run("decode_step", feeds)
         position = feeds["step"].repeat(2) + 1
         rows = torch.arange(position.shape[0], device=self.device)

@@ -51,6 +51,9 @@ class Backend(ABC):
         self.guidance = guidance_scales.to(self.device)[:, None].expand(-1, b).contiguous()  # [N, B]
         self.temperature = temperature.to(self.device, torch.float32).contiguous()
         self.noise = noise.to(self.device)  # [N, B, V]: noise[t] is contiguous
+        if self.graph is not None:  # the captured step reads this generation's inputs from its own buffers
+            self._static["class_labels"].copy_(self.class_labels)
+            self._static["temperature"].copy_(self.temperature)
 
     def prefill(self) -> None:
         out = self.run("prefill", {"class_labels": self.class_labels, "guidance_scale": self.guidance[0],
@@ -76,17 +79,16 @@ class Backend(ABC):
         """The decode step of the loop; a backend may run it differently from the plain graph."""
         return self.run("decode_step", feeds)
 
-    _PER_STEP = ("tokens", "class_labels", "guidance_scale", "temperature", "noise")
+    _GRAPH_INPUTS = ("tokens", "class_labels", "guidance_scale", "temperature", "noise")  # static buffers
 
     def _replay(self, t: int) -> None:
-        """Copy this step's inputs into the captured graph's static buffers (device to device) and replay."""
+        """Copy this step's inputs into the captured graph's static buffers (device to device) and replay;
+        start() refreshes the per-generation ones."""
         if self.graph is None:
             self._capture(t)
         self._static["tokens"].copy_(self.out_tokens[t - 1])
         self._static["guidance_scale"].copy_(self.guidance[t])
         self._static["noise"].copy_(self.noise[t])
-        self._static["class_labels"].copy_(self.class_labels)
-        self._static["temperature"].copy_(self.temperature)
         self.step_index.fill_(t)
         self.graph.replay()
         self.out_tokens[t].copy_(self._graph_out["next_tokens"])
@@ -95,7 +97,7 @@ class Backend(ABC):
     def _capture(self, t: int) -> None:
         """Warm up on a side stream, then capture decode + in-place cache write at step_index + 1."""
         feeds = self.decode_feeds(t)
-        self._static = {name: feeds[name].clone() for name in self._PER_STEP}
+        self._static = {name: feeds[name].clone() for name in self._GRAPH_INPUTS}
 
         def decode_and_write() -> dict[str, torch.Tensor]:
             out = self.decode({**feeds, **self._static, "step": self.step_index})

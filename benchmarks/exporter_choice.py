@@ -89,7 +89,13 @@ def measure(exporter: str, preset: str, precision: str, out: Path) -> dict:
 
     if not try_stage(results, "export", export_all):
         return results
-    try_stage(results, "onnx checker + shape inference", lambda: [check_onnx(p) for p in paths.values()] and "")
+
+    def check_all() -> str:
+        for path in paths.values():
+            check_onnx(path)
+        return ""
+
+    try_stage(results, "onnx checker + shape inference", check_all)
     results["nodes (prefill / decode_step / vq_decoder)"] = " / ".join(
         str(len(onnx.load(str(p), load_external_data=False).graph.node)) for p in paths.values())
     cache_dtype = np.dtype("float16" if precision == "fp16" else "float32")
@@ -110,7 +116,7 @@ def measure(exporter: str, preset: str, precision: str, out: Path) -> dict:
     if trt is None:
         results["TensorRT build"] = "skipped: no TensorRT or TensorRT-RTX"
         return results
-    specs = graph_specs(generator, tokenizer, "float16" if precision == "fp16" else "float32")
+    specs = graph_specs(generator, tokenizer, cache_dtype.name)
 
     def build() -> str:
         for name in GRAPH_NAMES:

@@ -23,10 +23,11 @@ import torch
 
 from rar_deploy import GENERATOR_PRESETS, TOKENIZER_PRESETS
 from rar_deploy.demo import random_generator, random_tokenizer
+from rar_deploy.engines import BatchProfile, build_engine, find_tensorrt
 from rar_deploy.export.graphs import graph_specs
-from rar_deploy.export.onnx_export import GRAPH_NAMES, OPSET, cast_models, check_onnx, export_graph, graph_exports
-from rar_deploy.export.tensorrt import BatchProfile, build_engine, find_tensorrt
+from rar_deploy.export.onnx_export import OPSET, cast_models, check_onnx, export_graph, graph_exports
 from rar_deploy.export.verify import cache_feeds, failures, ort_session, verify_decoder_graph, verify_generator_graphs
+from rar_deploy.manifest import GRAPH_NAMES
 
 
 def export_torchscript(graph, path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 from typing import Mapping
 
@@ -42,11 +43,19 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
         ) from None
 
 
-def read_state_dict(path: str | Path) -> StateDict:
-    """Load a plain state dict from `.bin`/`.pt`/`.pth` (torch.save) or `.safetensors`."""
+def require_file(path: str | Path) -> Path:
+    """A checkpoint path that exists and is a file, or one line saying what it is instead."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pass the .bin or .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """Load a plain state dict from `.bin`/`.pt`/`.pth` (torch.save) or `.safetensors`."""
+    path = require_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -54,6 +63,9 @@ def read_state_dict(path: str | Path) -> StateDict:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a pickle of Python objects, which weights-only loading refuses to run
+        raise CheckpointError(f"{path} is not a safe state dict (it pickles Python objects, not only tensors): "
+                              "save the model's state_dict() with torch.save and pass that file") from None
     except Exception as exc:  # torch and safetensors raise many types for a bad file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
@@ -66,6 +78,15 @@ def read_state_dict(path: str | Path) -> StateDict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def check_finite_weights(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse NaN or infinite weights, naming the tensors that hold them."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f", ... ({len(bad)} in all)" if len(bad) > _SHOWN else ""
+        raise CheckpointError(f"{path} holds NaN or infinite weights in {', '.join(bad[:_SHOWN])}{more}: "
+                              "the checkpoint is damaged; use a good copy")
+
+
 def checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
     """'generator', 'tokenizer' or 'unknown', judged from characteristic keys."""
     if "lm_head.weight" in state or any(k.startswith("blocks.") for k in state):
@@ -76,11 +97,8 @@ def checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -118,6 +136,7 @@ def _build(module_type: type[nn.Module], config, state: StateDict, path: Path) -
     with torch.device("meta"):
         module = module_type(config)
     check_keys(state, expected_shapes(module), path)
+    check_finite_weights(state, path)
     module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     return module.eval().requires_grad_(False)
 
@@ -128,7 +147,7 @@ def load_generator(path: str | Path) -> RARGenerator:
     state = read_state_dict(path)
     if checkpoint_kind(state) != "generator":
         raise CheckpointError(_wrong_kind_message(path, state, "generator"))
-    config = GeneratorConfig.from_state_dict(state)
+    config = GeneratorConfig.from_state_dict(state, path)
     return _build(RARGenerator, config, state, path)
 
 
@@ -139,5 +158,26 @@ def load_tokenizer(path: str | Path) -> VQDecoder:
     if checkpoint_kind(state) != "tokenizer":
         raise CheckpointError(_wrong_kind_message(path, state, "tokenizer"))
     state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-    config = TokenizerConfig.from_state_dict(state)
+    config = TokenizerConfig.from_state_dict(state, path)
     return _build(VQDecoder, config, state, path)
+
+
+def exported_checkpoint(manifest: dict, kind: str, path: str | Path | None = None) -> Path:
+    """The generator or tokenizer file an artifact directory was exported from: `path` if given, else the
+    one its manifest recorded; refused when its SHA-256 is not the recorded one."""
+    record = manifest["checkpoints"][kind]
+    flag = "--ckpt" if kind == "generator" else "--tokenizer"
+    if path is None and not Path(record["path"]).exists():
+        raise CheckpointError(f"the {kind} checkpoint these artifacts were exported from is no longer at "
+                              f"{record['path']}: pass {flag} with its new place")
+    path = require_file(record["path"] if path is None else path)
+    if sha256_of(path) != record["sha256"]:
+        raise CheckpointError(f"{path} is not the {kind} these artifacts were exported from "
+                              f"({record['file']}, sha256 {record['sha256'][:12]}...): pass the right {flag}")
+    return path
+
+
+def load_exported_from(manifest: dict, kind: str, path: str | Path | None = None) -> nn.Module:
+    """Load what `exported_checkpoint` finds."""
+    path = exported_checkpoint(manifest, kind, path)
+    return load_generator(path) if kind == "generator" else load_tokenizer(path)

@@ -37,11 +37,13 @@ def main() -> None:
 @click.option("--preset", default="tiny", show_default=True,
               type=click.Choice(["tiny", "rar_b", "rar_l", "rar_xl", "rar_xxl"]),
               help="Model size; rar_* presets get the released tokenizer's shape.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder to write into.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder to write into; identical files already there are kept, others are never replaced.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the random weights.")
 @friendly_errors
 def make_checkpoint(preset: str, out_dir: str, seed: int) -> None:
-    """Write a randomly initialised generator and tokenizer in the official checkpoint format."""
+    """Write a randomly initialised generator and tokenizer in the official checkpoint format (the same
+    bytes for the same preset and seed)."""
     from .demo import make_demo_checkpoints
 
     generator_path, tokenizer_path = make_demo_checkpoints(preset, out_dir, seed)
@@ -72,18 +74,19 @@ def _default_tokenizer(ckpt: str) -> str:
 @click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5),
               help="TensorRT builder optimization level.")
 @click.option("--compute-capability", "capabilities", multiple=True,
-              help="TensorRT-RTX targets, e.g. SM89 (repeatable) [default: SM80 SM86 SM89 SM120].")
+              help="TensorRT-RTX build target, e.g. SM89 or 8.9 (repeatable) [default: SM80 SM86 SM89 SM120; "
+                   "TensorRT-RTX 1.7 has no SM90: Hopper needs standard TensorRT].")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
               help="TensorRT timing cache to reuse across exports (read, then updated).")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check the graphs against the reference.")
 @click.option("--external-data", is_flag=True, help="Store weights in .onnx.data files even below 2 GB.")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--force", is_flag=True, help="Replace an earlier export at --out (never anything else).")
 @friendly_errors
 def export_command(ckpt, tokenizer, out, fp16, engine, min_batch, opt_batch, max_batch, opt_level, capabilities,
                    timing_cache, verify, external_data, force) -> None:
     """Export a RAR generator and its tokenizer to ONNX graphs, TensorRT engines and a manifest."""
+    from .engines import RTX_DEFAULT_CAPABILITIES, BatchProfile
     from .export.artifacts import ExportRequest, export_artifacts
-    from .export.tensorrt import RTX_DEFAULT_CAPABILITIES, BatchProfile
 
     precision = "fp16" if fp16 else "fp32"
     request = ExportRequest(
@@ -100,6 +103,8 @@ def export_command(ckpt, tokenizer, out, fp16, engine, min_batch, opt_batch, max
 
 def export_summary(result) -> str:
     """Graphs with sizes, the worst parity numbers, engines: what a person checks after an export."""
+    from .engines import describe_targets
+
     def size(path: Path) -> str:
         return f"{path.stat().st_size / 2**20:9.1f} MiB" if path.exists() else "        -"
 
@@ -122,17 +127,12 @@ def export_summary(result) -> str:
     if engines:
         first = next(iter(engines.values()))
         lines.append(f"engines: {first['flavour']} {first['tensorrt_version']}, batch {first['profile']['batch']}, "
-                     f"compute capabilities {', '.join(first['compute_capabilities'])}")
+                     f"for {describe_targets(first['compute_capabilities'])}")
+        if first["flavour"] == "tensorrt-rtx":
+            lines.append("other GPUs: --compute-capability (repeatable); H100/H200 (SM90) need standard TensorRT")
     else:
         lines.append("engines: none (no TensorRT importable, or --no-engine)")
     return "\n".join(lines)
-
-
-def _parse_labels(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise RARDeployError(f"--class-labels must be comma-separated integers, got {text!r}") from None
 
 
 @click.command("rar-generate")
@@ -140,45 +140,63 @@ def _parse_labels(text: str) -> list[int]:
               help="Artifact directory written by rar-export.")
 @click.option("--class-labels", required=True, help="Comma-separated ImageNet class ids, e.g. 207,360.")
 @click.option("--num-per-class", default=1, show_default=True, type=click.IntRange(1), help="Images per class.")
-@click.option("--seed", default=0, show_default=True, help="Image i's noise comes from (seed, i).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Image i's noise comes from (seed, i).")
 @click.option("--backend", default="onnxruntime", show_default=True, type=BACKEND_CHOICE)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]),
               help="[default: cuda where available, cpu for onnxruntime]")
-@click.option("--out", required=True, type=PATH_TYPE, help="Folder for the PNGs and grid.png.")
-@click.option("--guidance-scale", type=float, help="[default: the model size's published value]")
+@click.option("--out", required=True, type=PATH_TYPE, help="Folder for the PNGs, grid.png and samples.json.")
+@click.option("--guidance-scale", type=float, help="0 is no guidance [default: the model size's published value]")
 @click.option("--guidance-pow", type=float, help="[default: the model size's published value]")
 @click.option("--temperature", type=float, help="0 is greedy [default: the model size's published value]")
 @click.option("--batch-size", type=int, help="Images per batch [default: the artifacts' max batch].")
-@click.option("--save-tokens", type=click.Path(dir_okay=False, path_type=Path), help="Also save the tokens (.npy).")
+@click.option("--save-tokens", type=PATH_TYPE, help="Also save the tokens (.npy).")
 @click.option("--ckpt", help="torch backend: generator checkpoint, if it moved since export.")
 @click.option("--tokenizer", help="torch backend: tokenizer checkpoint, if it moved since export.")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--force", is_flag=True,
+              help="Replace an earlier rar-generate --out / --save-tokens (never anything else).")
 @friendly_errors
 def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, device, out, guidance_scale,
                      guidance_pow, temperature, batch_size, save_tokens, ckpt, tokenizer, force) -> None:
-    """Generate images from exported artifacts: one PNG per image and grid.png."""
+    """Generate images from exported artifacts: one PNG per image, grid.png and samples.json."""
     import numpy as np
     from tqdm import tqdm
 
-    from .files import atomic_directory, atomic_file, check_output_directory
-    from .runtime import RARPipeline, image_grid
+    from . import __version__
+    from .arguments import check_class_labels, check_seed, parse_integers
+    from .files import Output, atomic_directory, atomic_file
+    from .runtime import Artifacts, RARPipeline
+    from .samples import is_numpy_file, is_samples_folder, save_samples
 
-    labels = [label for label in _parse_labels(class_labels) for _ in range(num_per_class)]
-    check_output_directory(out, force)
-    pipeline = RARPipeline.from_artifacts(artifacts_dir, backend=backend, device=device, ckpt=ckpt, tokenizer=tokenizer)
-    with tqdm(total=len(labels) * pipeline.config.image_seq_len, unit="step", desc="generating") as bar:
-        tokens = pipeline.generate_tokens(labels, guidance_scale, guidance_pow, temperature, seed, batch_size,
-                                          progress=lambda done, total: bar.update(done - bar.n))
-    images = [__import__("PIL.Image").Image.fromarray(a) for a in pipeline.decode(tokens, batch_size)]
-    with atomic_directory(out, force=force) as tmp:
-        for index, (label, image) in enumerate(zip(labels, images)):
-            image.save(tmp / f"{index:04d}_class{label}.png")
-        image_grid(images, columns=num_per_class if num_per_class > 1 else min(len(images), 8)).save(tmp / "grid.png")
-    if save_tokens:
-        with atomic_file(save_tokens) as tmp_tokens:
-            with open(tmp_tokens, "wb") as f:
+    # Every check before any heavy work: the manifest, the values, both outputs.
+    artifacts = Artifacts.load(artifacts_dir)
+    per_class = parse_integers(class_labels, "--class-labels")
+    labels = check_class_labels([label for label in per_class for _ in range(num_per_class)],
+                                artifacts.config.num_classes)
+    scale, pow_, temperature = artifacts.sampling_values(guidance_scale, guidance_pow, temperature)
+    seed, batch_size = check_seed(seed), artifacts.check_batch_size(batch_size)
+    inputs = (artifacts.directory, *artifacts.checkpoint_paths(), *filter(None, [ckpt, tokenizer]))
+    images_out = Output(out, "--out", force, owned=is_samples_folder, owner="rar-generate", inputs=inputs)
+    tokens_out = save_tokens and Output(save_tokens, "--save-tokens", force, owned=is_numpy_file,
+                                        owner="rar-generate", inputs=inputs)
+    tokens_out and tokens_out.check()
+
+    with atomic_directory(images_out) as folder:
+        pipeline = RARPipeline.from_artifacts(artifacts_dir, backend=backend, device=device, ckpt=ckpt,
+                                              tokenizer=tokenizer)
+        with tqdm(total=len(labels) * pipeline.config.image_seq_len, unit="step", desc="generating") as bar:
+            tokens = pipeline.generate_tokens(labels, scale, pow_, temperature, seed, batch_size,
+                                              progress=lambda done, total: bar.update(done - bar.n))
+        record = {"rar_deploy_version": __version__, "artifacts": str(artifacts.directory.resolve()),
+                  "backend": backend, "device": str(pipeline.backend.device), "seed": seed,
+                  "guidance_scale": scale, "guidance_pow": pow_, "temperature": temperature,
+                  "batch_size": batch_size, "num_per_class": num_per_class,
+                  "tokens": str(save_tokens) if save_tokens else None}
+        save_samples(folder, pipeline.decode(tokens, batch_size), labels, num_per_class, record)
+    if tokens_out:
+        with atomic_file(tokens_out) as tmp:
+            with open(tmp, "wb") as f:
                 np.save(f, tokens)
-    click.echo(f"wrote {len(images)} images and grid.png to {out} ({backend})")
+    click.echo(f"wrote {len(labels)} images, grid.png and samples.json to {out} ({backend})")
 
 
 @click.command("rar-parity")
@@ -188,22 +206,27 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
 @click.option("--tokenizer", help="Reference tokenizer checkpoint [default: the one recorded in the manifest].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device of the backend.")
 @click.option("--batch", default=2, show_default=True, type=click.IntRange(1), help="Images compared.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the inputs and of the shared noise.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the inputs and of the shared noise.")
 @click.option("--tolerance", type=float, help="Max error relative to the reference's peak [default: per precision].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @friendly_errors
 def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed, tolerance, as_json) -> None:
     """Compare a backend with the PyTorch reference: per graph, teacher-forced, free-running, decoder.
-    Exits 1 when a metric is over its tolerance, naming it and the tolerance that would have passed."""
+    Exits 1 when a metric is over its tolerance, naming it with its value and the allowed value."""
     import json
 
-    from .checkpoint import load_generator, load_tokenizer
+    from .arguments import check_finite, check_seed
+    from .checkpoint import load_exported_from
+    from .errors import RARDeployError
     from .parity import format_report, run_parity
     from .runtime import Artifacts, RARPipeline
 
-    checkpoints = Artifacts.load(artifacts_dir).manifest["checkpoints"]
-    generator = load_generator(ckpt or checkpoints["generator"]["path"])
-    decoder = load_tokenizer(tokenizer or checkpoints["tokenizer"]["path"])
+    seed = check_seed(seed)
+    if tolerance is not None and not check_finite("--tolerance", tolerance) > 0:
+        raise RARDeployError(f"--tolerance must be > 0, got {tolerance}")
+    manifest = Artifacts.load(artifacts_dir).manifest
+    generator = load_exported_from(manifest, "generator", ckpt)
+    decoder = load_exported_from(manifest, "tokenizer", tokenizer)
     pipeline = RARPipeline.from_artifacts(artifacts_dir, backend=backend, device=device,
                                           ckpt=ckpt, tokenizer=tokenizer)
     report = run_parity(generator, decoder, pipeline, batch=batch, seed=seed, rel_tol=tolerance,
@@ -222,25 +245,26 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
 @click.option("--baseline", is_flag=True, help="Also time the official-style eager loop and print ratios to it.")
 @click.option("--ckpt", help="Checkpoint for torch/baseline [default: the one recorded in the manifest].")
 @click.option("--tokenizer", help="Tokenizer for torch/baseline [default: the one recorded in the manifest].")
-@click.option("--warmup-steps", default=3, show_default=True, help="Decode steps run before timing.")
+@click.option("--warmup-steps", default=3, show_default=True, type=click.IntRange(0),
+              help="Decode steps run before timing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @friendly_errors
 def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, tokenizer, warmup_steps, as_json):
     """Per-stage latency (prefill, decode step mean/p50/p99, decoder), per image, images/s, peak memory."""
     import json
 
-    from .benchmark import bench_results
+    from .arguments import parse_integers
+    from .benchmark import bench_results, format_results
+    from .errors import RARDeployError
     from .runtime import Artifacts
 
-    sizes = [int(b) for b in _parse_labels(batch_sizes)]
-    results = bench_results(Artifacts.load(artifacts_dir), list(backends), sizes, device, baseline, ckpt, tokenizer,
+    artifacts = Artifacts.load(artifacts_dir)
+    sizes = [artifacts.check_batch_size(b) for b in parse_integers(batch_sizes, "--batch-sizes")]
+    if not sizes:
+        raise RARDeployError("--batch-sizes is empty: give at least one batch size, e.g. 1,8")
+    results = bench_results(artifacts, list(backends), sizes, device, baseline, ckpt, tokenizer,
                             warmup_steps, progress=_progress_printer())
-    if as_json:
-        click.echo(json.dumps(results, indent=1))
-    else:
-        from .benchmark import format_results
-
-        click.echo(format_results(results))
+    click.echo(json.dumps(results, indent=1) if as_json else format_results(results))
 
 
 main.add_command(export_command, name="export")

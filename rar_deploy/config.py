@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Mapping
-
-import torch
+from typing import Any, Mapping
 
 from .errors import CheckpointError
 
@@ -71,24 +69,23 @@ class GeneratorConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "GeneratorConfig":
+    def from_state_dict(cls, state: Mapping[str, Any], path: object = "the checkpoint") -> "GeneratorConfig":
         """Read depth, width, heads (via the qk-norm size), MLP, N, V and classes off the tensors."""
-        _require(state, "generator", ["embeddings.weight", "blocks.0.attn.q_norm.weight",
-                                      "blocks.0.mlp.fc1.weight", "lm_head.weight", "pos_embed"])
-        hidden = state["embeddings.weight"].shape[1]
-        head_dim = state["blocks.0.attn.q_norm.weight"].shape[0]
-        codebook = state["lm_head.weight"].shape[0]
-        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        shapes = _Shapes(state, "generator", path)
+        hidden = shapes.dim("embeddings.weight", 1, rank=2)
+        head_dim = shapes.dim("blocks.0.attn.q_norm.weight", 0, rank=1)
+        codebook = shapes.dim("lm_head.weight", 0, rank=2)
         if hidden % head_dim:
-            raise CheckpointError(f"hidden size {hidden} is not a multiple of the qk-norm size {head_dim}")
+            raise CheckpointError(f"{path}: hidden size {hidden} (embeddings.weight) is not a multiple of the qk-norm "
+                                  f"size {head_dim} (blocks.0.attn.q_norm.weight): not an official RAR generator")
         return cls(
             hidden_size=hidden,
-            depth=depth,
+            depth=shapes.count("blocks.", 1),
             num_heads=hidden // head_dim,
-            mlp_size=state["blocks.0.mlp.fc1.weight"].shape[0],
-            image_seq_len=state["pos_embed"].shape[1] - 1024,
+            mlp_size=shapes.dim("blocks.0.mlp.fc1.weight", 0, rank=2),
+            image_seq_len=shapes.dim("pos_embed", 1, rank=3, offset=1024),
             codebook_size=codebook,
-            num_classes=state["embeddings.weight"].shape[0] - codebook - 2,
+            num_classes=shapes.dim("embeddings.weight", 0, rank=2, offset=codebook + 2),
         )
 
 
@@ -115,30 +112,53 @@ class TokenizerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "TokenizerConfig":
-        _require(state, "tokenizer", ["decoder.conv_in.weight", "decoder.conv_out.weight",
-                                      "quantize.embedding.weight", "decoder.up.0.block.0.conv1.weight"])
-        levels = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("decoder.up."))
-        blocks = 1 + max(int(k.split(".")[4]) for k in state if k.startswith("decoder.up.0.block."))
-        _require(state, "tokenizer", [f"decoder.up.{i}.block.0.conv1.weight" for i in range(levels)])
-        widths = [state[f"decoder.up.{i}.block.0.conv1.weight"].shape[0] for i in range(levels)]
+    def from_state_dict(cls, state: Mapping[str, Any], path: object = "the checkpoint") -> "TokenizerConfig":
+        shapes = _Shapes(state, "tokenizer", path)
+        levels = shapes.count("decoder.up.", 2)
+        blocks = shapes.count("decoder.up.0.block.", 4)
+        widths = [shapes.dim(f"decoder.up.{i}.block.0.conv1.weight", 0, rank=4) for i in range(levels)]
         base = widths[0]
         if any(w % base for w in widths):
-            raise CheckpointError(f"decoder level widths {widths} are not multiples of level 0's")
+            raise CheckpointError(f"{path}: decoder level widths {widths} are not multiples of level 0's")
         return cls(
             hidden_channels=base,
             channel_mult=tuple(w // base for w in widths),
             num_res_blocks=blocks,
-            z_channels=state["decoder.conv_in.weight"].shape[1],
-            codebook_size=state["quantize.embedding.weight"].shape[0],
-            num_channels=state["decoder.conv_out.weight"].shape[0],
+            z_channels=shapes.dim("decoder.conv_in.weight", 1, rank=4),
+            codebook_size=shapes.dim("quantize.embedding.weight", 0, rank=2),
+            num_channels=shapes.dim("decoder.conv_out.weight", 0, rank=4),
         )
 
 
-def _require(state: Mapping[str, torch.Tensor], what: str, keys: list[str]) -> None:
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise CheckpointError(f"cannot read the {what} configuration: missing {', '.join(missing)}")
+class _Shapes:
+    """Dimensions read off a state dict, with errors that name the tensor and the file."""
+
+    def __init__(self, state: Mapping[str, Any], what: str, path: object) -> None:
+        self.state, self.what, self.path = state, what, path
+
+    def dim(self, key: str, axis: int, rank: int, offset: int = 0) -> int:
+        """state[key].shape[axis] - offset, which must be at least 1."""
+        if key not in self.state:
+            raise CheckpointError(f"cannot read the {self.what} configuration from {self.path}: missing {key}")
+        shape = tuple(self.state[key].shape)
+        if len(shape) != rank or shape[axis] - offset < 1:
+            expected = f"{rank} dimensions" + (f" with dim {axis} above {offset}" if offset else "")
+            raise CheckpointError(f"{self.path}: {key} has shape {shape}, expected {expected}: not an official "
+                                  f"RAR {self.what} checkpoint")
+        return int(shape[axis] - offset)
+
+    def count(self, prefix: str, field: int) -> int:
+        """1 + the largest index at dot-separated `field` of the keys starting with `prefix` (blocks, levels)."""
+        indices = []
+        for key in self.state:
+            if key.startswith(prefix):
+                parts = key.split(".")
+                if len(parts) <= field or not parts[field].isdigit():
+                    raise CheckpointError(f"{self.path}: unexpected key {key} (no index after {prefix!r})")
+                indices.append(int(parts[field]))
+        if not indices:
+            raise CheckpointError(f"cannot read the {self.what} configuration from {self.path}: no {prefix}* keys")
+        return 1 + max(indices)
 
 
 GENERATOR_PRESETS: dict[str, GeneratorConfig] = {

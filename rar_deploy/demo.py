@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import filecmp
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -10,7 +12,7 @@ from torch import nn
 
 from .config import GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, TokenizerConfig
 from .errors import RARDeployError
-from .files import atomic_file
+from .files import Output, atomic_file
 from .model.generator import RARGenerator
 from .model.layers import NORM_TYPES
 from .model.tokenizer import VQDecoder
@@ -60,8 +62,16 @@ def random_tokenizer(config: TokenizerConfig, seed: int = 0) -> VQDecoder:
 
 
 def save_state_dict(module: nn.Module, path: Path) -> Path:
-    with atomic_file(path) as tmp:
-        torch.save(module.state_dict(), tmp)
+    """torch.save the state dict, byte for byte the same for the same weights. A file already at `path`
+    is kept when it is identical and refused when it is not (it may be somebody's real checkpoint)."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_file():
+        raise RARDeployError(f"{path} exists and is not a file: choose another --out")
+    with atomic_file(Output(path, force=True, owned=lambda existing: existing.is_file())) as tmp:
+        with open(tmp, "wb") as f:  # a file object: the zip's inner folder is then "archive", not the temp name
+            torch.save(module.state_dict(), f)
+        if path.exists() and not filecmp.cmp(tmp, path, shallow=False):
+            raise RARDeployError(f"{path} exists and holds other weights: remove it yourself or choose another --out")
     return path
 
 

@@ -13,6 +13,7 @@ from .config import GeneratorConfig, TokenizerConfig
 from .errors import RARDeployError
 
 SCHEMA = "rar-deploy/manifest"
+GRAPH_NAMES = ("prefill", "decode_step", "vq_decoder")
 SCHEMA_VERSION = 1
 GUIDANCE_FORMULA = "s_t = (g - 1) * (1 - cos(pi * (t / N) ** pow)) / 2 + 1 in float32, with 0 ** 0 = 1; t = 0 .. N-1"
 
@@ -52,6 +53,14 @@ def build_manifest(*, generator: GeneratorConfig, tokenizer: TokenizerConfig, ch
 
 def write_manifest(manifest: dict, directory: Path) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def is_artifact_directory(path: Path) -> bool:
+    """A folder rar-export wrote (any schema version): the only kind of folder its --force replaces."""
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text()).get("schema") == SCHEMA
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_manifest(directory: str | Path) -> dict:

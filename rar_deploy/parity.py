@@ -145,7 +145,7 @@ def decoder_psnr(pipeline: RARPipeline, tokenizer: VQDecoder, tokens: np.ndarray
 
 def run_parity(generator: RARGenerator, tokenizer: VQDecoder, pipeline: RARPipeline, batch: int = 2, seed: int = 0,
                rel_tol: float | None = None, progress: Callable[[str], None] = lambda message: None) -> dict:
-    """The whole report; `failures` lists each metric over its tolerance with the value that would pass."""
+    """The whole report; `failures` lists each metric over its tolerance, with its value and the allowed one."""
     precision = pipeline.artifacts.precision
     rel_tol = TOLERANCES[precision]["max_rel_to_peak"] if rel_tol is None else rel_tol
     c = generator.config
@@ -178,18 +178,19 @@ def parity_failures(report: dict, precision: str, rel_tol: float) -> list[str]:
     checks.append(("teacher_forced.logits", report["teacher_forced"]["logits"]))
     for where, stats in checks:
         if stats["max_rel_to_peak"] > rel_tol:
-            found.append(f"{where}: error {stats['max_rel_to_peak']:.3g} of peak > {rel_tol:g} "
-                         f"(would pass with a tolerance of {stats['max_rel_to_peak']:.3g})")
+            found.append(f"{where}: max error {stats['max_rel_to_peak']:.3g} of the reference's peak, "
+                         f"allowed {rel_tol:g}")
         if stats["nonfinite"]:
             found.append(f"{where}: {stats['nonfinite']} inf/nan values")
     limits = END_TO_END[precision]
     agreement = report["free_running"]["token_agreement"]
     if agreement < limits["min_token_agreement"]:
-        found.append(f"free_running: token agreement {agreement:.4f} < {limits['min_token_agreement']:g} "
+        found.append(f"free_running: token agreement {agreement:.4f}, at least {limits['min_token_agreement']:g} "
+                     "required "
                      f"(first divergent step {report['free_running']['first_divergent_step']})")
     psnr = report["decoder"]["psnr_db"]
     if psnr < limits["min_psnr_db"]:
-        found.append(f"decoder: PSNR {psnr:.1f} dB < {limits['min_psnr_db']:g} dB (would pass with {psnr:.1f})")
+        found.append(f"decoder: PSNR {psnr:.1f} dB, at least {limits['min_psnr_db']:g} dB required")
     return found
 
 

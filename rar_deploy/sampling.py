@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .arguments import check_class_labels, check_sampling
 from .errors import RARDeployError
 from .model.generator import RARGenerator
 from .model.kv_cache import StaticKVCache
@@ -60,16 +61,6 @@ def gumbel_max(logits: torch.Tensor, uniform: torch.Tensor, temperature: torch.T
     return torch.where(temperature[:, 0] > 0, sampled, greedy)
 
 
-def check_class_labels(labels: Sequence[int] | torch.Tensor, num_classes: int) -> torch.Tensor:
-    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
-    if labels.numel() == 0:
-        raise RARDeployError("no class labels given: pass at least one ImageNet class id")
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.numel():
-        raise RARDeployError(f"class id {int(bad[0])} is out of range: class ids must lie in [0, {num_classes})")
-    return labels
-
-
 @dataclass
 class Generation:
     tokens: torch.Tensor  # int64 [B, N]
@@ -90,7 +81,8 @@ def reference_generate(
     """The official `generate` (raster order, KV cache), drawing by Gumbel-max from `noise`
     ([B, N, V] uniform; from `seed` when None). guidance_scale 0 means no guidance, as officially."""
     config = generator.config
-    labels = check_class_labels(class_labels, config.num_classes)
+    labels = torch.from_numpy(check_class_labels(class_labels, config.num_classes))
+    guidance_scale, guidance_pow, temperature = check_sampling(guidance_scale, guidance_pow, temperature)
     batch, steps = labels.shape[0], config.image_seq_len
     if noise is None:
         noise = sampling_noise(seed, batch, steps, config.codebook_size)

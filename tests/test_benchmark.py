@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -42,11 +41,11 @@ def test_bench_reports_every_stage_and_the_baseline(artifacts):
         assert 0 < run["step_p50_ms"] <= run["step_p99_ms"]
         assert run["prefill_ms"] > 0 and run["decoder_ms"] > 0 and run["peak_host_rss_mib"] > 0
         assert run["images_per_s"] == pytest.approx(run["batch"] * 1e3 / (run["total_ms_per_image"] * run["batch"]))
-        assert np.isfinite(run["step_drift"])
+        assert run["step_drift"] is None  # 15 steps: too few for a 20-step window
 
 
 def test_bench_table_and_bad_batch(artifacts):
     result = CliRunner().invoke(bench_command, ["--artifacts", str(artifacts), "--batch-sizes", "1"])
     assert result.exit_code == 0 and "step mean" in result.output and "img/s" in result.output, result.output
     result = CliRunner().invoke(bench_command, ["--artifacts", str(artifacts), "--batch-sizes", "1,9"])
-    assert result.exit_code != 0 and "batch sizes [9] are outside the artifacts' profile [1, 4]" in result.output
+    assert result.exit_code != 0 and "batch size 9 is outside the artifacts' profile [1, 4]" in result.output

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from rar_deploy import TokenizerConfig
 from rar_deploy.cli import export_command
 from rar_deploy.demo import random_tokenizer, save_state_dict
+from rar_deploy.engines import BatchProfile, find_tensorrt, resolve_shape
 from rar_deploy.export.graphs import DecodeStepGraph
-from rar_deploy.export.tensorrt import BatchProfile, find_tensorrt, resolve_shape
 from rar_deploy.export.verify import (
     TOLERANCES,
     cache_feeds,
@@ -259,7 +259,7 @@ def test_max_batch_zero(official_dir, tmp_path):
 
 
 def test_engine_without_tensorrt_is_actionable(official_dir, tmp_path, monkeypatch):
-    import rar_deploy.export.tensorrt as tensorrt_module
+    import rar_deploy.engines as tensorrt_module
 
     monkeypatch.setattr(tensorrt_module, "FLAVOURS", (("no_such_tensorrt_module", "tensorrt"),))
     out = tmp_path / "out"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rar_deploy import RARPipeline, reference_generate, sampling_noise
-from rar_deploy.export.tensorrt import BatchProfile, find_tensorrt
+from rar_deploy.engines import BatchProfile, find_tensorrt
 from rar_deploy.runtime.artifacts import Artifacts
 from rar_deploy.runtime.backends import TorchBackend
 from rar_deploy.runtime.tensorrt_backend import current_capability

@@ -15,9 +15,8 @@ from PIL import Image
 
 from rar_deploy import RARDeployError, RARPipeline, reference_generate, sampling_noise
 from rar_deploy.cli import generate_command
-from rar_deploy.export.tensorrt import find_tensorrt
+from rar_deploy.engines import check_engines, find_tensorrt
 from rar_deploy.runtime.artifacts import Artifacts
-from rar_deploy.runtime.tensorrt_backend import check_engines
 
 RUNS = {"const": ("4", "0"), "powcos": ("16", "2.75")}
 
@@ -106,13 +105,13 @@ def test_tensorrt_engines_are_checked_before_loading(engine_artifacts):
     artifacts = Artifacts.load(engine_artifacts)
     engine = artifacts.manifest["engines"]["decode_step"]
     flavour, version = engine["flavour"], engine["tensorrt_version"]
-    check_engines(artifacts, version, flavour, "SM89")  # a GPU it was built for: accepted
+    check_engines(artifacts.manifest, artifacts.directory, version, flavour, "SM89")  # a GPU it was built for: accepted
     with pytest.raises(RARDeployError, match="built with .* this machine has tensorrt 10.0.1: rebuild them here"):
-        check_engines(artifacts, "10.0.1", "tensorrt", "SM89")
+        check_engines(artifacts.manifest, artifacts.directory, "10.0.1", "tensorrt", "SM89")
     with pytest.raises(RARDeployError, match="this GPU is SM90: rebuild"):
-        check_engines(artifacts, version, flavour, "SM90")
+        check_engines(artifacts.manifest, artifacts.directory, version, flavour, "SM90")
     with pytest.raises(RARDeployError, match="needs an NVIDIA GPU"):
-        check_engines(artifacts, version, flavour, None)
+        check_engines(artifacts.manifest, artifacts.directory, version, flavour, None)
 
 
 @needs_tensorrt
@@ -125,7 +124,7 @@ def test_tensorrt_backend_without_gpu_says_so(engine_artifacts, tmp_path):
 
 
 def test_tensorrt_backend_without_tensorrt(fp32_artifacts, tmp_path, monkeypatch):
-    import rar_deploy.export.tensorrt as tensorrt_module
+    import rar_deploy.engines as tensorrt_module
 
     monkeypatch.setattr(tensorrt_module, "FLAVOURS", (("no_such_tensorrt_module", "tensorrt"),))
     result = _generate(["--artifacts", str(fp32_artifacts), "--class-labels", "1", "--backend", "tensorrt",
@@ -135,7 +134,7 @@ def test_tensorrt_backend_without_tensorrt(fp32_artifacts, tmp_path, monkeypatch
 
 def test_artifacts_without_engines_refuse_tensorrt(fp32_artifacts):
     with pytest.raises(RARDeployError, match="has no TensorRT engines"):
-        check_engines(Artifacts.load(fp32_artifacts), "1.0", "tensorrt", "SM89")
+        check_engines(Artifacts.load(fp32_artifacts).manifest, fp32_artifacts, "1.0", "tensorrt", "SM89")
 
 
 # -- bad input: one line, non-zero exit, nothing in --out ----------------------------------------------------

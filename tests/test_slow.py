@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from rar_deploy.benchmark import bench_results
 from rar_deploy.cli import export_command, parity_command
 from rar_deploy.demo import make_demo_checkpoints
-from rar_deploy.export.tensorrt import find_tensorrt
+from rar_deploy.engines import find_tensorrt
 from rar_deploy.runtime import Artifacts
 
 pytestmark = pytest.mark.slow

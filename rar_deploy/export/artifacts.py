@@ -14,13 +14,20 @@ import onnx
 import onnxruntime
 import torch
 
-from ..checkpoint import load_generator, load_tokenizer, resolve_checkpoint, sha256_of
+from ..checkpoint import load_generator, load_tokenizer, require_file, resolve_checkpoint, sha256_of
+from ..engines import (
+    RTX_DEFAULT_CAPABILITIES,
+    BatchProfile,
+    build_engine,
+    find_tensorrt,
+    parse_compute_capabilities,
+    require_tensorrt,
+)
 from ..errors import ExportError
-from ..files import atomic_directory, atomic_file, check_output_directory
-from ..manifest import build_manifest, write_manifest
+from ..files import Output, atomic_directory, atomic_file
+from ..manifest import GRAPH_NAMES, build_manifest, is_artifact_directory, write_manifest
 from .graphs import graph_specs
-from .onnx_export import GRAPH_NAMES, OPSET, cast_models, export_graph, graph_exports, needs_external_data
-from .tensorrt import RTX_DEFAULT_CAPABILITIES, BatchProfile, build_engine, find_tensorrt, require_tensorrt
+from .onnx_export import OPSET, cast_models, export_graph, graph_exports, needs_external_data
 from .verify import TOLERANCES, failures, verify_decoder_graph, verify_generator_graphs
 
 VERIFY_STEPS = 8  # teacher-forced decode steps checked at export time (all of them for N <= 9)
@@ -53,15 +60,17 @@ class ExportResult:
 def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = print) -> ExportResult:
     """Everything `rar-export` does. Nothing appears at `request.out` unless all of it succeeded."""
     start = time.perf_counter()
-    request.profile.validate()
-    check_output_directory(request.out, request.force)
-    trt = require_tensorrt() if request.engine else (find_tensorrt() if request.engine is None else None)
+    trt, capabilities = _check_request(request, progress)
     ckpt, tokenizer_path = resolve_checkpoint(request.ckpt), resolve_checkpoint(request.tokenizer)
-    progress(f"loading {ckpt} and {tokenizer_path}")
-    generator, tokenizer = load_generator(ckpt), load_tokenizer(tokenizer_path)
-    _check_compatible(generator.config, tokenizer.config, tokenizer_path)
+    require_file(ckpt), require_file(tokenizer_path)
+    output = Output(request.out, "--out", request.force, owned=is_artifact_directory, owner="rar-export",
+                    inputs=(ckpt, tokenizer_path, *filter(None, [request.timing_cache])))
+    output.check()
 
-    with atomic_directory(request.out, force=request.force) as tmp:
+    with atomic_directory(output, report=progress) as tmp:
+        progress(f"loading {ckpt} and {tokenizer_path}")
+        generator, tokenizer = load_generator(ckpt), load_tokenizer(tokenizer_path)
+        _check_compatible(generator.config, tokenizer.config, tokenizer_path)
         cast_gen, cast_tok = cast_models(generator, tokenizer, request.precision)
         cache_dtype = "float16" if request.precision == "fp16" else "float32"
         specs = graph_specs(generator, tokenizer, cache_dtype)
@@ -82,7 +91,9 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
             parity = _verify(generator, tokenizer, tmp, request.precision, np.dtype(cache_dtype))
             (tmp / "parity.json").write_text(json.dumps(parity, indent=1) + "\n")
             if parity["failures"]:
-                raise ExportError("export verification failed: " + "; ".join(parity["failures"][:3]))
+                overflow = request.precision == "fp16" and any("inf/nan" in f for f in parity["failures"])
+                raise ExportError("export verification failed: " + "; ".join(parity["failures"][:3])
+                                  + (" (float16 overflow: export with --fp32)" if overflow else ""))
 
         engines = {}
         if trt is not None:
@@ -93,9 +104,10 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
             for name in GRAPH_NAMES:
                 engines[name] = build_engine(trt, tmp / f"{name}.onnx", tmp / "engines" / f"{name}.plan",
                                              graphs[name]["inputs"], request.profile, timing_cache,
-                                             request.opt_level, request.compute_capabilities, progress)
+                                             request.opt_level, capabilities, progress)
             if request.timing_cache and timing_cache.exists():
-                with atomic_file(request.timing_cache) as shared:
+                with atomic_file(Output(request.timing_cache, "--timing-cache", force=True,
+                                        owned=lambda existing: existing.is_file())) as shared:
                     shutil.copyfile(timing_cache, shared)
 
         manifest = build_manifest(
@@ -110,6 +122,23 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
         )
         write_manifest(manifest, tmp)
     return ExportResult(request.out, manifest, parity, time.perf_counter() - start)
+
+
+def _check_request(request: ExportRequest, progress: Callable[[str], None]):
+    """The options that need no checkpoint: TensorRT, its targets, the batch profile, the timing cache."""
+    request.profile.validate()
+    trt = require_tensorrt() if request.engine else (find_tensorrt() if request.engine is None else None)
+    capabilities = request.compute_capabilities
+    if trt is not None and trt.flavour == "tensorrt-rtx":
+        capabilities = parse_compute_capabilities(trt, capabilities)
+        if request.timing_cache:
+            progress(f"note: TensorRT-RTX has no timing cache (it tunes on the GPU at run time): --timing-cache "
+                     f"{request.timing_cache} is not used")
+    elif trt is not None and request.compute_capabilities != RTX_DEFAULT_CAPABILITIES:
+        progress("note: --compute-capability applies to TensorRT-RTX; standard TensorRT builds for this machine's GPU")
+    if request.timing_cache and request.timing_cache.is_dir():
+        raise ExportError(f"--timing-cache {request.timing_cache} is a folder: name a file")
+    return trt, capabilities
 
 
 def _check_compatible(generator, tokenizer, tokenizer_path: Path) -> None:

@@ -11,7 +11,9 @@ export time (65 s vs 24 s for the RAR-B graphs), once per model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,6 @@ from ..model.tokenizer import VQDecoder
 from .graphs import DecodeStepGraph, PrefillGraph, VQDecoderGraph
 
 OPSET = 18
-GRAPH_NAMES = ("prefill", "decode_step", "vq_decoder")
 PROTOBUF_LIMIT = 2**31 - 1
 _EXAMPLE_BATCH = 2  # verification runs at another batch size, so a specialised batch cannot pass
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -44,7 +45,22 @@ class GraphExport:
 def cast_models(generator: RARGenerator, tokenizer: VQDecoder, precision: str) -> tuple[RARGenerator, VQDecoder]:
     """Copies of the models in the export precision (norms stay float32)."""
     dtype = DTYPES[precision]
+    if dtype == torch.float16:
+        for model in (generator, tokenizer):
+            check_float16_range(model)
     return (cast_for_inference(copy.deepcopy(generator), dtype), cast_for_inference(copy.deepcopy(tokenizer), dtype))
+
+
+FLOAT16_MAX = 65504.0
+
+
+def check_float16_range(model: nn.Module) -> None:
+    """Weights beyond float16's range would become inf in an fp16 graph: refuse, naming them."""
+    for name, param in model.named_parameters():
+        peak = float(param.detach().abs().max()) if param.numel() else 0.0
+        if peak > FLOAT16_MAX:
+            raise ExportError(f"{name} holds values up to {peak:.3g}, beyond float16's {FLOAT16_MAX:g}: export with "
+                              "--fp32")
 
 
 def graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: int) -> dict[str, GraphExport]:
@@ -82,7 +98,7 @@ def graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: int)
 def export_graph(graph: GraphExport, path: Path, external_data: bool) -> None:
     """Export one graph to `path` (weights to `path`.data when external), then check it."""
     module = graph.module.eval()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
@@ -93,6 +109,18 @@ def export_graph(graph: GraphExport, path: Path, external_data: bool) -> None:
             raise ExportError(f"torch.onnx.export failed for {path.name}: {exc}") from exc
     program.save(str(path), external_data=external_data)
     check_onnx(path)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Silence a library logger for a while (torch.onnx logs one 'torchvision is not installed' per op)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def needs_external_data(graph: GraphExport) -> bool:

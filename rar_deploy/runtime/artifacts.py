@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arguments import check_sampling
 from ..config import GeneratorConfig, SamplingDefaults, TokenizerConfig
+from ..engines import resolve_shape
 from ..errors import RARDeployError
-from ..export.tensorrt import resolve_shape
-from ..manifest import read_manifest
-
-GRAPHS = ("prefill", "decode_step", "vq_decoder")
+from ..manifest import GRAPH_NAMES, read_manifest
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class Artifacts:
         if not directory.is_dir():
             raise RARDeployError(f"artifact directory not found: {directory}")
         artifacts = cls(directory, read_manifest(directory))
-        for name in GRAPHS:
+        for name in GRAPH_NAMES:
             graph = artifacts.manifest["graphs"].get(name)
             if graph is None or not (directory / graph["file"]).is_file():
                 raise RARDeployError(f"{directory} lacks {name}.onnx: export the artifacts again with rar-export")
@@ -62,6 +61,29 @@ class Artifacts:
     @property
     def sampling_defaults(self) -> SamplingDefaults:
         return SamplingDefaults(**self.manifest["sampling"]["defaults"])
+
+    def sampling_values(self, guidance_scale: float | None, guidance_pow: float | None,
+                        temperature: float | None) -> tuple[float, float, float]:
+        """The given sampling values, checked, with None replaced by the model size's published default."""
+        defaults = self.sampling_defaults
+        return check_sampling(defaults.guidance_scale if guidance_scale is None else guidance_scale,
+                              defaults.guidance_pow if guidance_pow is None else guidance_pow,
+                              defaults.temperature if temperature is None else temperature)
+
+    def check_batch_size(self, batch_size: int | None) -> int:
+        """A batch size within the artifacts' profile; None means its largest."""
+        if batch_size is None:
+            return self.max_batch
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
+            raise RARDeployError(f"batch size must be an integer, got {batch_size!r}")
+        if not 1 <= batch_size <= self.max_batch:
+            raise RARDeployError(f"batch size {batch_size} is outside the artifacts' profile [1, {self.max_batch}]: "
+                                 f"use a smaller one or export again with a larger --max-batch")
+        return int(batch_size)
+
+    def checkpoint_paths(self) -> list[Path]:
+        """Where the checkpoints were at export (they may have moved since)."""
+        return [Path(record["path"]) for record in self.manifest["checkpoints"].values()]
 
     def graph_path(self, name: str) -> Path:
         return self.directory / self.manifest["graphs"][name]["file"]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import RARDeployError
+from ..manifest import GRAPH_NAMES
 from .artifacts import Artifacts
 
 TORCH_DTYPES = {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16,
@@ -150,7 +151,7 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.sessions = {name: ort.InferenceSession(str(artifacts.graph_path(name)), options, providers=providers)
-                         for name in ("prefill", "decode_step", "vq_decoder")}
+                         for name in GRAPH_NAMES}
         self.ort_device = ("cuda" if device.type == "cuda" else "cpu", device.index or 0)
 
     def run(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -215,8 +216,10 @@ class TorchBackend(Backend):
         from ..model.layers import cast_for_inference
 
         super().__init__(artifacts, device)
-        generator = _load_checked(artifacts, "generator", ckpt)
-        decoder = _load_checked(artifacts, "tokenizer", tokenizer)
+        from ..checkpoint import load_exported_from
+
+        generator = load_exported_from(artifacts.manifest, "generator", ckpt)
+        decoder = load_exported_from(artifacts.manifest, "tokenizer", tokenizer)
         dtype = torch.float16 if device.type == "cuda" and artifacts.precision == "fp16" else torch.float32
         self.cache_dtype = dtype
         if device.type == "cpu":
@@ -279,18 +282,3 @@ class TorchBackend(Backend):
                 if "_cache." in name:
                     feeds[name] = feeds[name][:, :, : t + 1]
         return feeds
-
-
-def _load_checked(artifacts: Artifacts, kind: str, path: str | None):
-    """Load the checkpoint the artifacts were exported from (or `path`), refusing a different one."""
-    from ..checkpoint import load_generator, load_tokenizer, sha256_of
-
-    record = artifacts.manifest["checkpoints"][kind]
-    path = path or record.get("path")
-    flag = "--ckpt" if kind == "generator" else "--tokenizer"
-    if not path:
-        raise RARDeployError(f"the torch backend needs the {kind} checkpoint {record['file']}: pass {flag}")
-    if sha256_of(path) != record["sha256"]:
-        raise RARDeployError(f"{path} is not the {kind} these artifacts were exported from "
-                             f"({record['file']}, sha256 {record['sha256'][:12]}...): pass the right {flag}")
-    return load_generator(path) if kind == "generator" else load_tokenizer(path)

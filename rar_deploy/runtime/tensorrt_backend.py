@@ -6,38 +6,11 @@ from __future__ import annotations
 
 import torch
 
+from ..engines import check_engines, current_capability, find_tensorrt
 from ..errors import RARDeployError
-from ..export.tensorrt import find_tensorrt
-from .artifacts import GRAPHS, Artifacts
+from ..manifest import GRAPH_NAMES
+from .artifacts import Artifacts
 from .backends import TORCH_DTYPES, Backend
-
-
-def check_engines(artifacts: Artifacts, trt_version: str, flavour: str, capability: str | None) -> None:
-    """Refuse engines that this machine cannot run, with what to rebuild."""
-    engines = artifacts.manifest.get("engines") or {}
-    rebuild = f"rebuild them here: rar-export --ckpt ... --engine --out {artifacts.directory} --force"
-    if set(engines) != set(GRAPHS):
-        raise RARDeployError(f"{artifacts.directory} has no TensorRT engines: export on a machine with TensorRT "
-                             "(rar-export --engine), or use --backend onnxruntime or torch")
-    for name, engine in engines.items():
-        if (engine["flavour"], engine["tensorrt_version"]) != (flavour, trt_version):
-            raise RARDeployError(f"engine {name} was built with {engine['flavour']} {engine['tensorrt_version']}, "
-                                 f"this machine has {flavour} {trt_version}: {rebuild}")
-        if capability is None:
-            raise RARDeployError("the tensorrt backend needs an NVIDIA GPU (torch.cuda sees none): "
-                                 "use --backend onnxruntime or torch on this machine")
-        if capability not in engine["compute_capabilities"]:
-            raise RARDeployError(f"engine {name} was built for {', '.join(engine['compute_capabilities'])}, this GPU "
-                                 f"is {capability}: {rebuild}")
-        if not (artifacts.directory / engine["file"]).is_file():
-            raise RARDeployError(f"{artifacts.directory / engine['file']} is missing: {rebuild}")
-
-
-def current_capability() -> str | None:
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability()
-    return f"SM{major}{minor}"
 
 
 class TensorRTBackend(Backend):
@@ -48,13 +21,13 @@ class TensorRTBackend(Backend):
         if trt is None:
             raise RARDeployError("--backend tensorrt needs TensorRT: install tensorrt (or tensorrt-rtx with "
                                  "`pip install .[rtx]`), or use --backend onnxruntime or torch")
-        check_engines(artifacts, trt.version, trt.flavour, current_capability())
+        check_engines(artifacts.manifest, artifacts.directory, trt.version, trt.flavour, current_capability())
         super().__init__(artifacts, device)
         self.trt = trt.module
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
         runtime = self.trt.Runtime(self.logger)
         self.engines = {}
-        for name in GRAPHS:
+        for name in GRAPH_NAMES:
             plan = (artifacts.directory / artifacts.manifest["engines"][name]["file"]).read_bytes()
             engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:

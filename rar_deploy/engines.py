@@ -1,5 +1,6 @@
-"""Strongly typed TensorRT engines from the ONNX graphs, through one code path for standard TensorRT
-(10.x/11.x, module `tensorrt`) and TensorRT-RTX (module `tensorrt_rtx_bindings`)."""
+"""TensorRT engines: finding TensorRT (standard 10.x/11.x, module `tensorrt`, or TensorRT-RTX, module
+`tensorrt_rtx_bindings`), compute capabilities, building strongly typed engines from the ONNX graphs
+through one code path for both flavours, and checking engines against the machine that would run them."""
 
 from __future__ import annotations
 
@@ -10,12 +11,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from ..errors import ExportError
-from ..files import atomic_file
+from .errors import ExportError, RARDeployError
+from .files import atomic_file
 
 FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt_rtx_bindings", "tensorrt-rtx"))
-# TensorRT-RTX builds ahead of time for named compute capabilities; with no GPU present it cannot
-# use CURRENT. Its support matrix lists these (no Hopper 9.0).
+# TensorRT-RTX builds ahead of time for named compute capabilities (with no GPU present it cannot use
+# CURRENT). What 1.7 offers; it has no SM90, so Hopper (H100, H200) needs standard TensorRT.
+RTX_TARGETS = {
+    "SM75": "Turing: RTX 20xx, T4",
+    "SM80": "Ampere: A100, A30",
+    "SM86": "Ampere: RTX 30xx, A10, A40",
+    "SM89": "Ada: RTX 40xx, L4, L40",
+    "SM120": "Blackwell: RTX 50xx, RTX PRO 6000",
+    "SM121": "Blackwell: GB10 (DGX Spark)",
+}
 RTX_DEFAULT_CAPABILITIES = ("SM80", "SM86", "SM89", "SM120")
 
 
@@ -59,6 +68,62 @@ def require_tensorrt() -> TensorRT:
         raise ExportError("no TensorRT found: install standard TensorRT (`pip install .[tensorrt]` on a CUDA machine) "
                           "or TensorRT-RTX (`pip install .[rtx]`), or pass --no-engine")
     return trt
+
+
+def parse_compute_capabilities(trt: TensorRT, names: tuple[str, ...]) -> tuple[str, ...]:
+    """TensorRT-RTX build targets as its enum names: accepts SM89, sm89, 89 or 8.9."""
+    offered = [name for name in trt.module.ComputeCapability.__members__ if name.startswith("SM")]
+    parsed = []
+    for name in names:
+        text = str(name).strip().upper().removeprefix("SM").replace(".", "")
+        canonical = f"SM{text}"
+        if canonical not in offered:
+            here = current_capability()
+            raise ExportError(f"--compute-capability {name} is not a TensorRT-RTX {trt.version} build target: choose "
+                              f"from {', '.join(offered)}" + (f" (this machine's GPU is {here})" if here else ""))
+        parsed.append(canonical)
+    return tuple(dict.fromkeys(parsed))
+
+
+def describe_targets(capabilities: list[str]) -> str:
+    """'SM80 (Ampere: A100, A30), ...' for the export summary."""
+    return ", ".join(f"{c} ({RTX_TARGETS[c]})" if c in RTX_TARGETS else c for c in capabilities)
+
+
+def current_capability() -> str | None:
+    """This machine's GPU as 'SM89', or None without one."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        major, minor = torch.cuda.get_device_capability()
+        return f"SM{major}{minor}"
+    except Exception:  # no torch, no driver: no usable GPU either way
+        return None
+
+
+def check_engines(manifest: dict, directory: Path, trt_version: str, flavour: str, capability: str | None) -> None:
+    """Refuse engines that this machine cannot run, with what to rebuild."""
+    from .manifest import GRAPH_NAMES
+
+    engines = manifest.get("engines") or {}
+    rebuild = f"rebuild them here: rar-export --ckpt ... --engine --out {directory} --force"
+    if set(engines) != set(GRAPH_NAMES):
+        raise RARDeployError(f"{directory} has no TensorRT engines: export on a machine with TensorRT "
+                             "(rar-export --engine), or use --backend onnxruntime or torch")
+    for name, engine in engines.items():
+        if (engine["flavour"], engine["tensorrt_version"]) != (flavour, trt_version):
+            raise RARDeployError(f"engine {name} was built with {engine['flavour']} {engine['tensorrt_version']}, "
+                                 f"this machine has {flavour} {trt_version}: {rebuild}")
+        if capability is None:
+            raise RARDeployError("the tensorrt backend needs an NVIDIA GPU (torch.cuda sees none): "
+                                 "use --backend onnxruntime or torch on this machine")
+        if capability not in engine["compute_capabilities"]:
+            raise RARDeployError(f"engine {name} was built for {', '.join(engine['compute_capabilities'])}, this GPU "
+                                 f"is {capability}: {rebuild}")
+        if not (directory / engine["file"]).is_file():
+            raise RARDeployError(f"{directory / engine['file']} is missing: {rebuild}")
 
 
 def resolve_shape(shape: list, batch: int) -> list[int]:
@@ -105,7 +170,8 @@ def build_engine(
     start = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise ExportError(f"TensorRT failed to build an engine from {onnx_path.name}: {' | '.join(logger.errors[-3:])}")
+        reason = " | ".join(logger.errors[-3:] or logger.warnings[-3:]) or "TensorRT logged no reason"
+        raise ExportError(f"TensorRT failed to build an engine from {onnx_path.name}: {reason}")
     with atomic_file(plan_path) as tmp:
         tmp.write_bytes(bytes(plan))
     if uses_timing_cache:
@@ -134,11 +200,16 @@ def _make_logger(t: ModuleType):
         def __init__(self) -> None:
             t.ILogger.__init__(self)
             self.errors: list[str] = []
+            self.warnings: list[str] = []
 
         def log(self, severity, message: str) -> None:
-            if severity <= t.ILogger.Severity.ERROR and not any(h in message for h in _HARMLESS):
+            if any(h in message for h in _HARMLESS):
+                return
+            if severity <= t.ILogger.Severity.ERROR:
                 self.errors.append(message)
                 print(f"[TensorRT] {message}", file=sys.stderr)
+            elif severity <= t.ILogger.Severity.WARNING:
+                self.warnings.append(message)
 
     return Logger()
 
@@ -170,24 +241,12 @@ def _dtype_name(dtype) -> str:
 def _set_compute_capabilities(trt: TensorRT, config, names: tuple[str, ...]) -> list[str]:
     """TensorRT-RTX: build for the named capabilities. Standard TensorRT: the GPU it runs on."""
     if trt.flavour != "tensorrt-rtx":
-        return [_current_capability()]
+        return [current_capability() or "unknown"]
+    names = parse_compute_capabilities(trt, names)
     config.num_compute_capabilities = len(names)
     for index, name in enumerate(names):
-        try:
-            config.set_compute_capability(getattr(trt.module.ComputeCapability, name), index)
-        except AttributeError:
-            raise ExportError(f"TensorRT-RTX {trt.version} has no compute capability {name}") from None
+        config.set_compute_capability(trt.module.ComputeCapability.__members__[name], index)
     return list(names)
-
-
-def _current_capability() -> str:
-    try:
-        import torch
-
-        major, minor = torch.cuda.get_device_capability()
-        return f"SM{major}{minor}"
-    except Exception:
-        return "unknown"
 
 
 def _device_name() -> str | None:

@@ -1,0 +1,106 @@
+"""Checks of user-supplied values, shared by the command line and the Python API: each raises
+RARDeployError with one line that says what is wrong, before any work starts."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import RARDeployError
+
+MAX_SEED = 2**63 - 1
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_class_labels(labels: Any, num_classes: int) -> np.ndarray:
+    """A sequence (or 1-D integer array/tensor) of class ids in [0, num_classes) -> int64 [B]."""
+    if hasattr(labels, "numpy") and hasattr(labels, "detach"):  # a torch tensor
+        labels = labels.detach().cpu().numpy()
+    if isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "iu":
+            raise RARDeployError(f"class labels must be integers, got an array of {labels.dtype}")
+        array = labels.astype(np.int64).reshape(-1)
+    else:
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+            raise RARDeployError(f"class labels must be a list of integer class ids, got {type(labels).__name__}")
+        wrong = [label for label in labels if not _is_integer(label)]
+        if wrong:
+            raise RARDeployError(f"class labels must be integer class ids, got {wrong[0]!r} "
+                                 f"({type(wrong[0]).__name__})")
+        array = np.array([int(label) for label in labels], dtype=np.int64)
+    if array.size == 0:
+        raise RARDeployError("no class labels given: pass at least one ImageNet class id")
+    bad = array[(array < 0) | (array >= num_classes)]
+    if bad.size:
+        raise RARDeployError(f"class id {int(bad[0])} is out of range: class ids must lie in [0, {num_classes})")
+    return array
+
+
+def check_finite(name: str, value: Any) -> float:
+    if not _is_real(value):
+        raise RARDeployError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise RARDeployError(f"{name} must be a finite number, got {float(value)}")
+    return float(value)
+
+
+def check_sampling(guidance_scale: Any, guidance_pow: Any, temperature: Any) -> tuple[float, float, float]:
+    """Guidance scale (0 = no guidance), guidance pow >= 0, temperature >= 0 (0 = greedy); all finite."""
+    scale = check_finite("guidance scale", guidance_scale)
+    pow_ = check_finite("guidance pow", guidance_pow)
+    temperature = check_finite("temperature", temperature)
+    if pow_ < 0:
+        raise RARDeployError(f"guidance pow must be >= 0 (0 is constant guidance), got {pow_}")
+    if temperature < 0:
+        raise RARDeployError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    return scale, pow_, temperature
+
+
+def check_seed(seed: Any) -> int:
+    if not _is_integer(seed):
+        raise RARDeployError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise RARDeployError(f"seed must lie in [0, 2**63), got {int(seed)}")
+    return int(seed)
+
+
+def check_count(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
+    """An integer in [low, high]."""
+    if not _is_integer(value):
+        raise RARDeployError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise RARDeployError(f"{name} must be {bounds}, got {int(value)}")
+    return int(value)
+
+
+def check_tokens(tokens: Any, image_seq_len: int, codebook_size: int) -> np.ndarray:
+    """Integer tokens [B, N] with ids in [0, V) -> int64 [B, N]."""
+    array = np.asarray(tokens.detach().cpu().numpy() if hasattr(tokens, "detach") else tokens)
+    if array.dtype.kind not in "iu":
+        raise RARDeployError(f"tokens must be integers, got {array.dtype}")
+    if array.ndim != 2 or array.shape[1] != image_seq_len or array.shape[0] == 0:
+        raise RARDeployError(f"tokens must be [B, {image_seq_len}] with B >= 1, got {list(array.shape)}")
+    if array.min() < 0 or array.max() >= codebook_size:
+        raise RARDeployError(f"token ids must lie in [0, {codebook_size})")
+    return array.astype(np.int64)
+
+
+def parse_integers(text: str, option: str) -> list[int]:
+    """'1,2, 3' -> [1, 2, 3] (possibly empty); names the option when the text is not a list of integers."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        raise RARDeployError(f"{option} must be comma-separated integers, got {text!r}") from None
+    return values

@@ -27,7 +27,7 @@ from rar_deploy.engines import BatchProfile, build_engine, find_tensorrt
 from rar_deploy.export.graphs import graph_specs
 from rar_deploy.export.onnx_export import OPSET, cast_models, check_onnx, export_graph, graph_exports
 from rar_deploy.export.verify import cache_feeds, failures, ort_session, verify_decoder_graph, verify_generator_graphs
-from rar_deploy.manifest import GRAPH_NAMES
+from rar_deploy.contract import GRAPH_NAMES
 
 
 def export_torchscript(graph, path: Path) -> None:

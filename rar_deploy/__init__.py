@@ -6,8 +6,9 @@ from .checkpoint import load_generator, load_tokenizer
 from .config import GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, SamplingDefaults, TokenizerConfig
 from .errors import CheckpointError, RARDeployError
 from .model import RARGenerator, StaticKVCache, VQDecoder, images_to_uint8
+from .reference import Generation, reference_generate
 from .runtime import RARPipeline
-from .sampling import Generation, guidance_schedule, reference_generate, sampling_noise
+from .sampling import guidance_schedule, sampling_noise
 
 __all__ = [
     "GENERATOR_PRESETS", "TOKENIZER_PRESETS", "CheckpointError", "Generation", "GeneratorConfig", "RARPipeline",

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from .model.generator import RARGenerator
+from .model.guidance import apply_guidance, gumbel_max
 from .model.tokenizer import VQDecoder
 from .runtime.pipeline import RARPipeline
-from .sampling import apply_guidance, guidance_schedule, gumbel_max, sampling_noise
+from .sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 
 DRIFT_WINDOW = 20  # step drift compares the last 20 decode steps with the first 20 (models of 40+ steps)
 HBM_BYTES_PER_S = 3.0e12  # H100 bandwidth measured in this workplace (RAR_FACTS.md); the per-step floor
@@ -45,12 +46,12 @@ class StageClock:
         return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
 
 
-def _summary(prefill_ms: float, steps_ms: list[float], decoder_ms: float, batch: int) -> dict:
+def _summary(condition_ms: float, prefill_ms: float, steps_ms: list[float], decoder_ms: float, batch: int) -> dict:
     steps = np.array(steps_ms)
     window = DRIFT_WINDOW
-    total = prefill_ms + steps.sum() + decoder_ms
+    total = condition_ms + prefill_ms + steps.sum() + decoder_ms
     return {
-        "batch": batch, "prefill_ms": prefill_ms, "step_mean_ms": float(steps.mean()),
+        "batch": batch, "condition_ms": condition_ms, "prefill_ms": prefill_ms, "step_mean_ms": float(steps.mean()),
         "step_p50_ms": float(np.percentile(steps, 50)), "step_p99_ms": float(np.percentile(steps, 99)),
         "step_drift": float(steps[-window:].mean() / steps[:window].mean()) if len(steps) >= 2 * window else None,
         "steps": int(len(steps)),
@@ -67,37 +68,55 @@ def _memory(device: torch.device) -> dict:
 
 
 def bench_pipeline(pipeline: RARPipeline, batch: int, warmup_steps: int = 3, seed: int = 0) -> dict:
-    """One warm-up (prefill + a few steps + decoder), then one full timed generation."""
+    """One warm-up (the condition, the prefill, a few steps, the decoder), then one full timed generation:
+    the condition table (or nothing, per-step mode), positions 0-1 (the prefill), positions 2 .. N (the
+    N - 1 decode steps), the decoder."""
     backend, c = pipeline.backend, pipeline.config
-    labels = torch.arange(batch) % c.num_classes
+    labels = np.arange(batch) % c.num_classes
     defaults = pipeline.artifacts.sampling_defaults
-    schedule = torch.from_numpy(guidance_schedule(c.image_seq_len, defaults.guidance_scale, defaults.guidance_pow))
-    noise = torch.from_numpy(np.ascontiguousarray(
-        sampling_noise(seed, batch, c.image_seq_len, c.codebook_size).transpose(1, 0, 2)))
-    temperature = torch.full((batch,), defaults.temperature)
+    rows = guidance_rows(labels, is_guided(defaults.guidance_scale), c.null_class)
+    schedule = guidance_schedule(c.image_seq_len, defaults.guidance_scale, defaults.guidance_pow)
+    noise = sampling_noise(seed, batch, c.image_seq_len, c.codebook_size)
+    temperature = np.full(batch, defaults.temperature, np.float32)
     if backend.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(backend.device)
 
-    backend.start(labels, schedule, temperature, noise)
-    backend.prefill()
-    for t in range(1, 1 + min(warmup_steps, c.image_seq_len - 1)):
-        backend.step(t)
+    backend.start(rows, schedule, temperature, noise)
+    for p in range(min(2 + warmup_steps, c.cache_len)):
+        backend.step(p)
     backend.decode_images(backend.tokens())
 
     clock = StageClock(backend.device)
-    backend.start(labels, schedule, temperature, noise)
     clock.mark()
-    backend.prefill()
+    backend.start(rows, schedule, temperature, noise)
     clock.mark()
-    for t in range(1, c.image_seq_len):
-        backend.step(t)
-        clock.mark()
+    for p in range(c.cache_len):
+        backend.step(p)
+        if p >= 1:
+            clock.mark()
     tokens = backend.tokens()
     decode_start = time.perf_counter()
     backend.decode_images(tokens)
     decoder_ms = (time.perf_counter() - decode_start) * 1e3  # includes the host copy of the images
     intervals = clock.intervals_ms()
-    return {**_summary(intervals[0], intervals[1:], decoder_ms, batch), **_memory(backend.device)}
+    bytes_per_step = step_bytes(pipeline.artifacts, backend.per_step_condition, len(rows))
+    summary = _summary(intervals[0], intervals[1], intervals[2:], decoder_ms, batch)
+    return {**summary, "condition_per_step": backend.per_step_condition, "step_bytes": bytes_per_step,
+            "step_gb_per_s": bytes_per_step / summary["step_p50_ms"] / 1e6, **_memory(backend.device)}
+
+
+def step_bytes(artifacts, per_step_condition: bool, rows: int) -> int:
+    """Bytes a decode step reads at least: the decode graph's weights (the condition graph's too when the
+    condition is computed per step), this position's condition rows, and the KV cache's live half on
+    average. Weights are the real initializer bytes recorded at export (without the embedding tables, of
+    which a step reads a few rows), not a formula."""
+    c, itemsize = artifacts.config, artifacts.cache_dtype.itemsize
+    graphs = artifacts.manifest["graphs"]
+    read = [graphs["decode_step"]] + ([graphs["condition"]] if per_step_condition else [])
+    weights = sum(graph["weight_bytes"] - graph["table_bytes"] for graph in read)
+    condition = rows * artifacts.condition_width * itemsize
+    cache = 2 * c.depth * rows * c.num_heads * c.head_dim * itemsize * c.cache_len // 2
+    return weights + condition + cache
 
 
 class OfficialStyleLoop:
@@ -136,7 +155,7 @@ class OfficialStyleLoop:
             if t > 0:
                 x, cond = x[:, -1:], cond[:, -1:]
             x, _, _ = g.run_blocks(x, cond, attend)
-            logits = apply_guidance(g.head(x[:, -1], cond[:, -1]), schedule[t])
+            logits = apply_guidance(g.head(x[:, -1], cond[:, -1]), schedule[t], labels.shape[0])
             token = gumbel_max(logits, noise[t], temperature)
             tokens.append(token)
             ids = torch.cat([ids, token.repeat(2)[:, None]], dim=1)
@@ -164,7 +183,12 @@ def bench_baseline(loop: OfficialStyleLoop, artifacts, batch: int, device: torch
     loop.tokenizer.decode(tokens).cpu()
     decoder_ms = (time.perf_counter() - decode_start) * 1e3
     intervals = clock.intervals_ms()
-    return {**_summary(intervals[0], intervals[1:], decoder_ms, batch), **_memory(device)}
+    tables = ("embeddings.weight", "pos_embed", "target_aware_pos_embed", "timesteps_embeddings")
+    generator_bytes = sum(p.numel() * p.element_size() for name, p in loop.generator.named_parameters()
+                          if name not in tables)
+    summary = _summary(0.0, intervals[0], intervals[1:], decoder_ms, batch)
+    return {**summary, "step_bytes": generator_bytes, "step_gb_per_s": generator_bytes / summary["step_p50_ms"] / 1e6,
+            **_memory(device)}
 
 
 def step_floor_ms(generator_bytes_per_step: float) -> float:
@@ -185,7 +209,6 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
         reference = (exported_checkpoint(artifacts.manifest, "generator", ckpt),
                      exported_checkpoint(artifacts.manifest, "tokenizer", tokenizer))
     c = artifacts.config
-    itemsize = 2 if artifacts.precision == "fp16" else 4
     results = {"model": {**c.to_dict(), "preset": c.preset_name}, "precision": artifacts.precision,
                "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
                            "torch": torch.__version__,
@@ -199,7 +222,7 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
             timings = bench_pipeline(pipeline, batch, warmup_steps)
             run = {"backend": name, "device": str(pipeline.backend.device), **timings}
             if pipeline.backend.device.type == "cuda":
-                run["floor_step_ms"] = step_floor_ms(18 * c.hidden_size**2 * c.depth * itemsize)
+                run["floor_step_ms"] = step_floor_ms(run["step_bytes"])
             results["runs"].append(run)
         del pipeline
     if baseline:
@@ -220,19 +243,23 @@ def format_results(results: dict) -> str:
     lines = [f"rar-bench: {m['preset'] or 'custom'} (L={m['depth']}, D={m['hidden_size']}, N={m['image_seq_len']}), "
              f"{results['precision']} artifacts, torch {results['machine']['torch']}, "
              f"{results['machine']['gpu'] or str(results['machine']['cpus']) + ' CPUs'}",
-             f"{'backend':<12} {'batch':>5} {'prefill':>9} {'step mean':>9} {'p50':>8} {'p99':>8} {'drift':>6} "
-             f"{'decoder':>9} {'ms/image':>9} {'img/s':>8} {'RSS MiB':>8} {'vs base':>8}"]
+             f"{'backend':<12} {'batch':>5} {'cond':>8} {'prefill':>9} {'step mean':>9} {'p50':>8} {'p99':>8} "
+             f"{'GB/s':>7} {'drift':>6} {'decoder':>9} {'ms/image':>9} {'img/s':>8} {'RSS MiB':>8} {'vs base':>8}"]
     base = {r["batch"]: r for r in results["runs"] if r["backend"] == "baseline"}
     for r in results["runs"]:
         speedup = base[r["batch"]]["total_ms_per_image"] / r["total_ms_per_image"] if r["batch"] in base else None
         ratio = f"{speedup:.2f}x" if speedup else "-"
         drift = "-" if r["step_drift"] is None else f"{r['step_drift']:.2f}"
-        lines.append(f"{r['backend']:<12} {r['batch']:>5} {r['prefill_ms']:9.2f} {r['step_mean_ms']:9.2f} "
-                     f"{r['step_p50_ms']:8.2f} {r['step_p99_ms']:8.2f} {drift:>6} {r['decoder_ms']:9.1f} "
+        condition = "per step" if r.get("condition_per_step") else f"{r['condition_ms']:8.2f}"
+        lines.append(f"{r['backend']:<12} {r['batch']:>5} {condition:>8} {r['prefill_ms']:9.2f} "
+                     f"{r['step_mean_ms']:9.2f} {r['step_p50_ms']:8.2f} {r['step_p99_ms']:8.2f} {r['step_gb_per_s']:7.1f} {drift:>6} "
+                     f"{r['decoder_ms']:9.1f} "
                      f"{r['total_ms_per_image']:9.1f} {r['images_per_s']:8.3f} {r['peak_host_rss_mib']:8.0f} "
                      f"{ratio:>8}")
         if "floor_step_ms" in r:
             lines[-1] += f"  step/floor {r['step_p50_ms'] / r['floor_step_ms']:.2f}"
-    lines.append("times in ms; drift = mean of the last 20 steps / first 20 (- under 40 steps); vs base = baseline "
-                 "ms/image / this ms/image (speed-up over the official-style loop at the same batch)")
+    lines.append("times in ms; cond = the condition table (once per generation, or computed in every step); "
+                 "prefill = positions 0-1; GB/s = bytes a step reads (weights from the export, live KV cache) / p50; "
+                 "drift = mean of the last 20 steps / first 20 (- under 40 steps); vs base = baseline ms/image / "
+                 "this ms/image (speed-up over the official-style loop at the same batch)")
     return "\n".join(lines)

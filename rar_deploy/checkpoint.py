@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 from typing import Mapping
@@ -12,6 +11,7 @@ from torch import nn
 
 from .config import GeneratorConfig, TokenizerConfig
 from .errors import CheckpointError
+from .integrity import sha256_of
 from .model.generator import RARGenerator
 from .model.tokenizer import VQDecoder
 
@@ -94,11 +94,6 @@ def checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
     if "quantize.embedding.weight" in state or any(k.startswith("decoder.") for k in state):
         return "tokenizer"
     return "unknown"
-
-
-def sha256_of(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -4,6 +4,7 @@ through one code path for both flavours, and checking engines against the machin
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from .contract import profile_dims, resolve_shape
 from .errors import ExportError, RARDeployError
 from .files import atomic_file
 
@@ -43,6 +45,10 @@ class BatchProfile:
     min: int
     opt: int
     max: int
+
+    def dims(self, cache_len: int) -> list[dict[str, int]]:
+        """The [min, opt, max] symbolic dims of this profile for a model of cache length N + 1."""
+        return profile_dims(self.min, self.opt, self.max, cache_len)
 
     def validate(self) -> "BatchProfile":
         if not 1 <= self.min <= self.opt <= self.max:
@@ -105,7 +111,7 @@ def current_capability() -> str | None:
 
 def check_engines(manifest: dict, directory: Path, trt_version: str, flavour: str, capability: str | None) -> None:
     """Refuse engines that this machine cannot run, with what to rebuild."""
-    from .manifest import GRAPH_NAMES
+    from .contract import GRAPH_NAMES
 
     engines = manifest.get("engines") or {}
     rebuild = f"rebuild them here: rar-export --ckpt ... --engine --out {directory} --force"
@@ -126,17 +132,13 @@ def check_engines(manifest: dict, directory: Path, trt_version: str, flavour: st
             raise RARDeployError(f"{directory / engine['file']} is missing: {rebuild}")
 
 
-def resolve_shape(shape: list, batch: int) -> list[int]:
-    """Manifest shape with symbolic dims ('batch', '2*batch') -> concrete dims."""
-    return [{"batch": batch, "2*batch": 2 * batch}[d] if isinstance(d, str) else d for d in shape]
-
-
 def build_engine(
     trt: TensorRT,
     onnx_path: Path,
     plan_path: Path,
     inputs: list[dict],
     profile: BatchProfile,
+    cache_len: int,
     timing_cache: Path,
     opt_level: int = 3,
     compute_capabilities: tuple[str, ...] = RTX_DEFAULT_CAPABILITIES,
@@ -156,8 +158,7 @@ def build_engine(
     config.builder_optimization_level = opt_level
     trt_profile = builder.create_optimization_profile()
     for spec in inputs:
-        shapes = (resolve_shape(spec["shape"], b) for b in (profile.min, profile.opt, profile.max))
-        trt_profile.set_shape(spec["name"], *shapes)
+        trt_profile.set_shape(spec["name"], *(resolve_shape(spec["shape"], dims) for dims in profile.dims(cache_len)))
     config.add_optimization_profile(trt_profile)
     capabilities = _set_compute_capabilities(trt, config, compute_capabilities)
     uses_timing_cache = trt.flavour != "tensorrt-rtx"  # RTX tunes at runtime; its timing cache is a no-op
@@ -183,12 +184,36 @@ def build_engine(
         "flavour": trt.flavour,
         "device": _device_name(),
         "compute_capabilities": capabilities,
-        "profile": {"batch": [profile.min, profile.opt, profile.max]},
+        "profile": {"batch": [profile.min, profile.opt, profile.max], "dims": profile.dims(cache_len)},
         "opt_level": opt_level,
         "timing_cache": f"engines/{timing_cache.name}" if uses_timing_cache else None,
         "build_seconds": round(time.perf_counter() - start, 2),
         "io": network_io(network, trt_profile),
     }
+
+
+def build_engines(trt: TensorRT, directory: Path, graphs: dict[str, str], specs: dict, profile: BatchProfile,
+                  cache_len: int, opt_level: int, capabilities: tuple[str, ...], shared_timing_cache: Path | None,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Build every graph's engine into `directory`/engines (graphs: name -> ONNX file relative to `directory`);
+    returns the manifest's engine entries. A shared timing cache is read first and updated after."""
+    from .files import Output
+
+    engines_dir = directory / "engines"
+    engines_dir.mkdir(exist_ok=True)
+    timing_cache = engines_dir / "timing.cache"
+    if shared_timing_cache and shared_timing_cache.is_file():
+        shutil.copyfile(shared_timing_cache, timing_cache)
+    engines = {}
+    for name, onnx_file in graphs.items():
+        engines[name] = build_engine(trt, directory / onnx_file, engines_dir / f"{name}.plan",
+                                     [s.to_dict() for s in specs[name]["inputs"]], profile, cache_len, timing_cache,
+                                     opt_level, capabilities, progress)
+    if shared_timing_cache and timing_cache.exists():
+        with atomic_file(Output(shared_timing_cache, "--timing-cache", force=True,
+                                owned=lambda existing: existing.is_file())) as shared:
+            shutil.copyfile(timing_cache, shared)
+    return engines
 
 
 # TensorRT-RTX reports its probe for a CUDA device as an error on CPU-only machines; the build goes on.

@@ -1,26 +1,36 @@
-"""manifest.json: the contract between an artifact directory and any runtime (Python, C++, ...)."""
+"""manifest.json: the contract between an artifact directory and any runtime (Python, C++, a user's own).
+
+Versioned, validated on load against `manifest.schema.json`, then against what this version's contract
+derives from the recorded model: a manifest whose graph I/O, cache or condition layout disagrees with its
+own model configuration was edited or damaged, and is refused before any graph is opened.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .config import GeneratorConfig, TokenizerConfig
+from .contract import GRAPH_NAMES, cache_layout, condition_layout, graph_specs
 from .errors import RARDeployError
 
 SCHEMA = "rar-deploy/manifest"
-GRAPH_NAMES = ("prefill", "decode_step", "vq_decoder")
-SCHEMA_VERSION = 1
-GUIDANCE_FORMULA = "s_t = (g - 1) * (1 - cos(pi * (t / N) ** pow)) / 2 + 1 in float32, with 0 ** 0 = 1; t = 0 .. N-1"
+SCHEMA_VERSION = 2
+FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 
 def build_manifest(*, generator: GeneratorConfig, tokenizer: TokenizerConfig, checkpoints: dict, precision: str,
-                   graphs: dict, cache_dtype: str, tools: dict, engines: dict, batch_profile: list[int]) -> dict:
+                   graphs: dict, files: dict, tools: dict, engines: dict, batch_profile: list[int]) -> dict:
+    """graphs: name -> {"file", "external_data"}; files: relative path -> integrity.file_record."""
     defaults = generator.sampling_defaults
+    dtype = FLOAT_DTYPES[precision]
+    specs = graph_specs(generator, tokenizer, dtype)
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -29,22 +39,32 @@ def build_manifest(*, generator: GeneratorConfig, tokenizer: TokenizerConfig, ch
         "tokenizer": tokenizer.to_dict(),
         "checkpoints": checkpoints,
         "precision": precision,
-        "graphs": graphs,
-        "kv_cache": {
-            "layout": "[layers, 2*batch, heads, seq, head_dim]",
-            "shape": [generator.depth, "2*batch", generator.num_heads, generator.cache_len, generator.head_dim],
-            "dtype": cache_dtype,
-            "rows": "batch conditional rows, then batch unconditional rows (null class)",
-            "prefill_writes": [0, 1],
-            "decode_step_writes": "step + 1",
+        "graphs": {name: {**graphs[name], "inputs": [s.to_dict() for s in specs[name]["inputs"]],
+                          "outputs": [s.to_dict() for s in specs[name]["outputs"]]} for name in GRAPH_NAMES},
+        "files": files,
+        "kv_cache": cache_layout(generator, dtype),
+        "condition": condition_layout(generator),
+        "guidance": {
+            "rows": "rows = class_labels, then as many null_class rows; without guidance the class_labels alone",
+            "null_class": generator.null_class,
+            "unguided_scale": 0,
+            "schedule": {"formula": "s_t = (g - 1) * ((1 - cos(pi * (t / N) ** pow)) * 0.5) + 1, t = 0 .. N-1, "
+                                    "0 ** 0 = 1",
+                         "evaluation": "float64 (C library cos and pow), rounded to float32"},
         },
         "sampling": {
             "defaults": {"temperature": defaults.temperature, "guidance_scale": defaults.guidance_scale,
                          "guidance_pow": defaults.guidance_pow},
-            "guidance_schedule": GUIDANCE_FORMULA,
-            "noise": "uniform in (0, 1), float32 [batch, V] per step; tokens = argmax(logits / T - log(-log(u)))",
+            "noise": {"generator": "splitmix64", "bits": 23,
+                      "key": "splitmix64(splitmix64(seed) ^ image)",
+                      "value": "u[image][t][v] = ((splitmix64(key + (t * V + v) * 0x9E3779B97F4A7C15) >> 41) + 0.5) "
+                               "/ 2**23, splitmix64(x) = mix(x + 0x9E3779B97F4A7C15), uint64 arithmetic"},
+            "gumbel_max": "token = argmax(logits / T - log(-log(u)))",
             "temperature_zero": "greedy argmax",
         },
+        "loop": {"first_position": 0, "last_position": generator.image_seq_len, "token_input_offset": -2,
+                 "sample_offset": -1, "first_sampling_position": 1,
+                 "condition_positions": [1, generator.cache_len]},
         "batch_profile": {"min": batch_profile[0], "opt": batch_profile[1], "max": batch_profile[2]},
         "tools": {**tools, "python": platform.python_version(), "numpy": np.__version__},
         "engines": engines,
@@ -63,8 +83,16 @@ def is_artifact_directory(path: Path) -> bool:
         return False
 
 
+@cache
+def _validator():
+    import jsonschema
+
+    schema = json.loads(resources.files(__package__).joinpath("manifest.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
 def read_manifest(directory: str | Path) -> dict:
-    """Read and sanity-check `<directory>/manifest.json`."""
+    """Read `<directory>/manifest.json`, validated against the schema and against its own model."""
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         raise RARDeployError(f"{directory} has no manifest.json: is it an artifact directory written by rar-export?")
@@ -77,4 +105,60 @@ def read_manifest(directory: str | Path) -> dict:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise RARDeployError(f"{path} has schema version {manifest.get('schema_version')}, this rar-deploy reads "
                              f"{SCHEMA_VERSION}: export the artifacts again with this version")
+    error = next(iter(sorted(_validator().iter_errors(manifest), key=lambda e: list(e.absolute_path))), None)
+    if error is not None:
+        where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise RARDeployError(f"{path} is not a valid manifest at {where}: {error.message}; it was edited or is "
+                             "damaged: export the artifacts again")
+    _check_consistent(manifest, path)
     return manifest
+
+
+def _check_consistent(manifest: dict, path: Path) -> None:
+    """The manifest's contract must be the one its own model configuration gives."""
+    def refuse(what: str) -> RARDeployError:
+        return RARDeployError(f"{path}: {what}; the manifest was edited or is damaged: export the artifacts again")
+
+    try:
+        generator = manifest_generator_config(manifest)
+        tokenizer = manifest_tokenizer_config(manifest)
+    except (TypeError, ValueError) as exc:
+        raise refuse(f"its model configuration is invalid ({exc})") from None
+    if generator.hidden_size % generator.num_heads or generator.grid_size ** 2 != generator.image_seq_len:
+        raise refuse("its model configuration is not a RAR generator (heads or token grid)")
+    if tokenizer.codebook_size != generator.codebook_size:
+        raise refuse(f"the tokenizer's codebook ({tokenizer.codebook_size}) does not match the generator's vocabulary "
+                     f"({generator.codebook_size}): it mixes two models")
+    dtype = FLOAT_DTYPES[manifest["precision"]]
+    specs = graph_specs(generator, tokenizer, dtype)
+    for name in GRAPH_NAMES:
+        for kind in ("inputs", "outputs"):
+            expected = [s.to_dict() for s in specs[name][kind]]
+            for recorded, wanted in zip(manifest["graphs"][name][kind], expected):
+                if recorded != wanted:
+                    raise refuse(f"graph {name} {kind[:-1]} {recorded.get('name')} is {recorded}, its model gives "
+                                 f"{wanted}")
+            if len(manifest["graphs"][name][kind]) != len(expected):
+                raise refuse(f"graph {name} lists {len(manifest['graphs'][name][kind])} {kind}, its model gives "
+                             f"{len(expected)}")
+    if manifest["kv_cache"] != cache_layout(generator, dtype):
+        raise refuse("its kv_cache layout is not the one its model gives")
+    if manifest["condition"] != condition_layout(generator):
+        raise refuse("its condition layout is not the one its model gives")
+    profile = manifest["batch_profile"]
+    if not profile["min"] <= profile["opt"] <= profile["max"]:
+        raise refuse(f"its batch profile {profile} does not satisfy min <= opt <= max")
+    listed = {graph["file"] for graph in manifest["graphs"].values()}
+    listed |= {graph["external_data"] for graph in manifest["graphs"].values() if graph["external_data"]}
+    listed |= {engine["file"] for engine in manifest["engines"].values()}
+    missing = sorted(listed - set(manifest["files"]))
+    if missing:
+        raise refuse(f"{missing[0]} has no size and hashes in its files list")
+
+
+def manifest_generator_config(manifest: dict) -> GeneratorConfig:
+    return GeneratorConfig(**{k: v for k, v in manifest["model"].items() if k != "preset"})
+
+
+def manifest_tokenizer_config(manifest: dict) -> TokenizerConfig:
+    return TokenizerConfig(**{**manifest["tokenizer"], "channel_mult": tuple(manifest["tokenizer"]["channel_mult"])})

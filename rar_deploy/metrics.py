@@ -1,8 +1,20 @@
-"""Error statistics between a backend's outputs and the reference, in one report format."""
+"""Error statistics between a backend's outputs and the reference, the tolerances per precision, and the
+verdict: one report format for export-time verification and rar-parity."""
 
 from __future__ import annotations
 
 import numpy as np
+
+# Error of logits, keys/values, condition rows and images relative to the reference's peak value: fp32 is
+# rounding alone; fp16 was set from measurement (tiny and RAR-B-sized random models). End to end: the
+# fraction of free-running tokens equal to the reference's (fp16 only reports where it diverges) and the
+# decoder's PSNR on identical tokens.
+TOLERANCES = {
+    "fp32": {"max_rel_to_peak": 1e-4, "min_cosine": 0.999999, "max_uint8_levels": 1, "min_token_agreement": 1.0,
+             "min_psnr_db": 40.0},
+    "fp16": {"max_rel_to_peak": 2e-2, "min_cosine": 0.9999, "max_uint8_levels": 6, "min_token_agreement": 0.0,
+             "min_psnr_db": 30.0},
+}
 
 
 def error_stats(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
@@ -26,3 +38,33 @@ def error_stats(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
 def top1_agreement(actual_logits: np.ndarray, expected_logits: np.ndarray) -> float:
     """Fraction of rows whose argmax agrees."""
     return float(np.mean(np.argmax(actual_logits, -1) == np.argmax(expected_logits, -1)))
+
+
+def failures(report: dict, tolerances: dict) -> list[str]:
+    """Every metric of `report` over its tolerance, as 'where: metric value, allowed tolerance'."""
+    found = []
+
+    def walk(node: dict, where: str) -> None:
+        if "max_rel_to_peak" in node:
+            if not node["max_rel_to_peak"] <= tolerances["max_rel_to_peak"]:
+                found.append(f"{where}: max error {node['max_rel_to_peak']:.3g} of the reference's peak, allowed "
+                             f"{tolerances['max_rel_to_peak']:g}")
+            if not node["cosine"] >= tolerances["min_cosine"]:
+                found.append(f"{where}: cosine {node['cosine']:.6f}, at least {tolerances['min_cosine']:g} required")
+            if node["nonfinite"]:
+                found.append(f"{where}: {node['nonfinite']} inf/nan values")
+        if "max_levels" in node and node["max_levels"] > tolerances["max_uint8_levels"]:
+            found.append(f"{where}: uint8 images differ by {node['max_levels']} levels, allowed "
+                         f"{tolerances['max_uint8_levels']}")
+        if "token_agreement" in node and not node["token_agreement"] >= tolerances["min_token_agreement"]:
+            found.append(f"{where}: token agreement {node['token_agreement']:.4f}, at least "
+                         f"{tolerances['min_token_agreement']:g} required (first divergent step "
+                         f"{node['first_divergent_step']})")
+        if "psnr_db" in node and not node["psnr_db"] >= tolerances["min_psnr_db"]:
+            found.append(f"{where}: PSNR {node['psnr_db']:.1f} dB, at least {tolerances['min_psnr_db']:g} dB required")
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{where}.{key}" if where else key)
+
+    walk(report, "")
+    return found

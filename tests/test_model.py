@@ -71,21 +71,29 @@ def test_rows_at_different_steps_share_a_batch():
     torch.testing.assert_close(logits, full[[0, 1], step], rtol=0, atol=STEP_VS_FULL_TOL)
 
 
-def test_hoisted_adaln_tables_give_the_same_step():
+@pytest.mark.parametrize("unguided", [False, True])
+def test_condition_rows_and_conditioned_steps_equal_the_official_path(unguided):
+    """The deployed path (condition rows computed ahead, the prefill as positions 0 and 1 of the step)
+    against the full causal forward of the official computation, every position, rows at mixed positions."""
     generator = random_generator(GENERATOR_PRESETS["tiny"], seed=5)
-    labels = torch.tensor([7, 1000])
+    labels = torch.tensor([7, 1000] if not unguided else [7, 3])
     ids = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(2))
-    _, keys, values = generator.forward_prefix(labels, ids)
+    full = generator.logits(labels, ids)  # [2, 17, V]; output p - 1 comes from position p
+    table = generator.condition(labels, torch.arange(17)[:, None].expand(17, 2))
     cache = StaticKVCache.allocate(generator.config, 2)
-    cache.keys[:, :, :, :17], cache.values[:, :, :, :17] = keys[..., :17, :], values[..., :17, :]
-    step = torch.tensor([5, 12])
-    blocks, head = generator.adaln_tables(labels)
+    for p in range(17):
+        positions = torch.full((2,), p)
+        tokens = ids[:, p - 2] if p >= 2 else torch.zeros(2, dtype=torch.int64)
+        logits, keys, values = generator.decode_step_conditioned(tokens, positions, table[p], cache.keys,
+                                                                 cache.values)
+        cache.write(keys, values, p)
+        if p >= 1:
+            torch.testing.assert_close(logits, full[:, p - 1], rtol=0, atol=STEP_VS_FULL_TOL)
+    mixed = torch.tensor([3, 11])  # each row at its own position, over the filled cache
     rows = torch.arange(2)
-    args = (ids[rows, step - 1], step, labels, cache.keys, cache.values)
-    plain = generator.decode_step(*args)
-    hoisted = generator.decode_step(*args, (blocks[:, rows, step + 1], head[rows, step + 1]))
-    for a, b in zip(plain, hoisted):
-        torch.testing.assert_close(b, a, rtol=0, atol=STEP_VS_FULL_TOL)
+    logits, _, _ = generator.decode_step_conditioned(ids[rows, mixed - 2], mixed, table[mixed, rows], cache.keys,
+                                                     cache.values)
+    torch.testing.assert_close(logits, full[rows, mixed - 1], rtol=0, atol=STEP_VS_FULL_TOL)
 
 
 @pytest.mark.parametrize("rows", [1, 4, 9])

@@ -61,13 +61,18 @@ def test_same_seed_same_tokens_across_backends_and_reference(fp32_artifacts, off
     assert len({tuple(row) for row in reference}) == 3  # sampling, not a constant
 
 
-def test_torch_backend_computes_adaln_per_step_over_its_budget(fp32_artifacts, official_generator):
-    pipeline = RARPipeline.from_artifacts(fp32_artifacts, "torch")
-    pipeline.backend.ADALN_TABLE_BUDGET = 0
-    tokens = pipeline.generate_tokens([3, 500], 3.0, 1.0, 1.0, seed=21)
-    assert pipeline.backend.tables is None
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_condition_table_and_per_step_condition_give_the_same_tokens(fp32_artifacts, official_generator, backend):
+    pipeline = RARPipeline.from_artifacts(fp32_artifacts, backend)
+    kwargs = dict(guidance_scale=3.0, guidance_pow=1.0, temperature=1.0, seed=21)
+    table = pipeline.generate_tokens([3, 500], **kwargs)
+    assert not pipeline.backend.per_step_condition
+    pipeline.backend.condition_table_budget = 0  # as for a batch whose table would not fit
+    per_step = pipeline.generate_tokens([3, 500], **kwargs)
+    assert pipeline.backend.per_step_condition
+    np.testing.assert_array_equal(per_step, table)
     reference = reference_generate(official_generator, [3, 500], 3.0, 1.0, 1.0, noise=sampling_noise(21, 2, 16, 1024))
-    np.testing.assert_array_equal(tokens, reference.tokens.numpy())
+    np.testing.assert_array_equal(table, reference.tokens.numpy())
 
 
 def test_image_does_not_depend_on_batch_size(fp32_artifacts):
@@ -185,7 +190,7 @@ def test_artifacts_from_another_tokenizer(fp32_artifacts, demo_checkpoints, tmp_
     (copy / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "out"
     _assert_refused(_generate(["--artifacts", str(copy), "--class-labels", "1", "--out", str(out)]), out,
-                    "these artifacts mix two models")
+                    "it mixes two models")
     _, other_tokenizer = demo_checkpoints
     result = _generate(["--artifacts", str(fp32_artifacts), "--class-labels", "1", "--backend", "torch",
                         "--tokenizer", str(other_tokenizer), "--out", str(out)])

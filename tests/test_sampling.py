@@ -8,7 +8,8 @@ import torch
 
 from rar_deploy import guidance_schedule, reference_generate, sampling_noise
 from rar_deploy.errors import RARDeployError
-from rar_deploy.sampling import gumbel_max
+from rar_deploy.model.guidance import apply_guidance, gumbel_max
+from rar_deploy.sampling import guidance_rows
 
 GUIDED_LOGITS_TOL = 1e-4
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -84,3 +85,47 @@ def test_zero_guidance_scale_samples_without_guidance(official_generator, golden
 def test_bad_class_labels(official_generator, labels, message):
     with pytest.raises(RARDeployError, match=message):
         reference_generate(official_generator, labels, 4.0, 0.0, temperature=0.0)
+
+
+MASK64 = 2**64 - 1
+
+
+def _splitmix64(x: int) -> int:
+    """The published SplitMix64 output function, in plain Python integers (an independent path)."""
+    z = (x + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+@pytest.mark.parametrize("seed, image", [(0, 0), (7, 3), (2**63 - 1, 12)])
+def test_noise_follows_its_specification(seed, image):
+    """The contract's noise: image i's stream is SplitMix64 keyed by splitmix64(splitmix64(seed) ^ i), value
+    t * V + v is its (t * V + v)-th output, u = ((bits >> 41) + 0.5) / 2**23."""
+    vocab, steps = 1024, 3
+    noise = sampling_noise(seed, 1, steps, vocab, first_image=image)[0]
+    key = _splitmix64(_splitmix64(seed) ^ image)
+    for t, v in [(0, 0), (0, 1), (1, 5), (2, 1023)]:
+        bits = _splitmix64((key + (t * vocab + v) * 0x9E3779B97F4A7C15) & MASK64)
+        assert noise[t, v] == np.float32(((bits >> 41) + 0.5) / 2**23), (t, v)
+
+
+def test_guidance_schedule_follows_its_specification():
+    """float64 with the C library's cos and pow, rounded to float32 (what a C++ runtime computes too)."""
+    import math
+
+    schedule = guidance_schedule(256, 15.5, 2.5)
+    for t in (0, 1, 100, 255):
+        value = (15.5 - 1) * ((1 - math.cos(math.pi * (t / 256) ** 2.5)) * 0.5) + 1
+        assert schedule[t] == np.float32(value)
+
+
+def test_guidance_rows_and_the_unguided_identity():
+    labels = np.array([3, 7])
+    assert guidance_rows(labels, True, 1000).tolist() == [3, 7, 1000, 1000]
+    assert guidance_rows(labels, False, 1000).tolist() == [3, 7]
+    logits = torch.randn(2, 5)
+    assert torch.equal(apply_guidance(logits, torch.tensor([4.0, 9.0]), 2), logits)  # no guidance rows: exactly c
+    rows = torch.randn(4, 5)
+    expected = rows[2:] + (rows[:2] - rows[2:]) * torch.tensor([[4.0], [9.0]])
+    assert torch.equal(apply_guidance(rows, torch.tensor([4.0, 9.0]), 2), expected)

@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import onnx
 import onnxruntime
 import torch
 
-from ..checkpoint import load_generator, load_tokenizer, require_file, resolve_checkpoint, sha256_of
+from ..checkpoint import load_generator, load_tokenizer, require_file, resolve_checkpoint
+from ..contract import GRAPH_NAMES, graph_specs
 from ..engines import (
     RTX_DEFAULT_CAPABILITIES,
     BatchProfile,
-    build_engine,
+    build_engines,
     find_tensorrt,
     parse_compute_capabilities,
     require_tensorrt,
 )
 from ..errors import ExportError
-from ..files import Output, atomic_directory, atomic_file
-from ..manifest import GRAPH_NAMES, build_manifest, is_artifact_directory, write_manifest
-from .graphs import graph_specs
-from .onnx_export import OPSET, cast_models, export_graph, graph_exports, needs_external_data
-from .verify import TOLERANCES, failures, verify_decoder_graph, verify_generator_graphs
+from ..files import Output, atomic_directory
+from ..integrity import file_record, sha256_of
+from ..manifest import FLOAT_DTYPES, build_manifest, is_artifact_directory, write_manifest
+from ..parity import RECORD_FILE
+from .onnx_export import OPSET, cast_models, export_graph, graph_exports
+from .verify import verify_export
 
-VERIFY_STEPS = 8  # teacher-forced decode steps checked at export time (all of them for N <= 9)
+VERIFY_STEPS = 8  # teacher-forced image tokens checked at export time (all of them for N <= 8)
 
 
 @dataclass
@@ -72,55 +72,51 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
         generator, tokenizer = load_generator(ckpt), load_tokenizer(tokenizer_path)
         _check_compatible(generator.config, tokenizer.config, tokenizer_path)
         cast_gen, cast_tok = cast_models(generator, tokenizer, request.precision)
-        cache_dtype = "float16" if request.precision == "fp16" else "float32"
-        specs = graph_specs(generator, tokenizer, cache_dtype)
         exports = graph_exports(cast_gen, cast_tok, request.profile.max)
         graphs = {}
         for name in GRAPH_NAMES:
-            external = request.external_data or needs_external_data(exports[name])
-            progress(f"exporting {name}.onnx ({request.precision}{', external weights' if external else ''})")
-            export_graph(exports[name], tmp / f"{name}.onnx", external)
-            graphs[name] = {"file": f"{name}.onnx", "external_data": f"{name}.onnx.data" if external else None,
-                            "inputs": [s.to_dict() for s in specs[name]["inputs"]],
-                            "outputs": [s.to_dict() for s in specs[name]["outputs"]]}
+            progress(f"exporting {name}.onnx ({request.precision})")
+            exported = export_graph(exports.pop(name), tmp / f"{name}.onnx", request.external_data)
+            graphs[name] = {"file": f"{name}.onnx",
+                            "external_data": f"{name}.onnx.data" if exported.external_data else None,
+                            "weight_bytes": exported.weight_bytes, "table_bytes": exported.table_bytes}
         del exports, cast_gen, cast_tok
 
+        specs = graph_specs(generator.config, tokenizer.config, FLOAT_DTYPES[request.precision])
+        tools = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                 "opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
+                 "tensorrt": {"version": trt.version, "flavour": trt.flavour} if trt else None}
+        checkpoints = {kind: {"file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
+                       for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))}
+
+        def manifest_with(engines: dict) -> dict:
+            listed = [graph["file"] for graph in graphs.values()]
+            listed += [graph["external_data"] for graph in graphs.values() if graph["external_data"]]
+            listed += [engine["file"] for engine in engines.values()]
+            listed += [RECORD_FILE] if (tmp / RECORD_FILE).exists() else []
+            manifest = build_manifest(
+                generator=generator.config, tokenizer=tokenizer.config, precision=request.precision,
+                checkpoints=checkpoints, graphs=graphs, files={name: file_record(tmp / name) for name in listed},
+                engines=engines, batch_profile=[request.profile.min, request.profile.opt, request.profile.max],
+                tools=tools)
+            write_manifest(manifest, tmp)
+            return manifest
+
+        manifest = manifest_with({})
         parity = None
         if request.verify:
-            progress(f"verifying in ONNX Runtime against the float32 reference (batch 3, {request.precision})")
-            parity = _verify(generator, tokenizer, tmp, request.precision, np.dtype(cache_dtype))
+            parity = verify_export(tmp, generator, tokenizer, request.precision, progress)
             (tmp / "parity.json").write_text(json.dumps(parity, indent=1) + "\n")
             if parity["failures"]:
                 overflow = request.precision == "fp16" and any("inf/nan" in f for f in parity["failures"])
                 raise ExportError("export verification failed: " + "; ".join(parity["failures"][:3])
                                   + (" (float16 overflow: export with --fp32)" if overflow else ""))
-
-        engines = {}
+            manifest = manifest_with({})
         if trt is not None:
-            (tmp / "engines").mkdir()
-            timing_cache = tmp / "engines" / "timing.cache"
-            if request.timing_cache and request.timing_cache.exists():
-                shutil.copyfile(request.timing_cache, timing_cache)
-            for name in GRAPH_NAMES:
-                engines[name] = build_engine(trt, tmp / f"{name}.onnx", tmp / "engines" / f"{name}.plan",
-                                             graphs[name]["inputs"], request.profile, timing_cache,
-                                             request.opt_level, capabilities, progress)
-            if request.timing_cache and timing_cache.exists():
-                with atomic_file(Output(request.timing_cache, "--timing-cache", force=True,
-                                        owned=lambda existing: existing.is_file())) as shared:
-                    shutil.copyfile(timing_cache, shared)
-
-        manifest = build_manifest(
-            generator=generator.config, tokenizer=tokenizer.config, precision=request.precision,
-            checkpoints={kind: {"file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
-                         for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))},
-            graphs=graphs, cache_dtype=cache_dtype, engines=engines,
-            batch_profile=[request.profile.min, request.profile.opt, request.profile.max],
-            tools={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                   "opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
-                   "tensorrt": {"version": trt.version, "flavour": trt.flavour} if trt else None},
-        )
-        write_manifest(manifest, tmp)
+            engines = build_engines(trt, tmp, {name: graph["file"] for name, graph in graphs.items()}, specs,
+                                    request.profile, generator.config.cache_len, request.opt_level, capabilities,
+                                    request.timing_cache, progress)
+            manifest = manifest_with(engines)
     return ExportResult(request.out, manifest, parity, time.perf_counter() - start)
 
 
@@ -150,12 +146,3 @@ def _check_compatible(generator, tokenizer, tokenizer_path: Path) -> None:
         raise ExportError(f"image_seq_len {generator.image_seq_len} is not a square token grid")
 
 
-def _verify(generator, tokenizer, directory: Path, precision: str, cache_dtype: np.dtype) -> dict:
-    paths = {name: directory / f"{name}.onnx" for name in GRAPH_NAMES}
-    steps = min(VERIFY_STEPS, generator.config.image_seq_len - 1)
-    report = {"precision": precision, "backend": "onnxruntime-cpu", "reference": "pytorch float32",
-              "batch": 3, "tolerances": TOLERANCES[precision]}
-    report["graphs"] = {**verify_generator_graphs(generator, paths, cache_dtype, steps),
-                        **verify_decoder_graph(tokenizer, paths["vq_decoder"], generator.config.image_seq_len)}
-    report["failures"] = failures(report["graphs"], precision)
-    return report

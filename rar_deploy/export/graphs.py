@@ -1,82 +1,89 @@
-"""The three deployment graphs as nn.Modules around the reference model (DEPLOYMENT.md contract).
+"""The three deployment graphs as nn.Modules around the reference model (contract.graph_specs says
+their inputs and outputs).
 
-Per-image inputs; the 2B guidance rows (B conditional, then B with the null class) are built inside;
-sampling happens inside by Gumbel-max from input noise. The KV cache is static [L, 2B, H, S, Dh]; the
-decode step reads it and outputs only this step's keys and values.
+condition: everything that depends only on (class, position), the input embedding and every adaLN
+output, computed for all positions once per generation (or for the current one per step); the
+decode step holds every other weight, so the generator's weights live in exactly one graph each.
+decode_step: one sequence position per row (the prefill is positions 0 and 1), reading a static KV
+cache and returning only this position's keys and values; guidance over the rows and Gumbel-max
+sampling inside. vq_decoder: tokens to images.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
 
 import torch
 from torch import nn
 
 from ..model.generator import RARGenerator
+from ..model.guidance import apply_guidance, gumbel_max
 from ..model.tokenizer import VQDecoder
-from ..sampling import apply_guidance, gumbel_max
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: name, dtype, and shape with symbolic dims as strings."""
+class EmbeddingRows(nn.Module):
+    """Rows [start, stop) of an embedding table, looked up by their ids in the whole table: each graph
+    holds only the rows it reads (class rows in condition, token rows in decode_step)."""
 
-    name: str
-    dtype: str  # numpy name: int64, float32, float16, uint8
-    shape: tuple[int | str, ...]
+    def __init__(self, table: nn.Embedding, start: int, stop: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(table.weight[start:stop], requires_grad=False)
+        self.start = start
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-def _guidance_rows(class_labels: torch.Tensor, null_class: int) -> torch.Tensor:
-    return torch.cat([class_labels, torch.full_like(class_labels, null_class)])
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids - self.start if self.start else ids, self.weight)
 
 
-class PrefillGraph(nn.Module):
-    """class_labels [B], guidance_scale [B], temperature [B], noise [B, V] ->
-    tokens [B], logits [B, V] (guided, float32), keys/values of positions 0-1 [L, 2B, H, 2, Dh]."""
+def _with_embedding_rows(generator: RARGenerator, start: int, stop: int) -> RARGenerator:
+    """The same generator (shared weights) whose embedding table holds only rows [start, stop)."""
+    view = copy.copy(generator)
+    view._modules = dict(generator._modules)
+    view.embeddings = EmbeddingRows(generator.embeddings, start, stop)
+    return view
 
-    input_names = ("class_labels", "guidance_scale", "temperature", "noise")
-    output_names = ("tokens", "logits", "keys", "values")
+
+class ConditionGraph(nn.Module):
+    """class_labels [R] (guidance rows), positions [P, R] -> condition [P, R, C]."""
+
+    input_names = ("class_labels", "positions")
+    output_names = ("condition",)
 
     def __init__(self, generator: RARGenerator) -> None:
         super().__init__()
-        self.generator = generator
+        c = generator.config
+        self.generator = _with_embedding_rows(generator, c.codebook_size + 1, c.embedding_rows)
 
-    def forward(self, class_labels, guidance_scale, temperature, noise):
-        rows = _guidance_rows(class_labels, self.generator.config.null_class)
-        logits, keys, values = self.generator.prefill(rows)
-        guided = apply_guidance(logits, guidance_scale)
-        return gumbel_max(guided, noise, temperature), guided, keys, values
+    def forward(self, class_labels, positions):
+        return self.generator.condition(class_labels, positions)
 
 
 class DecodeStepGraph(nn.Module):
-    """tokens [B] (token t-1), step [B] (t in 1..N-1), class_labels [B], per layer i the cache views
-    k_cache.i / v_cache.i [2B, H, S, Dh], guidance_scale [B], temperature [B], noise [B, V] ->
-    tokens [B] (token t), logits [B, V], keys/values of this step [L, 2B, H, 1, Dh] (written at t+1).
+    """tokens [B] (image token p - 2), position [B] (p in 0..N, per image), condition [P, R, C], per layer i
+    the cache views k_cache.i / v_cache.i [R, H, S, Dh], guidance_scale [B], temperature [B], noise [B, V]
+    -> next_tokens [B] (image token p - 1), guided logits [B, V], keys/values of position p [L, R, H, 1, Dh].
 
-    One cache input per layer because slicing a layer out of one [L, ...] input is a copy in ONNX
-    (Gather/Slice); a runtime keeps one [L, 2B, H, S, Dh] buffer and binds each layer's view.
+    Row r reads condition[min(p, P - 1), r]: P = N + 1 holds every position, P = 1 the current one.
+    One cache input per layer because slicing a layer out of one [L, ...] input is a copy in ONNX.
     """
 
     output_names = ("next_tokens", "logits", "keys", "values")
 
     def __init__(self, generator: RARGenerator) -> None:
         super().__init__()
-        self.generator = generator
+        self.generator = _with_embedding_rows(generator, 0, generator.config.codebook_size)
         layers = range(generator.config.depth)
-        self.input_names = ("tokens", "step", "class_labels", *(f"k_cache.{i}" for i in layers),
+        self.input_names = ("tokens", "position", "condition", *(f"k_cache.{i}" for i in layers),
                             *(f"v_cache.{i}" for i in layers), "guidance_scale", "temperature", "noise")
 
-    def forward(self, tokens, step, class_labels, k_cache: list, v_cache: list, guidance_scale, temperature, noise,
-                modulation: tuple | None = None):
-        """`modulation` (eager runtimes only, never exported): this step's rows of adaln_tables."""
-        rows = _guidance_rows(class_labels, self.generator.config.null_class)
-        logits, keys, values = self.generator.decode_step(
-            tokens.repeat(2), step.repeat(2), rows, k_cache, v_cache, modulation
-        )
-        guided = apply_guidance(logits, guidance_scale)
+    def forward(self, tokens, position, condition, k_cache: list, v_cache: list, guidance_scale, temperature, noise):
+        rows, batch = condition.shape[1], tokens.shape[0]
+        row = torch.arange(rows, device=tokens.device)
+        image = torch.where(row >= batch, row - batch, row)  # R = 2B (guided) or B: row r shows image r mod B
+        row_tokens, row_positions = tokens[image], position[image]
+        row_condition = condition[torch.clamp(row_positions, max=condition.shape[0] - 1), row]
+        logits, keys, values = self.generator.decode_step_conditioned(row_tokens, row_positions, row_condition,
+                                                                      k_cache, v_cache)
+        guided = apply_guidance(logits, guidance_scale, guidance_scale.shape[0])
         return gumbel_max(guided, noise, temperature), guided, keys, values
 
 
@@ -99,36 +106,4 @@ class VQDecoderGraph(nn.Module):
         return images, images_uint8
 
 
-def graph_specs(generator: RARGenerator, tokenizer: VQDecoder, cache_dtype: str) -> dict[str, dict]:
-    """Inputs and outputs of each graph, with symbolic batch dims: the manifest's contract."""
-    c = generator.config
-    vocab, layers, heads, head_dim = c.codebook_size, c.depth, c.num_heads, c.head_dim
-    side = c.grid_size * tokenizer.config.upsample_factor
-    channels = tokenizer.config.num_channels
-    per_image = [TensorSpec("guidance_scale", "float32", ("batch",)),
-                 TensorSpec("temperature", "float32", ("batch",)),
-                 TensorSpec("noise", "float32", ("batch", vocab))]
-
-    def kv(positions) -> list[TensorSpec]:
-        shape = (layers, "2*batch", heads, positions, head_dim)
-        return [TensorSpec("keys", cache_dtype, shape), TensorSpec("values", cache_dtype, shape)]
-
-    sampled = [TensorSpec("logits", "float32", ("batch", vocab))]
-    cache_view = ("2*batch", heads, c.cache_len, head_dim)
-    caches = [TensorSpec(f"{kv}_cache.{i}", cache_dtype, cache_view) for kv in "kv" for i in range(layers)]
-    return {
-        "prefill": {
-            "inputs": [TensorSpec("class_labels", "int64", ("batch",)), *per_image],
-            "outputs": [TensorSpec("tokens", "int64", ("batch",)), *sampled, *kv(2)],
-        },
-        "decode_step": {
-            "inputs": [TensorSpec("tokens", "int64", ("batch",)), TensorSpec("step", "int64", ("batch",)),
-                       TensorSpec("class_labels", "int64", ("batch",)), *caches, *per_image],
-            "outputs": [TensorSpec("next_tokens", "int64", ("batch",)), *sampled, *kv(1)],
-        },
-        "vq_decoder": {
-            "inputs": [TensorSpec("tokens", "int64", ("batch", c.image_seq_len))],
-            "outputs": [TensorSpec("images", "float32", ("batch", channels, side, side)),
-                        TensorSpec("images_uint8", "uint8", ("batch", side, side, channels))],
-        },
-    }
+GRAPH_MODULES = {"condition": ConditionGraph, "decode_step": DecodeStepGraph, "vq_decoder": VQDecoderGraph}

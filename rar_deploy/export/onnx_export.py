@@ -22,15 +22,17 @@ import onnx
 import torch
 from torch import nn
 
+from ..contract import condition_width
 from ..errors import ExportError
 from ..model.generator import RARGenerator
 from ..model.layers import cast_for_inference
 from ..model.tokenizer import VQDecoder
-from .graphs import DecodeStepGraph, PrefillGraph, VQDecoderGraph
+from .graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
 
 OPSET = 18
 PROTOBUF_LIMIT = 2**31 - 1
 _EXAMPLE_BATCH = 2  # verification runs at another batch size, so a specialised batch cannot pass
+_EXAMPLE_POSITIONS = 3  # unlike any static size, so that torch.export keeps it symbolic
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -39,7 +41,6 @@ class GraphExport:
     module: nn.Module
     args: tuple
     dynamic_shapes: tuple
-    weight_bytes: int
 
 
 def cast_models(generator: RARGenerator, tokenizer: VQDecoder, precision: str) -> tuple[RARGenerator, VQDecoder]:
@@ -66,37 +67,44 @@ def check_float16_range(model: nn.Module) -> None:
 def graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: int) -> dict[str, GraphExport]:
     """Modules, example inputs and dynamic axes of the three graphs."""
     c = generator.config
-    b, vocab = _EXAMPLE_BATCH, c.codebook_size
+    b, rows, positions, vocab = _EXAMPLE_BATCH, 2 * _EXAMPLE_BATCH, _EXAMPLE_POSITIONS, c.codebook_size
     dtype = generator.embeddings.weight.dtype
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, b + 1))
-    labels = torch.arange(b)
-    sampling = (torch.full((b,), 2.0), torch.ones(b), torch.rand(b, vocab))
+    row = torch.export.Dim("rows", min=1, max=max(2 * max_batch, rows + 1))
+    position = torch.export.Dim("positions", min=1, max=c.cache_len)
+    # every input a distinct tensor: torch.export ties inputs passed as the same object together
+    labels = torch.arange(rows)
+    condition = torch.zeros(positions, rows, condition_width(c), dtype=dtype)
+
     def cache() -> list[torch.Tensor]:
-        return [torch.zeros(2 * b, c.num_heads, c.cache_len, c.head_dim, dtype=dtype) for _ in range(c.depth)]
+        return [torch.zeros(rows, c.num_heads, c.cache_len, c.head_dim, dtype=dtype) for _ in range(c.depth)]
 
-    per_image, cache_axes = {0: batch}, [{0: 2 * batch}] * c.depth
-
-    def nbytes(module: nn.Module) -> int:
-        return sum(p.numel() * p.element_size() for p in module.parameters())
-
+    per_image, per_row = {0: batch}, {0: row}
     return {
-        "prefill": GraphExport(PrefillGraph(generator), (labels, *sampling), (per_image,) * 4, nbytes(generator)),
+        "condition": GraphExport(ConditionGraph(generator), (labels, torch.zeros(positions, rows, dtype=torch.int64)),
+                                 (per_row, {0: position, 1: row})),
         "decode_step": GraphExport(
             DecodeStepGraph(generator),
-            # every input a distinct tensor: torch.export ties inputs passed as the same object together
-            (labels.clone(), torch.ones(b, dtype=torch.int64), labels, cache(), cache(), *sampling),
-            (per_image, per_image, per_image, cache_axes, cache_axes, per_image, per_image, per_image),
-            nbytes(generator),
+            (torch.arange(b), torch.full((b,), 3), condition, cache(), cache(),
+             torch.full((b,), 2.0), torch.ones(b), torch.rand(b, vocab)),
+            (per_image, per_image, {0: position, 1: row}, [per_row] * c.depth, [per_row] * c.depth,
+             per_image, per_image, per_image),
         ),
-        "vq_decoder": GraphExport(
-            VQDecoderGraph(tokenizer), (torch.zeros(b, c.image_seq_len, dtype=torch.int64),), (per_image,),
-            nbytes(tokenizer),
-        ),
+        "vq_decoder": GraphExport(VQDecoderGraph(tokenizer), (torch.zeros(b, c.image_seq_len, dtype=torch.int64),),
+                                  (per_image,)),
     }
 
 
-def export_graph(graph: GraphExport, path: Path, external_data: bool) -> None:
-    """Export one graph to `path` (weights to `path`.data when external), then check it."""
+@dataclass(frozen=True)
+class ExportedGraph:
+    external_data: bool  # weights in `<file>.data`
+    weight_bytes: int  # every initializer
+    table_bytes: int  # initializers only gathered from (embedding tables): a call reads a few rows of them
+
+
+def export_graph(graph: GraphExport, path: Path, external_data: bool) -> ExportedGraph:
+    """Export one graph to `path`, its weights to `path`.data when asked or when they would not fit in
+    one protobuf, then check it."""
     module = graph.module.eval()
     with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
@@ -107,8 +115,15 @@ def export_graph(graph: GraphExport, path: Path, external_data: bool) -> None:
             )
         except Exception as exc:
             raise ExportError(f"torch.onnx.export failed for {path.name}: {exc}") from exc
-    program.save(str(path), external_data=external_data)
+    initializers = [value for value in program.model.graph.initializers.values() if value.const_value is not None]
+    weights = sum(value.const_value.nbytes for value in initializers)
+    tables = sum(value.const_value.nbytes for value in initializers
+                 if {use.node.op_type for use in value.uses()} <= {"Gather", "GatherND"})
+    external = external_data or weights > PROTOBUF_LIMIT - (64 << 20)  # room for the graph itself
+    program.save(str(path), external_data=external)
+    del program, initializers
     check_onnx(path)
+    return ExportedGraph(external, weights, tables)
 
 
 @contextlib.contextmanager
@@ -121,11 +136,6 @@ def _quiet_logger(name: str):
         yield
     finally:
         logger.setLevel(level)
-
-
-def needs_external_data(graph: GraphExport) -> bool:
-    """Weights past about 2 GB do not fit in one protobuf; leave room for the graph itself."""
-    return graph.weight_bytes > PROTOBUF_LIMIT - (64 << 20)
 
 
 def check_onnx(path: Path) -> None:

@@ -140,14 +140,47 @@ class RARGenerator(nn.Module):
         """Final adaLN and lm_head; logits in float32."""
         return self.lm_head(self.adaln_before_head(x, c, modulation)).float()
 
-    def adaln_tables(self, class_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every adaLN output for positions 0 .. S-1 of each row, computed in one GEMM per block:
-        blocks [L, R, S, 6D] and head [R, S, 2D]. They depend only on (class, position), and are a
-        third of the weight bytes a decode step would otherwise read."""
-        positions = torch.arange(self.config.cache_len, device=class_labels.device)
-        c = self.conditioning(class_labels, positions)
-        blocks = torch.stack([block.adaLN_modulation(c) for block in self.blocks])
-        return blocks, self.adaln_before_head.adaLN_modulation(c)
+    def condition(self, class_labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Everything that depends only on (class, position), for `decode_step_conditioned`.
+
+        class_labels [R], positions [P, R] -> [P, R, C], each row laid out as contract.condition_layout:
+        the input embedding of the position (cls token at 0, class embedding at 1, the position terms
+        alone from 2 on, where the step adds the token embedding), then every block's adaLN output, then
+        the head's. C = (6L + 3) D.
+        """
+        class_embedding = self.embeddings(class_labels + self.config.codebook_size + 1).expand(*positions.shape, -1)
+        c = class_embedding + self.timesteps_embeddings[0, positions]
+        features = self.position_features(positions)
+        cls = self.cls_token[0, 0].expand_as(features)
+        first = torch.where(positions[..., None] == 0, cls, class_embedding) + features
+        inputs = torch.where(positions[..., None] <= 1, first, features)
+        modulation = [block.adaLN_modulation(c) for block in self.blocks] + [self.adaln_before_head.adaLN_modulation(c)]
+        return torch.cat([inputs, *modulation], dim=-1)
+
+    def decode_step_conditioned(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        condition: torch.Tensor,
+        k_cache: torch.Tensor | list[torch.Tensor],
+        v_cache: torch.Tensor | list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One sequence position p per row from its `condition` row [R, C]: logits [R, V] (of image token
+        p - 1) and this position's keys and values [L, R, H, 1, Dh]. tokens [R]: image token p - 2 (ignored
+        for p <= 1); the cache holds positions 0 .. p - 1 of each row. The prefill is p = 0, then p = 1."""
+        d, layers = self.config.hidden_size, self.config.depth
+        positions = positions[:, None]
+        inputs = condition[:, None, :d]
+        x = torch.where(positions[..., None] >= 2, self.embeddings(tokens)[:, None] + inputs, inputs)
+        blocks = condition[:, None, d:d + 6 * d * layers].unflatten(-1, (layers, 6 * d)).movedim(-2, 0)
+        seq = torch.arange(k_cache[0].shape[-2], device=tokens.device)
+        valid = seq[None, :] < positions
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return cached_attention(q, k, v, k_cache[layer], v_cache[layer], valid)
+
+        x, keys, values = self.run_blocks(x, None, attend, blocks)
+        return self.head(x[:, 0], None, condition[:, d + 6 * d * layers:]), keys, values
 
     def forward_prefix(
         self, class_labels: torch.Tensor, tokens: torch.Tensor
@@ -184,15 +217,13 @@ class RARGenerator(nn.Module):
         class_labels: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        modulation: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Feed image token t-1 at sequence position t+1 and return the logits of token t [R, V].
 
         tokens, step, class_labels: [R]; step t in 1..N-1 per row. k_cache, v_cache: static
         [L, R, H, S, Dh] (or a list of L [R, H, S, Dh] views), holding positions 0..t of each row
-        (later positions are ignored).
-        Returns this step's keys and values [L, R, H, 1, Dh]; the caller writes them at t+1.
-        `modulation`: this step's rows of `adaln_tables` ([L, R, 6D], [R, 2D]), to skip the adaLN GEMVs.
+        (later positions are ignored). Returns this step's keys and values [L, R, H, 1, Dh]; the caller
+        writes them at t+1. The official computation: the adaLN modulation inside every block.
         """
         positions = (step + 1)[:, None]
         x = self.embeddings(tokens)[:, None] + self.position_features(positions)
@@ -203,6 +234,5 @@ class RARGenerator(nn.Module):
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             return cached_attention(q, k, v, k_cache[layer], v_cache[layer], valid)
 
-        blocks, head = (None, None) if modulation is None else (modulation[0][:, :, None], modulation[1])
-        x, keys, values = self.run_blocks(x, c, attend, blocks)
-        return self.head(x[:, 0], c[:, 0], head), keys, values
+        x, keys, values = self.run_blocks(x, c, attend)
+        return self.head(x[:, 0], c[:, 0]), keys, values

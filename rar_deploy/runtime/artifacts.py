@@ -1,4 +1,5 @@
-"""An artifact directory as a runtime sees it: the manifest, checked, and typed accessors."""
+"""An artifact directory as a runtime sees it: the manifest, validated, its files checked, typed accessors,
+and the checks of what a graph is fed (as Polygraphy's runners do) and of what a graph file declares."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import numpy as np
 
 from ..arguments import check_sampling
 from ..config import GeneratorConfig, SamplingDefaults, TokenizerConfig
-from ..engines import resolve_shape
+from ..contract import GRAPH_NAMES
 from ..errors import RARDeployError
-from ..manifest import GRAPH_NAMES, read_manifest
+from ..integrity import check_file
+from ..manifest import manifest_generator_config, manifest_tokenizer_config, read_manifest
+
+# ONNX Runtime's type strings for the manifest's dtypes
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+             "tensor(uint8)": "uint8"}
 
 
 @dataclass(frozen=True)
@@ -20,31 +26,38 @@ class Artifacts:
     manifest: dict
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Artifacts":
+    def load(cls, directory: str | Path, verify: str = "fingerprint") -> "Artifacts":
+        """verify: how the graph files are checked against the manifest, "fingerprint" (every load: size and
+        sampled chunks) or "sha256" (every byte)."""
         directory = Path(directory)
         if not directory.is_dir():
             raise RARDeployError(f"artifact directory not found: {directory}")
         artifacts = cls(directory, read_manifest(directory))
         for name in GRAPH_NAMES:
-            graph = artifacts.manifest["graphs"].get(name)
-            if graph is None or not (directory / graph["file"]).is_file():
-                raise RARDeployError(f"{directory} lacks {name}.onnx: export the artifacts again with rar-export")
-        if artifacts.tokenizer.codebook_size != artifacts.config.codebook_size:
-            raise RARDeployError(
-                f"{directory}: the tokenizer's codebook ({artifacts.tokenizer.codebook_size}) does not match the "
-                f"generator's vocabulary ({artifacts.config.codebook_size}): these artifacts mix two models")
+            artifacts.check_files(name, verify)
         return artifacts
+
+    def check_files(self, graph: str, verify: str = "fingerprint", engine: bool = False) -> Path:
+        """Check a graph's files (or its engine's) against the manifest; returns the graph or engine path."""
+        entry = self.manifest["engines"][graph] if engine else self.manifest["graphs"][graph]
+        names = [entry["file"]] + ([entry["external_data"]] if entry.get("external_data") else [])
+        for name in names:
+            check_file(self.directory, name, self.manifest["files"][name], verify)
+        return self.directory / entry["file"]
+
+    def verify_all(self) -> list[str]:
+        """Full SHA-256 of every listed file; returns the names checked."""
+        for name, record in self.manifest["files"].items():
+            check_file(self.directory, name, record, "sha256")
+        return sorted(self.manifest["files"])
 
     @property
     def config(self) -> GeneratorConfig:
-        model = {k: v for k, v in self.manifest["model"].items() if k != "preset"}
-        return GeneratorConfig(**model)
+        return manifest_generator_config(self.manifest)
 
     @property
-    def tokenizer(self) -> TokenizerConfig:
-        tokenizer = dict(self.manifest["tokenizer"])
-        tokenizer["channel_mult"] = tuple(tokenizer["channel_mult"])
-        return TokenizerConfig(**tokenizer)
+    def tokenizer_config(self) -> TokenizerConfig:
+        return manifest_tokenizer_config(self.manifest)
 
     @property
     def precision(self) -> str:
@@ -53,6 +66,10 @@ class Artifacts:
     @property
     def cache_dtype(self) -> np.dtype:
         return np.dtype(self.manifest["kv_cache"]["dtype"])
+
+    @property
+    def condition_width(self) -> int:
+        return self.manifest["condition"]["width"]
 
     @property
     def max_batch(self) -> int:
@@ -85,10 +102,53 @@ class Artifacts:
         """Where the checkpoints were at export (they may have moved since)."""
         return [Path(record["path"]) for record in self.manifest["checkpoints"].values()]
 
-    def graph_path(self, name: str) -> Path:
-        return self.directory / self.manifest["graphs"][name]["file"]
+    def graph_inputs(self, graph: str) -> list[dict]:
+        return self.manifest["graphs"][graph]["inputs"]
 
-    def output_shapes(self, name: str, batch: int) -> dict[str, tuple[list[int], np.dtype]]:
-        """Concrete shape and dtype of every output of graph `name` at `batch`."""
-        return {o["name"]: (resolve_shape(o["shape"], batch), np.dtype(o["dtype"]))
-                for o in self.manifest["graphs"][name]["outputs"]}
+    def graph_outputs(self, graph: str) -> list[dict]:
+        return self.manifest["graphs"][graph]["outputs"]
+
+    def check_feeds(self, graph: str, feeds: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, int]:
+        """Names, dtypes and shapes of a call's feeds against the manifest; returns the symbolic dims' sizes."""
+        specs = self.graph_inputs(graph)
+        names = [spec["name"] for spec in specs]
+        if sorted(feeds) != sorted(names):
+            missing, extra = sorted(set(names) - set(feeds)), sorted(set(feeds) - set(names))
+            raise RARDeployError(f"{graph} takes {', '.join(names)}; missing {missing or 'none'}, "
+                                 f"unexpected {extra or 'none'}")
+        dims: dict[str, int] = {}
+        for spec in specs:
+            shape, dtype = feeds[spec["name"]]
+            if np.dtype(dtype) != np.dtype(spec["dtype"]) or len(shape) != len(spec["shape"]):
+                raise RARDeployError(f"{graph} input {spec['name']} must be {spec['dtype']} {spec['shape']}, got "
+                                     f"{np.dtype(dtype)} {list(shape)}")
+            for size, dim in zip(shape, spec["shape"]):
+                if isinstance(dim, str):
+                    dim_size = dims.setdefault(dim, size)
+                else:
+                    dim_size = dim
+                if size != dim_size:
+                    raise RARDeployError(f"{graph} input {spec['name']} has shape {list(shape)}, the manifest says "
+                                         f"{spec['shape']} ({dim} = {dim_size} from the other inputs)")
+        return dims
+
+    def onnxruntime_session(self, graph: str, options, providers: list[str]):
+        """An ONNX Runtime session of a graph whose declared I/O is the manifest's, else one line why not."""
+        import onnxruntime as ort
+
+        path = self.directory / self.manifest["graphs"][graph]["file"]
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ONNX Runtime raises several types for unreadable graphs
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RARDeployError(f"ONNX Runtime cannot load {path}: {reason}; export the artifacts again") from None
+        declared = {"inputs": session.get_inputs(), "outputs": session.get_outputs()}
+        for kind, args in declared.items():
+            recorded = [(s["name"], s["dtype"], list(s["shape"])) for s in self.manifest["graphs"][graph][kind]]
+            actual = [(a.name, ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
+            if actual != recorded:
+                wrong = next((a, r) for a, r in zip(actual + [None] * len(recorded), recorded + [None] * len(actual))
+                             if a != r)
+                raise RARDeployError(f"{path} declares {kind[:-1]} {wrong[0]}, the manifest says {wrong[1]}: the "
+                                     "graph does not belong to this manifest; export the artifacts again")
+        return session

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..arguments import check_class_labels, check_seed, check_tokens
 from ..errors import RARDeployError
-from ..sampling import guidance_schedule, sampling_noise
+from ..sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 from .artifacts import Artifacts
 from .backends import Backend, OnnxRuntimeBackend, TorchBackend
 
@@ -23,17 +23,16 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 Progress = Callable[[int, int], None]
 
 
-def generate_batch(backend: Backend, class_labels: torch.Tensor, schedule: np.ndarray, temperature: float,
-                   noise: np.ndarray, on_step: Callable[[], None] | None = None) -> np.ndarray:
-    """Prefill, N-1 decode steps with the cache written on the backend's device; tokens [B, N]."""
-    batch = class_labels.shape[0]
-    backend.start(class_labels, torch.from_numpy(schedule), torch.full((batch,), float(temperature)),
-                  torch.from_numpy(np.ascontiguousarray(noise.transpose(1, 0, 2))))
-    backend.prefill()
-    on_step and on_step()
-    for t in range(1, backend.config.image_seq_len):
-        backend.step(t)
-        on_step and on_step()
+def generate_batch(backend: Backend, class_labels: np.ndarray, schedule: np.ndarray, temperature: float,
+                   noise: np.ndarray, guided: bool, on_step: Callable[[], None] | None = None) -> np.ndarray:
+    """Every sequence position 0 .. N through the decode step, the cache written on the backend's device
+    (positions 0 and 1 are the prefill); tokens [B, N]."""
+    rows = guidance_rows(class_labels, guided, backend.config.null_class)
+    backend.start(rows, schedule, np.full(len(class_labels), temperature, np.float32), noise)
+    for p in range(backend.config.cache_len):
+        backend.step(p)
+        if p >= 1 and on_step:
+            on_step()
     return backend.tokens()
 
 
@@ -75,7 +74,7 @@ class RARPipeline:
                         batch_size: int | None = None, progress: Progress | None = None) -> np.ndarray:
         """int64 tokens [B, N]. None means the model size's published default. Image i uses noise
         from (seed, i) alone, so it is the same image whatever the batch size."""
-        labels = torch.from_numpy(check_class_labels(class_labels, self.config.num_classes))
+        labels = check_class_labels(class_labels, self.config.num_classes)
         scale, pow_, temperature = self.artifacts.sampling_values(guidance_scale, guidance_pow, temperature)
         seed = check_seed(seed)
         batch_size = self.artifacts.check_batch_size(batch_size)
@@ -93,7 +92,8 @@ class RARPipeline:
                     done += size
                     progress and progress(done, total)
 
-                chunks.append(generate_batch(self.backend, chunk, schedule, temperature, noise, on_step))
+                chunks.append(generate_batch(self.backend, chunk, schedule, temperature, noise, is_guided(scale),
+                                             on_step))
         return np.concatenate(chunks)
 
     def decode(self, tokens: np.ndarray, batch_size: int | None = None) -> np.ndarray:

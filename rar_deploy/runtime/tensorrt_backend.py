@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch
 
+from ..contract import GRAPH_NAMES
 from ..engines import check_engines, current_capability, find_tensorrt
 from ..errors import RARDeployError
-from ..manifest import GRAPH_NAMES
 from .artifacts import Artifacts
-from .backends import TORCH_DTYPES, Backend
+from .backends import Backend, Tensors, feed_dims
 
 
 class TensorRTBackend(Backend):
@@ -28,34 +28,28 @@ class TensorRTBackend(Backend):
         runtime = self.trt.Runtime(self.logger)
         self.engines = {}
         for name in GRAPH_NAMES:
-            plan = (artifacts.directory / artifacts.manifest["engines"][name]["file"]).read_bytes()
+            plan = artifacts.check_files(name, engine=True).read_bytes()
             engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:
-                raise RARDeployError(f"TensorRT could not load engine {name}: rebuild it with rar-export --engine")
+                raise RARDeployError(f"TensorRT could not load engine {name}: rebuild the engines (rar-build)")
             self.engines[name] = engine
         self.contexts = {name: engine.create_execution_context() for name, engine in self.engines.items()}
         self.use_cuda_graph = cuda_graphs
-        self.outputs: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # allocated once per graph and batch
+        self.outputs: dict[tuple, Tensors] = {}  # allocated once per graph and dims
 
-    def _bind(self, graph: str, feeds: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
-        """Input shapes and every tensor address of this call (cheap host calls, no device work)."""
+    def run(self, graph: str, feeds: Tensors, outputs: Tensors | None = None) -> Tensors:
+        """Input shapes and every tensor address of this call (cheap host calls), then one enqueue."""
+        feeds = {name: tensor.contiguous() for name, tensor in feeds.items()}
         context = self.contexts[graph]
-        outputs = self.outputs.get((graph, batch))
         if outputs is None:
-            outputs = {name: torch.empty(shape, dtype=TORCH_DTYPES[dtype], device=self.device)
-                       for name, (shape, dtype) in self.artifacts.output_shapes(graph, batch).items()}
-            self.outputs[(graph, batch)] = outputs
+            dims = feed_dims(self.artifacts, graph, feeds)
+            key = (graph, *sorted(dims.items()))
+            outputs = self.outputs.get(key) or self.outputs.setdefault(key, self.output_buffers(graph, dims))
         for name, tensor in feeds.items():
             context.set_input_shape(name, tuple(tensor.shape))
             context.set_tensor_address(name, tensor.data_ptr())
         for name, tensor in outputs.items():
             context.set_tensor_address(name, tensor.data_ptr())
-        return outputs
-
-    def run(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        feeds = {name: tensor.contiguous() for name, tensor in feeds.items()}
-        batch = feeds["class_labels" if "class_labels" in feeds else "tokens"].shape[0]
-        outputs = self._bind(graph, feeds, batch)
-        if not self.contexts[graph].execute_async_v3(torch.cuda.current_stream().cuda_stream):
+        if not context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise RARDeployError(f"TensorRT failed to run {graph}")
         return outputs

@@ -1,0 +1,109 @@
+"""The graph contract as data: what each graph takes and returns, and the layouts a runtime must know.
+
+Export writes all of it into the manifest; every runtime (this package's, the C++ one, a user's own)
+reads it from there. No torch here. Symbolic dimensions: `batch` (B images), `rows` (R = 2B with
+classifier-free guidance: B conditional rows, then B rows of the null class; R = B without), and
+`positions` (P condition rows per guidance row: all N + 1 sequence positions, or only the current one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import GeneratorConfig, TokenizerConfig
+
+GRAPH_NAMES = ("condition", "decode_step", "vq_decoder")
+SYMBOLIC_DIMS = ("batch", "rows", "positions")
+# Chunks of one block's adaLN output (D each), and of the head's, in the order of the official Linear.
+BLOCK_MODULATION = ("shift1", "scale1", "gate1", "shift2", "scale2", "gate2")
+HEAD_MODULATION = ("scale", "shift")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, dtype (numpy name) and shape, symbolic dims as strings."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+def condition_width(config: GeneratorConfig) -> int:
+    """C: the input embedding (D), every block's adaLN output (6D each) and the head's (2D)."""
+    return (1 + 6 * config.depth + 2) * config.hidden_size
+
+
+def condition_layout(config: GeneratorConfig) -> dict:
+    """Offsets (in elements) of each part of one condition row of width C."""
+    d, layers = config.hidden_size, config.depth
+    return {
+        "width": condition_width(config),
+        "input_embedding": {"offset": 0, "size": d},
+        "blocks": {"offset": d, "stride": 6 * d, "count": layers, "chunks": list(BLOCK_MODULATION)},
+        "head": {"offset": d + 6 * d * layers, "size": 2 * d, "chunks": list(HEAD_MODULATION)},
+    }
+
+
+def cache_layout(config: GeneratorConfig, dtype: str) -> dict:
+    """One keys and one values buffer [L, R, H, S, Dh]; layer i's view is the decode step's k_cache.i."""
+    return {
+        "shape": [config.depth, "rows", config.num_heads, config.cache_len, config.head_dim],
+        "dtype": dtype,
+        "layer_input_names": {"keys": "k_cache.%d", "values": "v_cache.%d"},
+        "write_offset": 0,  # the step at sequence position p returns keys/values written at index p + 0
+    }
+
+
+def graph_specs(config: GeneratorConfig, tokenizer: TokenizerConfig, dtype: str) -> dict[str, dict]:
+    """Inputs and outputs of each graph; `dtype` is the graph precision's float type (float16/float32)."""
+    vocab, layers, heads, head_dim = config.codebook_size, config.depth, config.num_heads, config.head_dim
+    side = config.grid_size * tokenizer.upsample_factor
+    channels = tokenizer.num_channels
+    step_kv = (layers, "rows", heads, 1, head_dim)
+    cache_view = ("rows", heads, config.cache_len, head_dim)
+    return {
+        "condition": {
+            "inputs": [TensorSpec("class_labels", "int64", ("rows",)),
+                       TensorSpec("positions", "int64", ("positions", "rows"))],
+            "outputs": [TensorSpec("condition", dtype, ("positions", "rows", condition_width(config)))],
+        },
+        "decode_step": {
+            "inputs": [TensorSpec("tokens", "int64", ("batch",)),
+                       TensorSpec("position", "int64", ("batch",)),
+                       TensorSpec("condition", dtype, ("positions", "rows", condition_width(config))),
+                       *(TensorSpec(f"k_cache.{i}", dtype, cache_view) for i in range(layers)),
+                       *(TensorSpec(f"v_cache.{i}", dtype, cache_view) for i in range(layers)),
+                       TensorSpec("guidance_scale", "float32", ("batch",)),
+                       TensorSpec("temperature", "float32", ("batch",)),
+                       TensorSpec("noise", "float32", ("batch", vocab))],
+            "outputs": [TensorSpec("next_tokens", "int64", ("batch",)),
+                        TensorSpec("logits", "float32", ("batch", vocab)),
+                        TensorSpec("keys", dtype, step_kv),
+                        TensorSpec("values", dtype, step_kv)],
+        },
+        "vq_decoder": {
+            "inputs": [TensorSpec("tokens", "int64", ("batch", config.image_seq_len))],
+            "outputs": [TensorSpec("images", "float32", ("batch", channels, side, side)),
+                        TensorSpec("images_uint8", "uint8", ("batch", side, side, channels))],
+        },
+    }
+
+
+def resolve_shape(shape: list, dims: dict[str, int]) -> list[int]:
+    """A manifest shape with symbolic dims -> concrete dims, e.g. dims = {"batch": 2, "rows": 4}."""
+    return [dims[d] if isinstance(d, str) else d for d in shape]
+
+
+def generation_dims(batch: int, guided: bool, positions: int) -> dict[str, int]:
+    """The symbolic dims of one generation: rows = 2 x batch with guidance, batch without."""
+    return {"batch": batch, "rows": 2 * batch if guided else batch, "positions": positions}
+
+
+def profile_dims(min_batch: int, opt_batch: int, max_batch: int, cache_len: int) -> list[dict[str, int]]:
+    """The [min, opt, max] dims an engine profile covers: unguided to guided rows, one to all positions."""
+    return [{"batch": min_batch, "rows": min_batch, "positions": 1},
+            generation_dims(opt_batch, True, cache_len),
+            generation_dims(max_batch, True, cache_len)]

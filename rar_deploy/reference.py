@@ -1,0 +1,134 @@
+"""The reference sampler: the official `generate` (raster order, KV cache) on the reference model, in
+float32 PyTorch. Every export and every backend is checked against it; it is itself checked against the
+official implementation's golden outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .arguments import check_class_labels, check_sampling
+from .errors import RARDeployError
+from .model.generator import RARGenerator
+from .model.guidance import apply_guidance, gumbel_max
+from .model.kv_cache import StaticKVCache
+from .sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # int64 [B, N]
+    logits: torch.Tensor | None  # float32 [B, N, V] guided logits of every step, when kept
+
+
+@torch.no_grad()
+def reference_generate(
+    generator: RARGenerator,
+    class_labels: Sequence[int] | torch.Tensor,
+    guidance_scale: float,
+    guidance_pow: float,
+    temperature: float,
+    noise: np.ndarray | torch.Tensor | None = None,
+    seed: int = 0,
+    keep_logits: bool = False,
+) -> Generation:
+    """The official `generate`, drawing by Gumbel-max from `noise` ([B, N, V] uniform; from `seed` when
+    None). guidance_scale 0 means no guidance (conditional rows only), as officially."""
+    config = generator.config
+    labels = check_class_labels(class_labels, config.num_classes)
+    guidance_scale, guidance_pow, temperature = check_sampling(guidance_scale, guidance_pow, temperature)
+    batch, steps = labels.shape[0], config.image_seq_len
+    if noise is None:
+        noise = sampling_noise(seed, batch, steps, config.codebook_size)
+    noise = torch.as_tensor(noise, dtype=torch.float32)
+    if noise.shape != (batch, steps, config.codebook_size):
+        raise RARDeployError(f"noise has shape {tuple(noise.shape)}, expected {(batch, steps, config.codebook_size)}")
+    rows = torch.from_numpy(guidance_rows(labels, is_guided(guidance_scale), config.null_class))
+    scales = torch.from_numpy(guidance_schedule(steps, guidance_scale, guidance_pow))
+    cache = StaticKVCache.allocate(config, rows.shape[0], dtype=generator.embeddings.weight.dtype)
+
+    tokens, kept = [], []
+    logits, keys, values = generator.prefill(rows)
+    cache.write(keys, values, 0)
+    for t in range(steps):
+        if t > 0:
+            step = torch.full_like(rows, t)
+            logits, keys, values = generator.decode_step(tokens[-1].repeat(rows.shape[0] // batch), step, rows,
+                                                         cache.keys, cache.values)
+            cache.write(keys, values, t + 1)
+        step_logits = apply_guidance(logits, scales[t], batch) if is_guided(guidance_scale) else logits
+        tokens.append(gumbel_max(step_logits, noise[:, t], temperature))
+        if keep_logits:
+            kept.append(step_logits)
+    return Generation(torch.stack(tokens, dim=1), torch.stack(kept, dim=1) if keep_logits else None)
+
+
+
+@torch.no_grad()
+def reference_record(generator: RARGenerator, tokenizer, float_dtype: str, batch: int = 2, seed: int = 0,
+                     guidance_scale: float | None = None, guidance_pow: float | None = None) -> dict[str, np.ndarray]:
+    """Inputs and float32 reference outputs of every parity check, small enough to ship inside an artifact
+    folder (`reference.npz`) so that `rar-parity` runs on a target without torch or checkpoints:
+
+    - each graph once on inputs drawn from `seed` (graph inputs stored in the graph's own dtype `float_dtype`);
+    - a guided generation at the model size's sampling defaults, temperature 1, from (seed, image) noise:
+      its tokens (free-running check) and the guided logits of every step along them (teacher-forced check);
+    - an unguided generation (guidance scale 0) from the same noise;
+    - the decoder's uint8 images of the guided tokens.
+    """
+    from .export.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
+    from .model.tokenizer import images_to_uint8
+
+    c = generator.config
+    defaults = c.sampling_defaults
+    scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+    pow_ = defaults.guidance_pow if guidance_pow is None else guidance_pow
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c.num_classes, batch)
+    record: dict[str, np.ndarray] = {
+        "seed": np.int64(seed), "labels": labels, "guidance_scale": np.float32(scale),
+        "guidance_pow": np.float32(pow_), "temperature": np.float32(1.0),
+    }
+
+    # condition: one row, two positions (the table's first and a random one)
+    cond_labels = torch.from_numpy(labels[:1])
+    positions = torch.tensor([[0], [int(rng.integers(1, c.cache_len))]])
+    record.update({"condition.class_labels": cond_labels.numpy(), "condition.positions": positions.numpy(),
+                   "condition.condition": ConditionGraph(generator)(cond_labels, positions).numpy()})
+
+    # decode_step: one image (guided rows) at a random position, over the reference's own cache prefix
+    ids = torch.from_numpy(rng.integers(0, c.codebook_size, (1, c.image_seq_len)))
+    position = int(rng.integers(2, min(c.cache_len, 9)))
+    rows = torch.from_numpy(guidance_rows(labels[:1], True, c.null_class))
+    _, keys, values = generator.forward_prefix(rows, ids.repeat(2, 1)[:, : position - 2])  # positions 0 .. p-1
+    condition = generator.condition(rows, torch.full((1, 2), position)).to(getattr(torch, float_dtype))
+    prefix = {"k": keys.to(condition.dtype), "v": values.to(condition.dtype)}
+    step_inputs = {"tokens": ids[:, position - 2], "position": torch.tensor([position]), "condition": condition,
+                   "guidance_scale": torch.tensor([float(scale)]), "temperature": torch.ones(1),
+                   "noise": torch.from_numpy(sampling_noise(seed, 1, 1, c.codebook_size)[:, 0])}
+    record.update({f"decode_step.{name}": value.numpy() for name, value in step_inputs.items()})
+    record.update({"decode_step.k_prefix": prefix["k"].numpy(), "decode_step.v_prefix": prefix["v"].numpy()})
+    cache = {kv: torch.zeros(c.depth, 2, c.num_heads, c.cache_len, c.head_dim) for kv in "kv"}
+    for kv in "kv":
+        cache[kv][..., :position, :] = prefix[kv].float()
+    outputs = DecodeStepGraph(generator)(step_inputs["tokens"], step_inputs["position"], condition.float(),
+                                         list(cache["k"]), list(cache["v"]), step_inputs["guidance_scale"],
+                                         step_inputs["temperature"], step_inputs["noise"])
+    record.update({f"decode_step.expected.{name}": out.float().numpy()
+                   for name, out in zip(DecodeStepGraph.output_names, outputs)})
+
+    # vq_decoder: one image of random tokens
+    record["vq_decoder.tokens"] = ids.numpy()
+    record["vq_decoder.images"] = VQDecoderGraph(tokenizer)(ids)[0].numpy()
+
+    # whole generations
+    noise = sampling_noise(seed, batch, c.image_seq_len, c.codebook_size)
+    guided = reference_generate(generator, labels, scale, pow_, 1.0, noise=noise, keep_logits=True)
+    unguided = reference_generate(generator, labels, 0.0, pow_, 1.0, noise=noise)
+    record.update({"tokens": guided.tokens.numpy(), "guided_logits": guided.logits.numpy(),
+                   "unguided_tokens": unguided.tokens.numpy(),
+                   "images_uint8": images_to_uint8(tokenizer.decode(guided.tokens)).numpy()})
+    return record

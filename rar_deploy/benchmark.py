@@ -252,7 +252,8 @@ def format_results(results: dict) -> str:
         drift = "-" if r["step_drift"] is None else f"{r['step_drift']:.2f}"
         condition = "per step" if r.get("condition_per_step") else f"{r['condition_ms']:8.2f}"
         lines.append(f"{r['backend']:<12} {r['batch']:>5} {condition:>8} {r['prefill_ms']:9.2f} "
-                     f"{r['step_mean_ms']:9.2f} {r['step_p50_ms']:8.2f} {r['step_p99_ms']:8.2f} {r['step_gb_per_s']:7.1f} {drift:>6} "
+                     f"{r['step_mean_ms']:9.2f} {r['step_p50_ms']:8.2f} {r['step_p99_ms']:8.2f} "
+                     f"{r['step_gb_per_s']:7.1f} {drift:>6} "
                      f"{r['decoder_ms']:9.1f} "
                      f"{r['total_ms_per_image']:9.1f} {r['images_per_s']:8.3f} {r['peak_host_rss_mib']:8.0f} "
                      f"{ratio:>8}")

@@ -157,9 +157,10 @@ def export_summary(result) -> str:
 @click.option("--tokenizer", help="torch backend: tokenizer checkpoint, if it moved since export.")
 @click.option("--force", is_flag=True,
               help="Replace an earlier rar-generate --out / --save-tokens (never anything else).")
+@click.option("--verify-files", is_flag=True, help="Check every byte of the graphs (SHA-256) before running.")
 @friendly_errors
 def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, device, out, guidance_scale,
-                     guidance_pow, temperature, batch_size, save_tokens, ckpt, tokenizer, force) -> None:
+                     guidance_pow, temperature, batch_size, save_tokens, ckpt, tokenizer, force, verify_files) -> None:
     """Generate images from exported artifacts: one PNG per image, grid.png and samples.json."""
     import numpy as np
     from tqdm import tqdm
@@ -171,7 +172,7 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     from .samples import is_numpy_file, is_samples_folder, save_samples
 
     # Every check before any heavy work: the manifest, the values, both outputs.
-    artifacts = Artifacts.load(artifacts_dir)
+    artifacts = Artifacts.load(artifacts_dir, verify="sha256" if verify_files else "fingerprint")
     per_class = parse_integers(class_labels, "--class-labels")
     labels = check_class_labels([label for label in per_class for _ in range(num_per_class)],
                                 artifacts.config.num_classes)

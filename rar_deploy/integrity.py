@@ -17,6 +17,7 @@ from .errors import RARDeployError
 
 FINGERPRINT_CHUNKS = 16
 FINGERPRINT_CHUNK = 1 << 16
+_NAMES = {"fingerprint": "fingerprint", "sha256": "SHA-256"}
 
 
 def sha256_of(path: str | Path) -> str:
@@ -55,9 +56,8 @@ def check_file(directory: Path, name: str, record: dict, verify: str = "fingerpr
     if size != record["size"]:
         raise RARDeployError(f"{path} has {size} bytes, the manifest says {record['size']}: it was truncated or "
                              f"replaced; {fix}")
-    if verify == "fingerprint" and fingerprint(path) != record["fingerprint"]:
-        raise RARDeployError(f"{path} is not the file this manifest lists (its content differs): it was replaced, "
-                             f"perhaps from another export; {fix}")
-    if verify == "sha256" and sha256_of(path) != record["sha256"]:
-        raise RARDeployError(f"{path} fails its SHA-256 check: it was modified or is damaged; {fix}")
+    for kind, digest in (("fingerprint", fingerprint), ("sha256", sha256_of)):
+        if verify == kind and digest(path) != record[kind]:
+            raise RARDeployError(f"{path} is not the file this manifest lists (its {_NAMES[kind]} differs): it was "
+                                 f"replaced or modified, perhaps from another export; {fix}")
     return path

@@ -149,9 +149,9 @@ def _cache_consumers(model: onnx.ModelProto, caches: set[str]) -> set[tuple[str,
 
 def test_decode_graph_never_copies_the_cache(official_export, tmp_path):
     """No output has the cache's sequence length, and the cache inputs are only read by matrix
-    multiplies (and Shape, which reads no data): no Gather, Slice, Concat or Cast of the cache. The one Transpose (of K, before the
-    score MatMul) swaps the last two dims and feeds only a MatMul: TensorRT folds it into the GEMM,
-    and so does ONNX Runtime where it has the kernel (checked on its optimised fp32 graph; its CPU
+    multiplies (and Shape, which reads no data): no Gather, Slice, Concat or Cast of the cache. The one
+    Transpose (of K, before the score MatMul) swaps the last two dims and feeds only a MatMul: TensorRT folds
+    it into the GEMM, and so does ONNX Runtime where it has the kernel (checked on its optimised fp32 graph; its CPU
     provider has no fp16 MatMul and casts, so fp16 on ORT CPU is for verification, not speed)."""
     import onnxruntime as ort
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from rar_deploy import RARPipeline, reference_generate, sampling_noise
-from rar_deploy.engines import BatchProfile, find_tensorrt
+from rar_deploy.engines import BatchProfile, current_capability, find_tensorrt
 from rar_deploy.runtime.artifacts import Artifacts
 from rar_deploy.runtime.backends import TorchBackend
-from rar_deploy.runtime.tensorrt_backend import current_capability
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 FP16_TOKEN_AGREEMENT = 0.9  # fp16 vs the float32 reference, greedy, tiny model: rounding flips a few ties

@@ -51,16 +51,18 @@ class RARPipeline:
 
     @classmethod
     def from_artifacts(cls, directory: str | Path, backend: str = "onnxruntime", device: str | None = None,
-                       ckpt: str | None = None, tokenizer: str | None = None) -> "RARPipeline":
+                       ckpt: str | None = None, tokenizer: str | None = None,
+                       verify_files: bool = False) -> "RARPipeline":
         """backend: onnxruntime | torch | tensorrt. device: cpu or cuda (default: cuda where it exists,
         except onnxruntime, which defaults to cpu). ckpt/tokenizer: for torch, when the checkpoints
-        moved since export."""
+        moved since export. verify_files: check every byte of the graphs (SHA-256) instead of their size
+        and fingerprint."""
         if not isinstance(directory, (str, os.PathLike)):
             raise RARDeployError(f"the artifact directory must be a path, got {directory!r}")
         if backend not in BACKENDS:
             raise RARDeployError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         target = _device(device, backend)
-        artifacts = Artifacts.load(directory)
+        artifacts = Artifacts.load(directory, verify="sha256" if verify_files else "fingerprint")
         if backend == "onnxruntime":
             return cls(artifacts, OnnxRuntimeBackend(artifacts, target))
         if backend == "torch":

@@ -1,9 +1,6 @@
-"""rar-bench: per-stage latency of a backend, and the official-style eager loop as the baseline.
-
-Times are taken with CUDA events on GPU (no synchronisation inside the loop) and perf_counter on
-CPU. The baseline reproduces the cost structure of the official `generate()`: the KV cache grows by
-torch.cat every step and the whole prefix is re-embedded every step.
-"""
+"""rar-bench: per-stage latency of a backend, with the official-style eager loop (`baseline.py`, torch)
+as the baseline. Times are taken with CUDA events on GPU (no synchronisation inside the loop) and
+perf_counter on CPU."""
 
 from __future__ import annotations
 
@@ -12,11 +9,7 @@ import time
 from typing import Callable
 
 import numpy as np
-import torch
 
-from .model.generator import RARGenerator
-from .model.guidance import apply_guidance, gumbel_max
-from .model.tokenizer import VQDecoder
 from .runtime.pipeline import RARPipeline
 from .sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 
@@ -25,25 +18,19 @@ HBM_BYTES_PER_S = 3.0e12  # H100 bandwidth measured in this workplace (RAR_FACTS
 
 
 class StageClock:
-    """Marks between stages; CUDA events on GPU (read once at the end), wall clock on CPU."""
+    """Marks between stages in a backend's memory: CUDA events on GPU (read once at the end, no
+    synchronisation inside the loop), wall clock on CPU."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
+    def __init__(self, memory) -> None:
+        self.memory = memory
         self.marks: list = []
 
     def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
+        self.marks.append(self.memory.mark())
 
     def intervals_ms(self) -> list[float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
-        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+        self.memory.synchronize()
+        return [self.memory.elapsed_ms(a, b) for a, b in zip(self.marks, self.marks[1:])]
 
 
 def _summary(condition_ms: float, prefill_ms: float, steps_ms: list[float], decoder_ms: float, batch: int) -> dict:
@@ -60,11 +47,11 @@ def _summary(condition_ms: float, prefill_ms: float, steps_ms: list[float], deco
     }
 
 
-def _memory(device: torch.device) -> dict:
-    memory = {"peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        memory["peak_device_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return memory
+def _memory(memory) -> dict:
+    usage = {"peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if hasattr(memory, "used_bytes"):
+        usage["device_mib"] = memory.used_bytes() / 2**20
+    return usage
 
 
 def bench_pipeline(pipeline: RARPipeline, batch: int, warmup_steps: int = 3, seed: int = 0) -> dict:
@@ -78,15 +65,13 @@ def bench_pipeline(pipeline: RARPipeline, batch: int, warmup_steps: int = 3, see
     schedule = guidance_schedule(c.image_seq_len, defaults.guidance_scale, defaults.guidance_pow)
     noise = sampling_noise(seed, batch, c.image_seq_len, c.codebook_size)
     temperature = np.full(batch, defaults.temperature, np.float32)
-    if backend.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(backend.device)
 
     backend.start(rows, schedule, temperature, noise)
     for p in range(min(2 + warmup_steps, c.cache_len)):
         backend.step(p)
     backend.decode_images(backend.tokens())
 
-    clock = StageClock(backend.device)
+    clock = StageClock(backend.memory)
     clock.mark()
     backend.start(rows, schedule, temperature, noise)
     clock.mark()
@@ -102,7 +87,7 @@ def bench_pipeline(pipeline: RARPipeline, batch: int, warmup_steps: int = 3, see
     bytes_per_step = step_bytes(pipeline.artifacts, backend.per_step_condition, len(rows))
     summary = _summary(intervals[0], intervals[1], intervals[2:], decoder_ms, batch)
     return {**summary, "condition_per_step": backend.per_step_condition, "step_bytes": bytes_per_step,
-            "step_gb_per_s": bytes_per_step / summary["step_p50_ms"] / 1e6, **_memory(backend.device)}
+            "step_gb_per_s": bytes_per_step / summary["step_p50_ms"] / 1e6, **_memory(backend.memory)}
 
 
 def step_bytes(artifacts, per_step_condition: bool, rows: int) -> int:
@@ -119,78 +104,6 @@ def step_bytes(artifacts, per_step_condition: bool, rows: int) -> int:
     return weights + condition + cache
 
 
-class OfficialStyleLoop:
-    """The official `generate()` loop on our reference modules: the prefix is re-embedded and the
-    KV cache concatenated every step; same guidance and the same Gumbel-max noise as the pipelines."""
-
-    def __init__(self, generator: RARGenerator, tokenizer: VQDecoder) -> None:
-        self.generator, self.tokenizer = generator, tokenizer
-
-    @torch.no_grad()
-    def generate(self, labels: torch.Tensor, schedule: torch.Tensor, temperature: torch.Tensor,
-                 noise: torch.Tensor, on_step: Callable[[], None] = lambda: None,
-                 steps: int | None = None) -> torch.Tensor:
-        """Tokens [B, steps] (all N by default); noise [N, B, V]."""
-        g, c = self.generator, self.generator.config
-        rows = torch.cat([labels, torch.full_like(labels, c.null_class)])
-        ids = rows.new_zeros((rows.shape[0], 0))
-        caches: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * c.depth
-
-        def attend(layer: int, q, k, v):
-            if caches[layer] is not None:
-                k = torch.cat([caches[layer][0], k], dim=-2)
-                v = torch.cat([caches[layer][1], v], dim=-2)
-            caches[layer] = (k, v)
-            scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-            if q.shape[-2] > 1:
-                scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
-            return scores.float().softmax(-1).to(v.dtype) @ v
-
-        tokens = []
-        for t in range(steps or c.image_seq_len):
-            positions = torch.arange(t + 2, device=rows.device)
-            emb = g.embeddings(torch.cat([rows[:, None] + c.codebook_size + 1, ids], dim=1))
-            x = torch.cat([g.cls_token.expand(rows.shape[0], -1, -1), emb], dim=1) + g.position_features(positions)
-            cond = g.conditioning(rows, positions)
-            if t > 0:
-                x, cond = x[:, -1:], cond[:, -1:]
-            x, _, _ = g.run_blocks(x, cond, attend)
-            logits = apply_guidance(g.head(x[:, -1], cond[:, -1]), schedule[t], labels.shape[0])
-            token = gumbel_max(logits, noise[t], temperature)
-            tokens.append(token)
-            ids = torch.cat([ids, token.repeat(2)[:, None]], dim=1)
-            on_step()
-        return torch.stack(tokens, dim=1)
-
-
-def bench_baseline(loop: OfficialStyleLoop, artifacts, batch: int, device: torch.device, warmup_steps: int = 3,
-                   seed: int = 0) -> dict:
-    c, defaults = artifacts.config, artifacts.sampling_defaults
-    labels = (torch.arange(batch) % c.num_classes).to(device)
-    schedule = guidance_schedule(c.image_seq_len, defaults.guidance_scale, defaults.guidance_pow)
-    schedule = torch.from_numpy(schedule).to(device)
-    noise = torch.from_numpy(np.ascontiguousarray(
-        sampling_noise(seed, batch, c.image_seq_len, c.codebook_size).transpose(1, 0, 2))).to(device)
-    temperature = torch.full((batch,), defaults.temperature, device=device)
-    loop.generate(labels, schedule, temperature, noise, steps=1 + warmup_steps)
-    loop.tokenizer.decode(torch.zeros((batch, c.image_seq_len), dtype=torch.int64, device=device))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    clock = StageClock(device)
-    clock.mark()
-    tokens = loop.generate(labels, schedule, temperature, noise, clock.mark)
-    decode_start = time.perf_counter()
-    loop.tokenizer.decode(tokens).cpu()
-    decoder_ms = (time.perf_counter() - decode_start) * 1e3
-    intervals = clock.intervals_ms()
-    tables = ("embeddings.weight", "pos_embed", "target_aware_pos_embed", "timesteps_embeddings")
-    generator_bytes = sum(p.numel() * p.element_size() for name, p in loop.generator.named_parameters()
-                          if name not in tables)
-    summary = _summary(0.0, intervals[0], intervals[1:], decoder_ms, batch)
-    return {**summary, "step_bytes": generator_bytes, "step_gb_per_s": generator_bytes / summary["step_p50_ms"] / 1e6,
-            **_memory(device)}
-
-
 def step_floor_ms(generator_bytes_per_step: float) -> float:
     """Reading every weight once per step at HBM bandwidth: the batch-1 floor of a decode step."""
     return generator_bytes_per_step / HBM_BYTES_PER_S * 1e3
@@ -198,50 +111,52 @@ def step_floor_ms(generator_bytes_per_step: float) -> float:
 
 def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device: str | None, baseline: bool,
                   ckpt: str | None, tokenizer: str | None, warmup_steps: int = 3,
-                  progress: Callable[[str], None] = lambda message: None) -> dict:
-    """Every backend at every batch size, then the baseline, in this one process."""
+                  progress: Callable[[str], None] = lambda message: None, threads: int | None = None) -> dict:
+    """Every backend at every batch size, then the baseline (needs torch), in this one process."""
+    import os
     import platform
 
-    from .checkpoint import exported_checkpoint, load_generator, load_tokenizer
-    from .model.layers import cast_for_inference
+    from .gpu import device_name
 
     if baseline:  # found and checked before the backends run for minutes
-        reference = (exported_checkpoint(artifacts.manifest, "generator", ckpt),
-                     exported_checkpoint(artifacts.manifest, "tokenizer", tokenizer))
+        from .baseline import baseline_checkpoints
+
+        reference = baseline_checkpoints(artifacts, ckpt, tokenizer)
     c = artifacts.config
     results = {"model": {**c.to_dict(), "preset": c.preset_name}, "precision": artifacts.precision,
-               "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
-                           "torch": torch.__version__,
-                           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": device_name(),
+                           "onnxruntime": _version("onnxruntime"), "torch": _version("torch")},
                "runs": []}
     for name in backends:
         pipeline = RARPipeline.from_artifacts(artifacts.directory, backend=name, device=device, ckpt=ckpt,
-                                              tokenizer=tokenizer)
+                                              tokenizer=tokenizer, threads=threads)
         for batch in batch_sizes:
             progress(f"{name}, batch {batch}")
-            timings = bench_pipeline(pipeline, batch, warmup_steps)
-            run = {"backend": name, "device": str(pipeline.backend.device), **timings}
-            if pipeline.backend.device.type == "cuda":
+            run = {"backend": name, "device": pipeline.backend.device, **bench_pipeline(pipeline, batch, warmup_steps)}
+            if pipeline.backend.device != "cpu":
                 run["floor_step_ms"] = step_floor_ms(run["step_bytes"])
             results["runs"].append(run)
         del pipeline
     if baseline:
-        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = torch.float16 if target.type == "cuda" and artifacts.precision == "fp16" else torch.float32
-        generator = cast_for_inference(load_generator(reference[0]), dtype).to(target)
-        decoder = cast_for_inference(load_tokenizer(reference[1]), dtype).to(target)
-        loop = OfficialStyleLoop(generator, decoder)
-        for batch in batch_sizes:
-            progress(f"baseline (official-style eager loop), batch {batch}")
-            results["runs"].append({"backend": "baseline", "device": str(target), "dtype": str(dtype),
-                                    **bench_baseline(loop, artifacts, batch, target, warmup_steps)})
+        from .baseline import bench_baselines
+
+        results["runs"] += bench_baselines(artifacts, reference, batch_sizes, device, warmup_steps, progress)
     return results
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def format_results(results: dict) -> str:
     m = results["model"]
     lines = [f"rar-bench: {m['preset'] or 'custom'} (L={m['depth']}, D={m['hidden_size']}, N={m['image_seq_len']}), "
-             f"{results['precision']} artifacts, torch {results['machine']['torch']}, "
+             f"{results['precision']} artifacts, onnxruntime {results['machine']['onnxruntime']}, "
              f"{results['machine']['gpu'] or str(results['machine']['cpus']) + ' CPUs'}",
              f"{'backend':<12} {'batch':>5} {'cond':>8} {'prefill':>9} {'step mean':>9} {'p50':>8} {'p99':>8} "
              f"{'GB/s':>7} {'drift':>6} {'decoder':>9} {'ms/image':>9} {'img/s':>8} {'RSS MiB':>8} {'vs base':>8}"]

@@ -62,7 +62,8 @@ def read_state_dict(path: str | Path) -> StateDict:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            # mmap: the weights stay file-backed pages the OS can drop, rather than a copy in anonymous memory
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:  # a pickle of Python objects, which weights-only loading refuses to run
         raise CheckpointError(f"{path} is not a safe state dict (it pickles Python objects, not only tensors): "
                               "save the model's state_dict() with torch.save and pass that file") from None

@@ -15,6 +15,7 @@ from typing import Callable
 from .contract import profile_dims, resolve_shape
 from .errors import ExportError, RARDeployError
 from .files import atomic_file
+from .gpu import cuda_capability, device_name
 
 FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt_rtx_bindings", "tensorrt-rtx"))
 # TensorRT-RTX builds ahead of time for named compute capabilities (with no GPU present it cannot use
@@ -84,7 +85,7 @@ def parse_compute_capabilities(trt: TensorRT, names: tuple[str, ...]) -> tuple[s
         text = str(name).strip().upper().removeprefix("SM").replace(".", "")
         canonical = f"SM{text}"
         if canonical not in offered:
-            here = current_capability()
+            here = cuda_capability()
             raise ExportError(f"--compute-capability {name} is not a TensorRT-RTX {trt.version} build target: choose "
                               f"from {', '.join(offered)}" + (f" (this machine's GPU is {here})" if here else ""))
         parsed.append(canonical)
@@ -96,35 +97,22 @@ def describe_targets(capabilities: list[str]) -> str:
     return ", ".join(f"{c} ({RTX_TARGETS[c]})" if c in RTX_TARGETS else c for c in capabilities)
 
 
-def current_capability() -> str | None:
-    """This machine's GPU as 'SM89', or None without one."""
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        major, minor = torch.cuda.get_device_capability()
-        return f"SM{major}{minor}"
-    except Exception:  # no torch, no driver: no usable GPU either way
-        return None
-
-
 def check_engines(manifest: dict, directory: Path, trt_version: str, flavour: str, capability: str | None) -> None:
     """Refuse engines that this machine cannot run, with what to rebuild."""
     from .contract import GRAPH_NAMES
 
     engines = manifest.get("engines") or {}
-    rebuild = f"rebuild them here: rar-export --ckpt ... --engine --out {directory} --force"
+    rebuild = f"rebuild them here: rar-build --artifacts {directory}"
     if set(engines) != set(GRAPH_NAMES):
-        raise RARDeployError(f"{directory} has no TensorRT engines: export on a machine with TensorRT "
-                             "(rar-export --engine), or use --backend onnxruntime or torch")
+        raise RARDeployError(f"{directory} has no TensorRT engines: build them on this machine with rar-build "
+                             f"--artifacts {directory}, or use --backend onnxruntime")
     for name, engine in engines.items():
         if (engine["flavour"], engine["tensorrt_version"]) != (flavour, trt_version):
             raise RARDeployError(f"engine {name} was built with {engine['flavour']} {engine['tensorrt_version']}, "
                                  f"this machine has {flavour} {trt_version}: {rebuild}")
         if capability is None:
-            raise RARDeployError("the tensorrt backend needs an NVIDIA GPU (torch.cuda sees none): "
-                                 "use --backend onnxruntime or torch on this machine")
+            raise RARDeployError("the tensorrt backend needs an NVIDIA GPU (cuda-python sees none): "
+                                 "use --backend onnxruntime on this machine")
         if capability not in engine["compute_capabilities"]:
             raise RARDeployError(f"engine {name} was built for {', '.join(engine['compute_capabilities'])}, this GPU "
                                  f"is {capability}: {rebuild}")
@@ -182,7 +170,7 @@ def build_engine(
         "file": f"engines/{plan_path.name}",
         "tensorrt_version": trt.version,
         "flavour": trt.flavour,
-        "device": _device_name(),
+        "device": device_name(),
         "compute_capabilities": capabilities,
         "profile": {"batch": [profile.min, profile.opt, profile.max], "dims": profile.dims(cache_len)},
         "opt_level": opt_level,
@@ -266,18 +254,9 @@ def _dtype_name(dtype) -> str:
 def _set_compute_capabilities(trt: TensorRT, config, names: tuple[str, ...]) -> list[str]:
     """TensorRT-RTX: build for the named capabilities. Standard TensorRT: the GPU it runs on."""
     if trt.flavour != "tensorrt-rtx":
-        return [current_capability() or "unknown"]
+        return [cuda_capability() or "unknown"]
     names = parse_compute_capabilities(trt, names)
     config.num_compute_capabilities = len(names)
     for index, name in enumerate(names):
         config.set_compute_capability(trt.module.ComputeCapability.__members__[name], index)
     return list(names)
-
-
-def _device_name() -> str | None:
-    try:
-        import torch
-
-        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    except Exception:
-        return None

@@ -148,8 +148,10 @@ def decoder_psnr(pipeline: RARPipeline, record: dict[str, np.ndarray]) -> dict:
 
 
 def run_parity(pipeline: RARPipeline, record: dict[str, np.ndarray], rel_tol: float | None = None,
-               progress: Callable[[str], None] = lambda message: None) -> dict:
-    """The whole report; `failures` lists each metric over its tolerance, with its value and the allowed one."""
+               progress: Callable[[str], None] = lambda message: None, per_step_teacher_forcing: bool = True) -> dict:
+    """The whole report; `failures` lists each metric over its tolerance, with its value and the allowed one.
+    per_step_teacher_forcing: also force the reference's tokens with the condition computed in every step
+    (the per-graph decode_step check always runs with a per-step condition)."""
     precision = pipeline.artifacts.precision
     tolerances = {**TOLERANCES[precision], **({} if rel_tol is None else {"max_rel_to_peak": rel_tol})}
     report = {"precision": precision, "backend": pipeline.backend.name, "batch": int(len(record["labels"])),
@@ -160,9 +162,10 @@ def run_parity(pipeline: RARPipeline, record: dict[str, np.ndarray], rel_tol: fl
     results = {}
     progress("per graph, the record's inputs")
     results["graphs"] = compare_graphs(pipeline, record, tolerances["max_rel_to_peak"])
-    progress(f"teacher-forced, {pipeline.config.image_seq_len} steps, condition table then per step")
-    results["teacher_forced"] = {"table": teacher_forced(pipeline, record, per_step_condition=False),
-                                 "per_step": teacher_forced(pipeline, record, per_step_condition=True)}
+    modes = {"table": False, **({"per_step": True} if per_step_teacher_forcing else {})}
+    progress(f"teacher-forced, {pipeline.config.image_seq_len} steps, condition {' and '.join(modes)}")
+    results["teacher_forced"] = {mode: teacher_forced(pipeline, record, per_step_condition=per_step)
+                                 for mode, per_step in modes.items()}
     progress("free-running with the reference's noise, with and without guidance")
     results["free_running"] = {"guided": free_running(pipeline, record, guided=True),
                                "unguided": free_running(pipeline, record, guided=False)}

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from rar_deploy import guidance_schedule, reference_generate, sampling_noise
-from rar_deploy.benchmark import OfficialStyleLoop
+from rar_deploy.baseline import OfficialStyleLoop
 from rar_deploy.cli import bench_command
 
 

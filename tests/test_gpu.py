@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from rar_deploy import RARPipeline, reference_generate, sampling_noise
-from rar_deploy.engines import BatchProfile, current_capability, find_tensorrt
+from rar_deploy.engines import BatchProfile, find_tensorrt
+from rar_deploy.gpu import cuda_capability
 from rar_deploy.runtime.artifacts import Artifacts
-from rar_deploy.runtime.backends import TorchBackend
+from rar_deploy.runtime.torch_backend import TorchBackend
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 FP16_TOKEN_AGREEMENT = 0.9  # fp16 vs the float32 reference, greedy, tiny model: rounding flips a few ties
@@ -20,7 +21,7 @@ FP16_TOKEN_AGREEMENT = 0.9  # fp16 vs the float32 reference, greedy, tiny model:
 
 def _export(export_tiny, out: Path, precision: str, engine: bool) -> Path:
     return export_tiny(out, precision, engine=engine, profile=BatchProfile(1, 4, 8),
-                       compute_capabilities=(current_capability() or "SM89",))
+                       compute_capabilities=(cuda_capability() or "SM89",))
 
 
 def test_cuda_graph_replay_equals_eager(export_tiny, tmp_path):
@@ -28,7 +29,7 @@ def test_cuda_graph_replay_equals_eager(export_tiny, tmp_path):
     labels = [1, 2, 3]
     runs = []
     for cuda_graphs in (False, True):
-        backend = TorchBackend(artifacts, torch.device("cuda"), cuda_graphs=cuda_graphs)
+        backend = TorchBackend(artifacts, "cuda", cuda_graphs=cuda_graphs)
         runs.append(RARPipeline(artifacts, backend).generate_tokens(labels, 4.0, 1.0, 1.0, seed=5))
     np.testing.assert_array_equal(runs[0], runs[1])
 

@@ -98,7 +98,7 @@ def test_condition_rows_and_conditioned_steps_equal_the_official_path(unguided):
 
 @pytest.mark.parametrize("rows", [1, 4, 9])
 def test_weight_major_linear_equals_linear(rows):
-    from rar_deploy.runtime.backends import use_weight_major_linears
+    from rar_deploy.model.layers import use_weight_major_linears
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 96)

@@ -27,8 +27,8 @@ from ..files import Output, atomic_directory
 from ..integrity import file_record, sha256_of
 from ..manifest import FLOAT_DTYPES, build_manifest, is_artifact_directory, write_manifest
 from ..parity import RECORD_FILE
-from .onnx_export import OPSET, cast_models, export_graph, graph_exports
-from .verify import verify_export
+from .onnx_export import OPSET, cast_models, export_graph, graph_exports, release_cast_copy, release_memory
+from .verify import reference_for_export, verify_export
 
 VERIFY_STEPS = 8  # teacher-forced image tokens checked at export time (all of them for N <= 8)
 
@@ -71,53 +71,66 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
         progress(f"loading {ckpt} and {tokenizer_path}")
         generator, tokenizer = load_generator(ckpt), load_tokenizer(tokenizer_path)
         _check_compatible(generator.config, tokenizer.config, tokenizer_path)
-        cast_gen, cast_tok = cast_models(generator, tokenizer, request.precision)
-        exports = graph_exports(cast_gen, cast_tok, request.profile.max)
-        graphs = {}
-        for name in GRAPH_NAMES:
-            progress(f"exporting {name}.onnx ({request.precision})")
-            exported = export_graph(exports.pop(name), tmp / f"{name}.onnx", request.external_data)
-            graphs[name] = {"file": f"{name}.onnx",
-                            "external_data": f"{name}.onnx.data" if exported.external_data else None,
-                            "weight_bytes": exported.weight_bytes, "table_bytes": exported.table_bytes}
-        del exports, cast_gen, cast_tok
-
-        specs = graph_specs(generator.config, tokenizer.config, FLOAT_DTYPES[request.precision])
+        configs = generator.config, tokenizer.config
+        graphs = _export_graphs(generator, tokenizer, tmp, request, progress)
+        checkpoints = {kind: {"file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
+                       for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))}
         tools = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                  "opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
                  "tensorrt": {"version": trt.version, "flavour": trt.flavour} if trt else None}
-        checkpoints = {kind: {"file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
-                       for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))}
 
-        def manifest_with(engines: dict) -> dict:
+        def write(engines: dict) -> dict:
+            """The manifest of what `tmp` holds now (written again when engines are added)."""
             listed = [graph["file"] for graph in graphs.values()]
             listed += [graph["external_data"] for graph in graphs.values() if graph["external_data"]]
             listed += [engine["file"] for engine in engines.values()]
             listed += [RECORD_FILE] if (tmp / RECORD_FILE).exists() else []
             manifest = build_manifest(
-                generator=generator.config, tokenizer=tokenizer.config, precision=request.precision,
-                checkpoints=checkpoints, graphs=graphs, files={name: file_record(tmp / name) for name in listed},
-                engines=engines, batch_profile=[request.profile.min, request.profile.opt, request.profile.max],
-                tools=tools)
+                generator=configs[0], tokenizer=configs[1], precision=request.precision, checkpoints=checkpoints,
+                graphs=graphs, files={name: file_record(tmp / name) for name in listed}, engines=engines,
+                batch_profile=[request.profile.min, request.profile.opt, request.profile.max], tools=tools)
             write_manifest(manifest, tmp)
             return manifest
 
-        manifest = manifest_with({})
-        parity = None
+        record = None
         if request.verify:
-            parity = verify_export(tmp, generator, tokenizer, request.precision, progress)
+            record = reference_for_export(tmp, generator, tokenizer, request.precision, progress)
+        del generator, tokenizer  # from here on the record is the reference; the graphs need the memory
+        release_memory()
+        manifest = write({})
+        parity = None
+        if record is not None:
+            parity = verify_export(tmp, record, progress)
             (tmp / "parity.json").write_text(json.dumps(parity, indent=1) + "\n")
             if parity["failures"]:
                 overflow = request.precision == "fp16" and any("inf/nan" in f for f in parity["failures"])
                 raise ExportError("export verification failed: " + "; ".join(parity["failures"][:3])
                                   + (" (float16 overflow: export with --fp32)" if overflow else ""))
-            manifest = manifest_with({})
+            del record
+            release_memory()
         if trt is not None:
-            engines = build_engines(trt, tmp, {name: graph["file"] for name, graph in graphs.items()}, specs,
-                                    request.profile, generator.config.cache_len, request.opt_level, capabilities,
-                                    request.timing_cache, progress)
-            manifest = manifest_with(engines)
+            specs = graph_specs(*configs, FLOAT_DTYPES[request.precision])
+            manifest = write(build_engines(trt, tmp, {name: graph["file"] for name, graph in graphs.items()}, specs,
+                                           request.profile, configs[0].cache_len, request.opt_level, capabilities,
+                                           request.timing_cache, progress))
     return ExportResult(request.out, manifest, parity, time.perf_counter() - start)
+
+
+def _export_graphs(generator, tokenizer, directory: Path, request: ExportRequest,
+                   progress: Callable[[str], None]) -> dict[str, dict]:
+    """Every graph in the export precision, one at a time; the manifest's entry of each."""
+    cast_gen, cast_tok = cast_models(generator, tokenizer, request.precision)
+    exports = graph_exports(cast_gen, cast_tok, request.profile.max)
+    graphs = {}
+    for name in GRAPH_NAMES:
+        progress(f"exporting {name}.onnx ({request.precision})")
+        exported = export_graph(exports.pop(name), directory / f"{name}.onnx", request.external_data)
+        external = f"{name}.onnx.data" if exported.external_data else None
+        graphs[name] = {"file": f"{name}.onnx", "external_data": external, "weight_bytes": exported.weight_bytes,
+                        "table_bytes": exported.table_bytes}
+    release_cast_copy(generator, cast_gen), release_cast_copy(tokenizer, cast_tok)
+    release_memory()
+    return graphs
 
 
 def _check_request(request: ExportRequest, progress: Callable[[str], None]):

@@ -12,7 +12,8 @@ export time (65 s vs 24 s for the RAR-B graphs), once per model.
 from __future__ import annotations
 
 import contextlib
-import copy
+import ctypes
+import gc
 import logging
 import warnings
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from torch import nn
 from ..contract import condition_width
 from ..errors import ExportError
 from ..model.generator import RARGenerator
-from ..model.layers import cast_for_inference
+from ..model.layers import NORM_TYPES
 from ..model.tokenizer import VQDecoder
 from .graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
 
@@ -44,12 +45,43 @@ class GraphExport:
 
 
 def cast_models(generator: RARGenerator, tokenizer: VQDecoder, precision: str) -> tuple[RARGenerator, VQDecoder]:
-    """Copies of the models in the export precision (norms stay float32)."""
+    """Copies of the models in the export precision (norms stay float32), made tensor by tensor: the
+    float32 originals are never copied whole."""
     dtype = DTYPES[precision]
     if dtype == torch.float16:
         for model in (generator, tokenizer):
             check_float16_range(model)
-    return (cast_for_inference(copy.deepcopy(generator), dtype), cast_for_inference(copy.deepcopy(tokenizer), dtype))
+    return _cast_copy(generator, dtype), _cast_copy(tokenizer, dtype)
+
+
+def release_cast_copy(original: nn.Module, copy: nn.Module) -> None:
+    """Free the storage of a cast copy once its graphs are written. onnxscript's rewrite rules keep a
+    reference to the last graph they matched, and through it to the exported weights, so dropping our
+    references alone would keep a copy of the weights alive until the process ends."""
+    if copy is original:
+        return
+    for tensor in list(copy.parameters()) + list(copy.buffers()):
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise), between
+    export stages that each need much memory: the peak is the largest stage, not their sum."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    if dtype == torch.float32:
+        return model  # already float32: nothing to copy
+    with torch.device("meta"):
+        copy = type(model)(model.config)
+    norms = {name for name, module in copy.named_modules() if isinstance(module, NORM_TYPES)}
+    state = {name: value if name.rpartition(".")[0] in norms else value.to(dtype)
+             for name, value in model.state_dict().items()}
+    copy.load_state_dict(state, assign=True)
+    return copy.eval().requires_grad_(False)
 
 
 FLOAT16_MAX = 65504.0
@@ -139,14 +171,12 @@ def _quiet_logger(name: str):
 
 
 def check_onnx(path: Path) -> None:
-    """onnx.checker (full) and strict shape inference; every input keeps a symbolic batch dim."""
+    """onnx.checker with full_check (which includes strict shape inference); every input keeps a symbolic
+    dim."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
-        onnx.shape_inference.infer_shapes_path(str(path), str(path.with_suffix(".inferred.onnx")), strict_mode=True)
     except Exception as exc:
         raise ExportError(f"{path.name} failed the ONNX checker or shape inference: {exc}") from exc
-    finally:
-        path.with_suffix(".inferred.onnx").unlink(missing_ok=True)
     model = onnx.load(str(path), load_external_data=False)
     for tensor in model.graph.input:
         dims = tensor.type.tensor_type.shape.dim

@@ -20,12 +20,18 @@ VERIFY_BATCH = 2  # the graphs were traced at batch 2 and must hold at any batch
 VERIFY_SEED = 0
 
 
-def verify_export(directory: Path, generator: RARGenerator, tokenizer: VQDecoder, precision: str,
-                  progress: Callable[[str], None]) -> dict:
-    """Write the reference record into `directory` and compare ONNX Runtime on it; returns the report."""
+def reference_for_export(directory: Path, generator: RARGenerator, tokenizer: VQDecoder, precision: str,
+                         progress: Callable[[str], None]) -> dict:
+    """The reference record of the export, written into `directory`; the torch models are then no longer needed."""
     progress(f"reference record (float32, batch {VERIFY_BATCH}, seed {VERIFY_SEED})")
     with torch.no_grad():
         record = reference_record(generator, tokenizer, FLOAT_DTYPES[precision], VERIFY_BATCH, VERIFY_SEED)
     save_record(record, directory)
+    return record
+
+
+def verify_export(directory: Path, record: dict, progress: Callable[[str], None]) -> dict:
+    """The exported folder through the runtime's ONNX Runtime backend on the CPU, against the record."""
     pipeline = RARPipeline.from_artifacts(directory, backend="onnxruntime", device="cpu")
-    return run_parity(pipeline, record, progress=progress)
+    # the per-step condition is checked per graph here; rar-parity also forces every step with it
+    return run_parity(pipeline, record, progress=progress, per_step_teacher_forcing=False)

@@ -1,300 +1,218 @@
-"""Backends behind one small interface, and the generation loop's device side.
+"""The generation loop's device side, behind one small interface, and the ONNX Runtime backend.
 
 The loop (`pipeline.py`) calls `start`, `step` for every sequence position, `tokens` and `decode_images`.
-Buffers live on the backend's device as torch tensors, so the cache writes between steps never leave it
-and the loop never synchronises per step. The contract (positions, condition rows, cache layout) is the
-manifest's; `contract.py` says what each graph takes.
+Buffers live in the backend's `Memory` (host arrays, CUDA device memory, or torch tensors): the cache
+writes between steps never leave the device and the loop synchronises only to read the tokens. No
+torch here. The contract (positions, condition rows, cache layout) is the manifest's; docs/CONTRACT.md
+says what each graph takes.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
-import torch
 
 from ..contract import GRAPH_NAMES, resolve_shape
 from ..errors import RARDeployError
 from .artifacts import Artifacts
+from .memory import CudaMemory, HostMemory, Memory, address
 
-TORCH_DTYPES = {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16,
-                np.dtype("int64"): torch.int64, np.dtype("uint8"): torch.uint8}
-Tensors = dict[str, torch.Tensor]
+Buffers = dict[str, Any]
 
 
 class Backend(ABC):
-    """One artifact directory's graphs on one device. Subclasses run a graph from named tensors.
+    """One artifact directory's graphs on one device. Subclasses run a graph on buffers of `memory`.
 
     The condition of every position is computed once per generation when its table (N + 1 positions x
-    R rows x C) fits CONDITION_TABLE_BUDGET, else the current position's in every step (large batches,
-    where the step is compute-bound and reading the adaLN weights costs little). Both give the same tokens.
+    R rows x C) fits `condition_table_budget`, else the current position's in every step (large batches,
+    where a step is compute-bound and reading the adaLN weights costs little). Both give the same tokens.
+    With `use_cuda_graph`, a step's graphs are captured once per batch shape and replayed; the values
+    that change per position are copied into the captured inputs first, and its outputs out after.
     """
 
     name: str
     CONDITION_TABLE_BUDGET = 2 << 30  # bytes, the default of `condition_table_budget`
 
-    def __init__(self, artifacts: Artifacts, device: torch.device) -> None:
+    def __init__(self, artifacts: Artifacts, memory: Memory, float_dtype: np.dtype | None = None) -> None:
         self.artifacts = artifacts
         self.config = artifacts.config
-        self.device = device
-        self.float_dtype = TORCH_DTYPES[artifacts.cache_dtype]
+        self.memory = memory
+        self.float_dtype = np.dtype(float_dtype or artifacts.cache_dtype)  # the torch backend may compute in another
         self.condition_table_budget = self.CONDITION_TABLE_BUDGET
+        self.use_cuda_graph = False
         self.dims: tuple[int, int, bool] | None = None  # (batch, rows, per-step condition) of the buffers
-        self.use_cuda_graph = False  # CUDA backends: capture a step (and its cache write) once, replay it
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self._replay = None
 
     @abstractmethod
-    def run(self, graph: str, feeds: Tensors, outputs: Tensors | None = None) -> Tensors:
-        """Run one graph on tensors on `self.device`; writes into `outputs` when given, else new tensors."""
+    def run(self, graph: str, feeds: Buffers, outputs: Buffers) -> None:
+        """Run one graph on buffers of `self.memory`, writing into `outputs`."""
 
-    def output_buffers(self, graph: str, dims: dict[str, int]) -> Tensors:
-        return {spec["name"]: torch.empty(resolve_shape(spec["shape"], dims),
-                                          dtype=TORCH_DTYPES[np.dtype(spec["dtype"])], device=self.device)
+    @property
+    def device(self) -> str:
+        return self.memory.device_type if self.memory.device_type == "cpu" else f"cuda:{self.memory.device_index}"
+
+    def output_buffers(self, graph: str, dims: dict[str, int]) -> Buffers:
+        return {spec["name"]: self.memory.empty(tuple(resolve_shape(spec["shape"], dims)),
+                                                self._dtype(np.dtype(spec["dtype"])))
                 for spec in self.artifacts.graph_outputs(graph)}
+
+    def _dtype(self, dtype: np.dtype) -> np.dtype:
+        """A graph's float dtype as this backend holds it."""
+        return self.float_dtype if dtype == self.artifacts.cache_dtype else dtype
 
     def run_host(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one graph from host arrays (checked against the manifest); float outputs come back as float32."""
-        self.artifacts.check_feeds(graph, {name: (array.shape, array.dtype) for name, array in feeds.items()})
-        graph_float = TORCH_DTYPES[self.artifacts.cache_dtype]  # the torch backend may compute in another
-        tensors = {name: torch.from_numpy(np.ascontiguousarray(array)).to(self.device) for name, array in feeds.items()}
-        outputs = self.run(graph, {name: t.to(self.float_dtype) if t.dtype == graph_float else t
-                                   for name, t in tensors.items()})
-        return {name: (t.float() if t.is_floating_point() else t).cpu().numpy() for name, t in outputs.items()}
+        dims = self.artifacts.check_feeds(graph, {name: (a.shape, a.dtype) for name, a in feeds.items()})
+        buffers = {}
+        for name, array in feeds.items():
+            buffers[name] = self.memory.empty(array.shape, self._dtype(array.dtype))
+            self.memory.upload(array, buffers[name])
+        outputs = self.output_buffers(graph, dims)
+        self.run(graph, buffers, outputs)
+        host = {name: self.memory.download(buffer) for name, buffer in outputs.items()}
+        return {name: a.astype(np.float32) if a.dtype.kind == "f" else a for name, a in host.items()}
 
     # -- the loop's interface ----------------------------------------------------------------------------
     def condition_table_bytes(self, rows: int) -> int:
         return self.config.cache_len * rows * self.artifacts.condition_width * self.float_dtype.itemsize
 
-    @torch.no_grad()
     def start(self, rows: np.ndarray, schedule: np.ndarray, temperature: np.ndarray, noise: np.ndarray) -> None:
-        """One generation: guidance rows [R] (contract: B labels, then B null classes, or B labels alone),
-        the guidance schedule [N], temperatures [B] and noise [B, N, V]."""
-        c, batch, num_rows = self.config, temperature.shape[0], rows.shape[0]
+        """One generation: guidance rows [R] (B labels, then B null classes, or the B labels alone), the
+        guidance schedule [N], temperatures [B] and noise [B, N, V]."""
+        batch, num_rows = temperature.shape[0], rows.shape[0]
         per_step = self.condition_table_bytes(num_rows) > self.condition_table_budget
         if (batch, num_rows, per_step) != self.dims:
             self._allocate(batch, num_rows, per_step)
-        self.rows.copy_(torch.from_numpy(rows))
-        self.guidance.copy_(torch.from_numpy(np.repeat(schedule[:, None], batch, axis=1)))
-        self.temperature.copy_(torch.from_numpy(temperature))
-        self.noise.copy_(torch.from_numpy(np.ascontiguousarray(noise.transpose(1, 0, 2))))  # [N, B, V]: a slice a step
-        if not self.per_step_condition:
-            positions = torch.arange(c.cache_len, device=self.device)[:, None].expand(-1, num_rows).contiguous()
-            self.run("condition", {"class_labels": self.rows, "positions": positions}, {"condition": self.condition})
+        upload = self.memory.upload
+        upload(rows, self.rows)
+        upload(np.repeat(schedule[:, None], batch, axis=1), self.guidance)  # [N, B]: one row a step
+        upload(temperature, self.temperature)
+        upload(noise.transpose(1, 0, 2), self.noise)  # [N, B, V]: one slice a step
+        if not per_step:
+            self.run("condition", {"class_labels": self.rows, "positions": self.positions.reshape(*self.table_shape)},
+                     {"condition": self.condition})
 
     def _allocate(self, batch: int, num_rows: int, per_step: bool) -> None:
-        c, device = self.config, self.device
+        c, memory, float_dtype = self.config, self.memory, self.float_dtype
         shape = (c.depth, num_rows, c.num_heads, c.cache_len, c.head_dim)
         # zeros: a masked cache position is multiplied by 0 in attention, and 0 * NaN would be NaN
-        self.k_cache = torch.zeros(shape, dtype=self.float_dtype, device=device)
-        self.v_cache = torch.zeros(shape, dtype=self.float_dtype, device=device)
+        self.k_cache, self.v_cache = memory.zeros(shape, float_dtype), memory.zeros(shape, float_dtype)
         self.per_step_condition = per_step
-        positions = 1 if per_step else c.cache_len
-        self.condition = torch.empty((positions, num_rows, self.artifacts.condition_width), dtype=self.float_dtype,
-                                     device=device)
-        self.condition_positions = torch.zeros((1, num_rows), dtype=torch.int64, device=device)
-        self.rows = torch.zeros(num_rows, dtype=torch.int64, device=device)
+        self.table_shape = (c.cache_len, num_rows)
+        self.condition = memory.empty((1 if per_step else c.cache_len, num_rows, self.artifacts.condition_width),
+                                      float_dtype)
+        int64 = np.dtype(np.int64)
+        self.positions = memory.empty((c.cache_len, 1, num_rows), int64)  # [p, 0, r] = p: the table's, or row p
+        memory.upload(np.repeat(np.arange(c.cache_len), num_rows).reshape(c.cache_len, 1, num_rows), self.positions)
+        self.image_positions = memory.empty((c.cache_len, batch), int64)  # [p, b] = p: the step's `position`
+        memory.upload(np.repeat(np.arange(c.cache_len), batch).reshape(c.cache_len, batch), self.image_positions)
+        self.rows = memory.empty((num_rows,), int64)
         # row p holds what position p sampled (image token p - 1); row 0 is what position 0 returns (unused)
-        self.out_tokens = torch.zeros((c.cache_len, batch), dtype=torch.int64, device=device)
-        self.position = torch.zeros(batch, dtype=torch.int64, device=device)
-        self.guidance = torch.zeros((c.image_seq_len, batch), dtype=torch.float32, device=device)
-        self.temperature = torch.zeros(batch, dtype=torch.float32, device=device)
-        self.noise = torch.zeros((c.image_seq_len, batch, c.codebook_size), dtype=torch.float32, device=device)
-        self.dims, self.graph = (batch, num_rows, per_step), None
+        self.out_tokens = memory.zeros((c.cache_len, batch), int64)
+        self.guidance = memory.empty((c.image_seq_len, batch), np.dtype(np.float32))
+        self.temperature = memory.empty((batch,), np.dtype(np.float32))
+        self.noise = memory.empty((c.image_seq_len, batch, c.codebook_size), np.dtype(np.float32))
+        self.outputs = self.output_buffers("decode_step", {"batch": batch, "rows": num_rows, "positions": 1})
+        if self.use_cuda_graph:  # the captured step reads and writes these fixed addresses
+            self.static = {"tokens": memory.zeros((batch,), int64), "position": memory.zeros((batch,), int64),
+                           "guidance_scale": memory.empty((batch,), np.dtype(np.float32)),
+                           "noise": memory.empty((batch, c.codebook_size), np.dtype(np.float32)),
+                           "positions": memory.zeros((1, num_rows), int64),
+                           "next_tokens": memory.empty((batch,), int64)}
+        self.dims, self._replay = (batch, num_rows, per_step), None
 
-    @torch.no_grad()
     def step(self, p: int, forced: np.ndarray | None = None) -> None:
         """Sequence position p (0 .. N): feeds image token p - 2, samples token p - 1 (from p = 1 on) with the
         guidance and noise of that token, and writes position p's keys and values into the cache.
         `forced`: image tokens p - 2 [B] to feed instead of the ones sampled before (teacher forcing)."""
+        q = max(p - 1, 0)  # the row of the input token, and the sampled token's guidance and noise
         if forced is not None:
-            self.out_tokens[p - 1].copy_(torch.from_numpy(np.asarray(forced, dtype=np.int64)))
-        self.position.fill_(p)
-        self.condition_positions.fill_(p)
+            self.memory.upload(np.asarray(forced, dtype=np.int64), self.out_tokens[q])
         if self.use_cuda_graph:
-            return self._replay(p)
-        out = self._step_body(self.step_feeds(p))
-        self.out_tokens[p] = out["next_tokens"]
-        self.last_logits = out["logits"]  # guided logits [B, V] of image token p - 1, for parity checks
+            copy, static = self.memory.copy, self.static
+            for name, source in (("tokens", self.out_tokens[q]), ("position", self.image_positions[p]),
+                                 ("guidance_scale", self.guidance[q]), ("noise", self.noise[q]),
+                                 ("positions", self.positions[p])):
+                copy(static[name], source)
+            if self._replay is None:
+                self._step_body(static["tokens"], static["position"], static["positions"], static["guidance_scale"],
+                                static["noise"], static["next_tokens"], p)  # warm-up (TensorRT requires one)
+                self._replay = self.memory.capture(lambda: self._step_body(
+                    static["tokens"], static["position"], static["positions"], static["guidance_scale"],
+                    static["noise"], static["next_tokens"], p))
+            else:
+                self._replay()
+            copy(self.out_tokens[p], static["next_tokens"])
+        else:
+            self._step_body(self.out_tokens[q], self.image_positions[p], self.positions[p], self.guidance[q],
+                            self.noise[q], self.out_tokens[p], p)
+        self.memory.write_position(self.k_cache, self.outputs["keys"], p)
+        self.memory.write_position(self.v_cache, self.outputs["values"], p)
 
-    def step_feeds(self, p: int) -> Tensors:
-        layers, q = range(self.config.depth), max(p - 1, 0)
-        return {"tokens": self.out_tokens[max(p - 1, 0)], "position": self.position, "condition": self.condition,
-                **{f"k_cache.{i}": self.k_cache[i] for i in layers},
-                **{f"v_cache.{i}": self.v_cache[i] for i in layers},
-                "guidance_scale": self.guidance[q], "temperature": self.temperature, "noise": self.noise[q]}
-
-    def _step_body(self, feeds: Tensors) -> Tensors:
-        """The device work of one position: its condition (per-step mode), the step, the cache write."""
+    def _step_body(self, tokens, position, positions, guidance_scale, noise, next_tokens, p: int) -> None:
+        """The graphs of one position: its condition (per-step mode), then the decode step."""
         if self.per_step_condition:
-            self.run("condition", {"class_labels": self.rows, "positions": self.condition_positions},
-                     {"condition": self.condition})
-        out = self.run("decode_step", feeds)
-        position = self.position[:1]
-        self.k_cache.index_copy_(3, position, out["keys"])
-        self.v_cache.index_copy_(3, position, out["values"])
-        return out
+            self.run("condition", {"class_labels": self.rows, "positions": positions}, {"condition": self.condition})
+        layers = range(self.config.depth)
+        feeds = {"tokens": tokens, "position": position, "condition": self.condition,
+                 **{f"k_cache.{i}": self.cache_view(self.k_cache[i], p) for i in layers},
+                 **{f"v_cache.{i}": self.cache_view(self.v_cache[i], p) for i in layers},
+                 "guidance_scale": guidance_scale, "temperature": self.temperature, "noise": noise}
+        self.run("decode_step", feeds, {**self.outputs, "next_tokens": next_tokens})
 
-    _STATIC_INPUTS = ("tokens", "guidance_scale", "noise")  # copied into the captured graph's buffers each step
-
-    def _replay(self, p: int) -> None:
-        if self.graph is None:
-            self._capture(p)
-        q = max(p - 1, 0)
-        self._static["tokens"].copy_(self.out_tokens[q])
-        self._static["guidance_scale"].copy_(self.guidance[q])
-        self._static["noise"].copy_(self.noise[q])
-        self.graph.replay()
-        self.out_tokens[p].copy_(self._graph_out["next_tokens"])
-        self.last_logits = self._graph_out["logits"]
-
-    def _capture(self, p: int) -> None:
-        """Warm up on a side stream (TensorRT requires it), then capture the step body."""
-        feeds = self.step_feeds(p)
-        self._static = {name: feeds[name].clone() for name in self._STATIC_INPUTS}
-        feeds.update(self._static)
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._step_body(feeds)  # rewrites position p's keys and values with themselves
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=stream):
-                self._graph_out = self._step_body(feeds)
-        torch.cuda.current_stream().wait_stream(stream)
+    def cache_view(self, layer: Any, p: int) -> Any:
+        """What a step reads of a layer's cache [R, H, S, Dh]: all of it (a backend may read less)."""
+        return layer
 
     def step_logits(self) -> np.ndarray:
         """The guided logits [B, V] of the last step's image token, float32 on the host (for parity checks)."""
-        return self.last_logits.float().cpu().numpy()
+        return self.memory.download(self.outputs["logits"]).astype(np.float32)
 
     def tokens(self) -> np.ndarray:
         """The generated tokens [B, N] on the host (the loop's one synchronisation)."""
-        return self.out_tokens[1:].t().to("cpu", copy=True).numpy()  # a copy: the buffers are reused
+        return np.ascontiguousarray(self.memory.download(self.out_tokens)[1:].T)
 
     def decode_images(self, tokens: np.ndarray) -> np.ndarray:
         """Tokens [B, N] -> uint8 images [B, H, W, 3]."""
-        out = self.run("vq_decoder", {"tokens": torch.from_numpy(tokens).to(self.device)})
-        return out["images_uint8"].to("cpu", copy=True).numpy()
-
-
-def feed_dims(artifacts: Artifacts, graph: str, feeds: Tensors) -> dict[str, int]:
-    """The symbolic dims of a call, read off its feeds (their checks are the artifacts')."""
-    return artifacts.check_feeds(graph, {name: (tuple(t.shape), _numpy_dtype(t)) for name, t in feeds.items()})
+        return self.run_host("vq_decoder", {"tokens": tokens})["images_uint8"]
 
 
 class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime through IOBinding on torch buffers: CPU, or the CUDA execution provider when it is
-    installed and `device` is CUDA (then inputs, cache and outputs all stay on the GPU)."""
+    """ONNX Runtime through IOBinding on our own buffers: host arrays on the CPU, or CUDA device memory
+    with the CUDA execution provider (onnxruntime-gpu) running on our stream: the cache, noise and
+    tokens never leave the device."""
 
     name = "onnxruntime"
 
-    def __init__(self, artifacts: Artifacts, device: torch.device) -> None:
+    def __init__(self, artifacts: Artifacts, device: str = "cpu", threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        super().__init__(artifacts, device)
-        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RARDeployError("onnxruntime has no CUDA execution provider here: install onnxruntime-gpu, "
-                                 "or run with --device cpu")
-        providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self.sessions = {name: artifacts.onnxruntime_session(name, options, providers) for name in GRAPH_NAMES}
-        self.ort_device = ("cuda" if device.type == "cuda" else "cpu", device.index or 0)
-
-    def run(self, graph: str, feeds: Tensors, outputs: Tensors | None = None) -> Tensors:
-        session = self.sessions[graph]
-        binding = session.io_binding()
-        feeds = {name: tensor.contiguous() for name, tensor in feeds.items()}  # alive until run returns
-        outputs = outputs or self.output_buffers(graph, feed_dims(self.artifacts, graph, feeds))
-        for name, tensor in feeds.items():
-            binding.bind_input(name, *self.ort_device, _numpy_dtype(tensor), list(tensor.shape), tensor.data_ptr())
-        for name, tensor in outputs.items():
-            binding.bind_output(name, *self.ort_device, _numpy_dtype(tensor), list(tensor.shape), tensor.data_ptr())
-        session.run_with_iobinding(binding)
-        return outputs
-
-
-def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
-    return np.dtype(str(tensor.dtype).removeprefix("torch."))
-
-
-class WeightMajorLinear(torch.nn.Linear):
-    """nn.Linear computed as (W @ x^T)^T for up to MAX_ROWS rows. On CPU, torch 2.13's x @ W^T with
-    2 rows runs on one thread at about 7.5 GB/s, W @ x^T on both cores at about 33 GB/s (measured on
-    the 2-core CI machine; a RAR-B step went from 153 to 70 ms); at 8 rows the two are even."""
-
-    MAX_ROWS = 4
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] > self.MAX_ROWS:
-            return super().forward(x)
-        out = torch.addmm(self.bias[:, None], self.weight, rows.t()).t()
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-
-def use_weight_major_linears(module: torch.nn.Module) -> torch.nn.Module:
-    """A performance switch from outside the model: same parameters, same state-dict keys."""
-    for sub in module.modules():
-        if type(sub) is torch.nn.Linear and sub.bias is not None:
-            sub.__class__ = WeightMajorLinear
-    return module
-
-
-class TorchBackend(Backend):
-    """The graph modules in PyTorch: float32 eager on CPU; on CUDA in the artifacts' precision, with a
-    step (its graphs and the cache write) captured once in a CUDA graph and replayed."""
-
-    name = "torch"
-
-    def __init__(self, artifacts: Artifacts, device: torch.device, ckpt: str | None = None,
-                 tokenizer: str | None = None, cuda_graphs: bool = True) -> None:
-        from ..checkpoint import load_exported_from
-        from ..export.graphs import GRAPH_MODULES
-        from ..model.layers import cast_for_inference
-
-        super().__init__(artifacts, device)
-        generator = load_exported_from(artifacts.manifest, "generator", ckpt)
-        decoder = load_exported_from(artifacts.manifest, "tokenizer", tokenizer)
-        dtype = torch.float16 if device.type == "cuda" and artifacts.precision == "fp16" else torch.float32
-        self.float_dtype = dtype
-        if device.type == "cpu":
-            use_weight_major_linears(generator)
-        generator = cast_for_inference(generator, dtype).to(device)
-        decoder = cast_for_inference(decoder, dtype).to(device)
-        self.modules = {name: GRAPH_MODULES[name](decoder if name == "vq_decoder" else generator)
-                        for name in GRAPH_NAMES}
-        self.use_cuda_graph = cuda_graphs and device.type == "cuda"
-
-    @torch.no_grad()
-    def run(self, graph: str, feeds: Tensors, outputs: Tensors | None = None) -> Tensors:
-        module = self.modules[graph]
-        if graph == "decode_step":
-            layers = range(self.config.depth)
-            args = (feeds["tokens"], feeds["position"], feeds["condition"], [feeds[f"k_cache.{i}"] for i in layers],
-                    [feeds[f"v_cache.{i}"] for i in layers], feeds["guidance_scale"], feeds["temperature"],
-                    feeds["noise"])
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        if device == "cpu":
+            memory, providers = HostMemory(), ["CPUExecutionProvider"]
         else:
-            args = tuple(feeds[name] for name in module.input_names)
-        results = module(*args)
-        results = dict(zip(module.output_names, results if isinstance(results, tuple) else (results,)))
-        if outputs is None:
-            return results
-        for name, tensor in results.items():
-            outputs[name].copy_(tensor)
-        return outputs
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RARDeployError("onnxruntime has no CUDA execution provider here: install onnxruntime-gpu, "
+                                     "or run with --device cpu")
+            memory = CudaMemory(int(device.partition(":")[2] or 0))
+            providers = [("CUDAExecutionProvider", {"device_id": memory.device_index,
+                                                    "user_compute_stream": str(memory.stream_handle)})]
+        super().__init__(artifacts, memory)
+        self.sessions = {name: artifacts.onnxruntime_session(name, options, providers) for name in GRAPH_NAMES}
+        self.run_options = ort.RunOptions()
+        if device != "cpu":  # our stream orders the work; no host synchronisation after every run
+            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
-    def step_feeds(self, p: int) -> Tensors:
-        """Eager: the cache's live prefix only, a free view in torch (not in ONNX, where a slice is a copy),
-        so attention reads what the official loop reads. CUDA graphs keep the full static length."""
-        feeds = super().step_feeds(p)
-        if not self.use_cuda_graph:
-            for name in feeds:
-                if "_cache." in name:
-                    feeds[name] = feeds[name][:, :, : max(p, 1)]
-        return feeds
-
-    def decode_images(self, tokens: np.ndarray) -> np.ndarray:
-        """On CPU one image per call: torch's batched convolutions round differently with the batch size
-        (1 level in a few pixels), and an image must not depend on the batch it was made in."""
-        if self.device.type != "cpu":
-            return super().decode_images(tokens)
-        return np.concatenate([super(TorchBackend, self).decode_images(tokens[i:i + 1]) for i in range(len(tokens))])
+    def run(self, graph: str, feeds: Buffers, outputs: Buffers) -> None:
+        binding = self.sessions[graph].io_binding()
+        where = (self.memory.device_type, self.memory.device_index)
+        for name, buffer in feeds.items():
+            binding.bind_input(name, *where, buffer.dtype, list(buffer.shape), address(buffer))
+        for name, buffer in outputs.items():
+            binding.bind_output(name, *where, buffer.dtype, list(buffer.shape), address(buffer))
+        self.sessions[graph].run_with_iobinding(binding, self.run_options)

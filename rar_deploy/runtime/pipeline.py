@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ..arguments import check_class_labels, check_seed, check_tokens
+from ..arguments import check_class_labels, check_count, check_seed, check_tokens
 from ..errors import RARDeployError
+from ..gpu import cuda_capability
 from ..sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 from .artifacts import Artifacts
-from .backends import Backend, OnnxRuntimeBackend, TorchBackend
+from .backends import Backend, OnnxRuntimeBackend
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
 # progress(done, total) counts decode steps (N per image) then decoded images
 Progress = Callable[[int, int], None]
 
@@ -51,25 +51,40 @@ class RARPipeline:
 
     @classmethod
     def from_artifacts(cls, directory: str | Path, backend: str = "onnxruntime", device: str | None = None,
-                       ckpt: str | None = None, tokenizer: str | None = None,
-                       verify_files: bool = False) -> "RARPipeline":
-        """backend: onnxruntime | torch | tensorrt. device: cpu or cuda (default: cuda where it exists,
-        except onnxruntime, which defaults to cpu). ckpt/tokenizer: for torch, when the checkpoints
-        moved since export. verify_files: check every byte of the graphs (SHA-256) instead of their size
-        and fingerprint."""
+                       ckpt: str | None = None, tokenizer: str | None = None, verify_files: bool = False,
+                       threads: int | None = None) -> "RARPipeline":
+        """backend: onnxruntime | tensorrt | torch. device: cpu, cuda or cuda:N (default: cpu for onnxruntime,
+        cuda for tensorrt, cuda where torch sees one for torch). ckpt/tokenizer: for torch, when the
+        checkpoints moved since export. verify_files: check every byte of the graphs (SHA-256) instead of
+        their size and fingerprint. threads: CPU threads of onnxruntime's and torch's pools."""
         if not isinstance(directory, (str, os.PathLike)):
             raise RARDeployError(f"the artifact directory must be a path, got {directory!r}")
         if backend not in BACKENDS:
             raise RARDeployError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        target = _device(device, backend)
+        if device is not None and (not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device)):
+            raise RARDeployError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        if threads is not None:
+            threads = check_count("threads", threads)
         artifacts = Artifacts.load(directory, verify="sha256" if verify_files else "fingerprint")
         if backend == "onnxruntime":
-            return cls(artifacts, OnnxRuntimeBackend(artifacts, target))
-        if backend == "torch":
-            return cls(artifacts, TorchBackend(artifacts, target, ckpt=ckpt, tokenizer=tokenizer))
-        from .tensorrt_backend import TensorRTBackend
+            return cls(artifacts, OnnxRuntimeBackend(artifacts, _cuda_present(device or "cpu"), threads))
+        if backend == "tensorrt":
+            if device == "cpu":
+                raise RARDeployError("the tensorrt backend runs on a CUDA GPU: drop --device cpu")
+            from .tensorrt_backend import TensorRTBackend
 
-        return cls(artifacts, TensorRTBackend(artifacts, torch.device("cuda")))
+            return cls(artifacts, TensorRTBackend(artifacts, device or "cuda"))
+        try:
+            import torch
+
+            from .torch_backend import TorchBackend
+        except ImportError:
+            raise RARDeployError("the torch backend needs torch: pip install 'rar-deploy[export]', or use "
+                                 "--backend onnxruntime or tensorrt") from None
+        if threads is not None:
+            torch.set_num_threads(threads)
+        device = _cuda_present(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(artifacts, TorchBackend(artifacts, device, ckpt=ckpt, tokenizer=tokenizer))
 
     def generate_tokens(self, class_labels: Sequence[int], guidance_scale: float | None = None,
                         guidance_pow: float | None = None, temperature: float | None = None, seed: int = 0,
@@ -116,14 +131,9 @@ class RARPipeline:
             return [Image.fromarray(image) for image in self.decode(tokens, batch_size)]
 
 
-def _device(device: str | None, backend: str) -> torch.device:
-    """cpu, cuda or cuda:N (default: cuda where torch sees one, except for onnxruntime)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() and backend != "onnxruntime" else "cpu")
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise RARDeployError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RARDeployError(f"device {device}, but torch sees no CUDA GPU here")
-    if backend == "tensorrt" and device == "cpu":
-        raise RARDeployError("the tensorrt backend runs on a CUDA GPU: drop --device cpu")
-    return torch.device(device)
+def _cuda_present(device: str) -> str:
+    """`device`, refused with one line when it names a GPU this machine does not have."""
+    if device != "cpu" and cuda_capability(int(device.partition(":")[2] or 0)) is None:
+        raise RARDeployError(f"device {device}, but no CUDA GPU is visible here (or cuda-python is not installed): "
+                             "use --device cpu")
+    return device

@@ -1,0 +1,221 @@
+"""Where a backend's buffers live, and the few operations the generation loop performs on them.
+
+`HostMemory`: numpy arrays (ONNX Runtime on the CPU). `CudaMemory`: device memory, one stream and CUDA
+graphs through NVIDIA's cuda-python (`cuda.bindings.runtime`), for TensorRT and ONNX Runtime's CUDA
+provider; no torch. The torch backend has its own (`torch_backend.TorchMemory`). Every buffer exposes
+`shape`, `dtype` (numpy) and its address (`address(buffer)`), which is what ONNX Runtime's IOBinding
+and TensorRT bind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from ..errors import RARDeployError
+
+
+class Memory(Protocol):
+    device_type: str  # "cpu" or "cuda", as ONNX Runtime names it
+    device_index: int
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> Any: ...
+    def zeros(self, shape: tuple[int, ...], dtype: np.dtype) -> Any: ...
+    def upload(self, array: np.ndarray, buffer: Any) -> None: ...
+    def download(self, buffer: Any) -> np.ndarray: ...
+    def copy(self, destination: Any, source: Any) -> None: ...
+    def write_position(self, cache: Any, new: Any, position: int) -> None: ...
+    def capture(self, body: Callable[[], None]) -> Callable[[], None] | None: ...
+    def synchronize(self) -> None: ...
+    def mark(self) -> Any: ...  # a point in the device's work, for timing
+    def elapsed_ms(self, start: Any, end: Any) -> float: ...  # between two marks (after synchronize)
+
+
+def address(buffer: Any) -> int:
+    """The address of a buffer's first element, for IOBinding and TensorRT."""
+    if isinstance(buffer, np.ndarray):
+        return buffer.ctypes.data
+    return buffer.address
+
+
+class HostMemory:
+    """numpy arrays; every operation completes before it returns."""
+
+    device_type, device_index = "cpu", 0
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def zeros(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.zeros(shape, dtype)
+
+    def upload(self, array: np.ndarray, buffer: np.ndarray) -> None:
+        buffer[...] = array
+
+    def download(self, buffer: np.ndarray) -> np.ndarray:
+        return buffer.copy()
+
+    def copy(self, destination: np.ndarray, source: np.ndarray) -> None:
+        destination[...] = source
+
+    def write_position(self, cache: np.ndarray, new: np.ndarray, position: int) -> None:
+        """cache [L, R, H, S, Dh] <- new [L, R, H, 1, Dh] at sequence index `position`."""
+        cache[:, :, :, position] = new[:, :, :, 0]
+
+    def capture(self, body: Callable[[], None]) -> None:
+        return None  # nothing to capture on the host: the loop runs its steps directly
+
+    def synchronize(self) -> None:
+        pass
+
+    def mark(self) -> float:
+        return time.perf_counter()
+
+    def elapsed_ms(self, start: float, end: float) -> float:
+        return (end - start) * 1e3
+
+
+@dataclass
+class DeviceArray:
+    """A dense row-major array in CUDA device memory; indexing the first dimension gives a view."""
+
+    address: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    owner: Any = field(default=None, repr=False)  # keeps the allocation alive while views exist
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def reshape(self, *shape: int) -> "DeviceArray":
+        """The same memory seen with another shape of as many elements."""
+        if int(np.prod(shape, dtype=np.int64)) != int(np.prod(self.shape, dtype=np.int64)):
+            raise ValueError(f"cannot view {self.shape} as {shape}")
+        return DeviceArray(self.address, tuple(shape), self.dtype, self.owner or self)
+
+    def __getitem__(self, index: int) -> "DeviceArray":
+        if not isinstance(index, (int, np.integer)) or not 0 <= index < self.shape[0]:
+            raise IndexError(f"index {index} out of range for a device array of shape {self.shape}")
+        row = self.nbytes // self.shape[0]
+        return DeviceArray(self.address + int(index) * row, self.shape[1:], self.dtype, self.owner or self)
+
+
+class _Allocation:
+    def __init__(self, runtime, nbytes: int) -> None:
+        self.runtime = runtime
+        self.address = _check(runtime, runtime.cudaMalloc(max(nbytes, 1)), f"allocating {nbytes} bytes")
+
+    def __del__(self) -> None:
+        if getattr(self, "address", None):
+            self.runtime.cudaFree(self.address)
+
+
+class CudaMemory:
+    """Device memory on one GPU, all work on one stream (the loop synchronises only to download)."""
+
+    device_type = "cuda"
+
+    def __init__(self, device_index: int = 0) -> None:
+        try:
+            from cuda.bindings import runtime
+        except ImportError:
+            raise RARDeployError("CUDA backends need NVIDIA's cuda-python: pip install 'rar-deploy[cuda]' "
+                                 "(cuda-bindings), or use --device cpu") from None
+        self.runtime, self.device_index, self.kinds = runtime, device_index, runtime.cudaMemcpyKind
+        _check(runtime, runtime.cudaSetDevice(device_index), f"selecting CUDA device {device_index}")
+        self.stream = _check(runtime, runtime.cudaStreamCreateWithFlags(runtime.cudaStreamNonBlocking),
+                             "creating a stream")
+        self.stream_handle = int(self.stream)
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> DeviceArray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        allocation = _Allocation(self.runtime, nbytes)
+        return DeviceArray(allocation.address, tuple(shape), dtype, allocation)
+
+    def zeros(self, shape: tuple[int, ...], dtype: np.dtype) -> DeviceArray:
+        array = self.empty(shape, dtype)
+        _check(self.runtime, self.runtime.cudaMemsetAsync(array.address, 0, array.nbytes, self.stream), "zeroing")
+        return array
+
+    def upload(self, array: np.ndarray, buffer: DeviceArray) -> None:
+        array = np.ascontiguousarray(array, dtype=buffer.dtype)
+        if array.size != int(np.prod(buffer.shape, dtype=np.int64)):
+            raise ValueError(f"uploading {array.shape} into a buffer of shape {buffer.shape}")
+        # from pageable host memory the copy has finished reading `array` when the call returns
+        self._memcpy(buffer.address, array.ctypes.data, array.nbytes, self.kinds.cudaMemcpyHostToDevice)
+
+    def download(self, buffer: DeviceArray) -> np.ndarray:
+        array = np.empty(buffer.shape, buffer.dtype)
+        self._memcpy(array.ctypes.data, buffer.address, buffer.nbytes, self.kinds.cudaMemcpyDeviceToHost)
+        self.synchronize()
+        return array
+
+    def copy(self, destination: DeviceArray, source: DeviceArray) -> None:
+        self._memcpy(destination.address, source.address, source.nbytes, self.kinds.cudaMemcpyDeviceToDevice)
+
+    def write_position(self, cache: DeviceArray, new: DeviceArray, position: int) -> None:
+        """cache [L, R, H, S, Dh] <- new [L, R, H, 1, Dh] at sequence index `position`: one 2-D copy of
+        L*R*H rows of Dh elements, source pitch Dh, destination pitch S*Dh."""
+        *rows, seq, head_dim = cache.shape
+        width = head_dim * cache.dtype.itemsize
+        _check(self.runtime, self.runtime.cudaMemcpy2DAsync(
+            cache.address + position * width, seq * width, new.address, width, width, int(np.prod(rows)),
+            self.kinds.cudaMemcpyDeviceToDevice, self.stream), "writing the KV cache")
+
+    def capture(self, body: Callable[[], None]) -> Callable[[], None]:
+        """Capture the device work `body` enqueues on the stream into a CUDA graph; returns its replay."""
+        rt = self.runtime
+        _check(rt, rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+               "starting a CUDA graph capture")
+        try:
+            body()
+        finally:
+            graph = _check(rt, rt.cudaStreamEndCapture(self.stream), "ending the CUDA graph capture")
+        executable = _check(rt, rt.cudaGraphInstantiate(graph, 0), "instantiating the CUDA graph")
+        return _Replay(rt, graph, executable, self.stream)
+
+    def synchronize(self) -> None:
+        _check(self.runtime, self.runtime.cudaStreamSynchronize(self.stream), "synchronising the stream")
+
+    def mark(self):
+        """A CUDA event recorded on the stream: timing without synchronising the loop."""
+        event = _check(self.runtime, self.runtime.cudaEventCreate(), "creating an event")
+        _check(self.runtime, self.runtime.cudaEventRecord(event, self.stream), "recording an event")
+        return event
+
+    def elapsed_ms(self, start, end) -> float:
+        return float(_check(self.runtime, self.runtime.cudaEventElapsedTime(start, end), "timing events"))
+
+    def used_bytes(self) -> int:
+        """Device memory in use on this GPU (all processes): total - free."""
+        free, total = _check(self.runtime, self.runtime.cudaMemGetInfo(), "reading device memory")
+        return int(total - free)
+
+    def _memcpy(self, destination: int, source: int, nbytes: int, kind) -> None:
+        _check(self.runtime, self.runtime.cudaMemcpyAsync(destination, source, nbytes, kind, self.stream), "copying")
+
+
+class _Replay:
+    def __init__(self, runtime, graph, executable, stream) -> None:
+        self.runtime, self.graph, self.executable, self.stream = runtime, graph, executable, stream
+
+    def __call__(self) -> None:
+        _check(self.runtime, self.runtime.cudaGraphLaunch(self.executable, self.stream), "replaying the CUDA graph")
+
+    def __del__(self) -> None:
+        self.runtime.cudaGraphExecDestroy(self.executable)
+        self.runtime.cudaGraphDestroy(self.graph)
+
+
+def _check(runtime, result: tuple, doing: str) -> Any:
+    """cuda.bindings calls return (error, *values): raise on an error, return the value."""
+    error, *values = result
+    if error != runtime.cudaError_t.cudaSuccess:
+        _, name = runtime.cudaGetErrorName(error)
+        raise RARDeployError(f"CUDA failed {doing}: {name.decode() if isinstance(name, bytes) else name}")
+    return values[0] if len(values) == 1 else (values or None)

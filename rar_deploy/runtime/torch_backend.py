@@ -1,0 +1,123 @@
+"""The torch backend: the graph modules themselves in PyTorch, on the loop of every backend. Float32
+eager on CPU; on CUDA in the artifacts' precision with a step captured once in a CUDA graph. It needs
+the export extra (torch) and the checkpoints the artifacts were exported from (SHA-256 checked)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..contract import GRAPH_NAMES
+from .artifacts import Artifacts
+from .backends import Backend, Buffers
+
+TORCH_DTYPES = {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16,
+                np.dtype("int64"): torch.int64, np.dtype("uint8"): torch.uint8}
+
+
+class TorchMemory:
+    """torch tensors on one device, the loop's Memory for the torch backend."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.device_type, self.device_index = device.type, device.index or 0
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=TORCH_DTYPES[np.dtype(dtype)], device=self.device)
+
+    def zeros(self, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+        return torch.zeros(shape, dtype=TORCH_DTYPES[np.dtype(dtype)], device=self.device)
+
+    def upload(self, array: np.ndarray, buffer: torch.Tensor) -> None:
+        buffer.copy_(torch.from_numpy(np.ascontiguousarray(array)).reshape(buffer.shape))
+
+    def download(self, buffer: torch.Tensor) -> np.ndarray:
+        return buffer.to("cpu", copy=True).numpy()
+
+    def copy(self, destination: torch.Tensor, source: torch.Tensor) -> None:
+        destination.copy_(source)
+
+    def write_position(self, cache: torch.Tensor, new: torch.Tensor, position: int) -> None:
+        cache[:, :, :, position] = new[:, :, :, 0]
+
+    def capture(self, body: Callable[[], None]) -> Callable[[], None]:
+        """torch's CUDA-graph capture on a side stream (after the loop's warm-up run)."""
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+            body()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        return graph.replay
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def mark(self):
+        if self.device.type != "cuda":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def elapsed_ms(self, start, end) -> float:
+        return start.elapsed_time(end) if self.device.type == "cuda" else (end - start) * 1e3
+
+    def used_bytes(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+class TorchBackend(Backend):
+    """The graph modules in PyTorch: float32 eager on CPU (Linear as (W @ x^T)^T for few rows, attention
+    over the live cache prefix only); on CUDA in the artifacts' precision, a step replayed from a CUDA graph."""
+
+    name = "torch"
+
+    def __init__(self, artifacts: Artifacts, device: str = "cpu", ckpt: str | None = None,
+                 tokenizer: str | None = None, cuda_graphs: bool = True) -> None:
+        from ..checkpoint import load_exported_from
+        from ..export.graphs import GRAPH_MODULES
+        from ..model.layers import cast_for_inference, use_weight_major_linears
+
+        target = torch.device(device)
+        dtype = torch.float16 if target.type == "cuda" and artifacts.precision == "fp16" else torch.float32
+        super().__init__(artifacts, TorchMemory(target), np.dtype(str(dtype).removeprefix("torch.")))
+        generator = load_exported_from(artifacts.manifest, "generator", ckpt)
+        decoder = load_exported_from(artifacts.manifest, "tokenizer", tokenizer)
+        if target.type == "cpu":
+            use_weight_major_linears(generator)
+        generator = cast_for_inference(generator, dtype).to(target)
+        decoder = cast_for_inference(decoder, dtype).to(target)
+        self.modules = {name: GRAPH_MODULES[name](decoder if name == "vq_decoder" else generator)
+                        for name in GRAPH_NAMES}
+        self.use_cuda_graph = cuda_graphs and target.type == "cuda"
+
+    @torch.no_grad()
+    def run(self, graph: str, feeds: Buffers, outputs: Buffers) -> None:
+        module = self.modules[graph]
+        if graph == "decode_step":
+            layers = range(self.config.depth)
+            args = (feeds["tokens"], feeds["position"], feeds["condition"], [feeds[f"k_cache.{i}"] for i in layers],
+                    [feeds[f"v_cache.{i}"] for i in layers], feeds["guidance_scale"], feeds["temperature"],
+                    feeds["noise"])
+        else:
+            args = tuple(feeds[name] for name in module.input_names)
+        results = module(*args)
+        for name, tensor in zip(module.output_names, results if isinstance(results, tuple) else (results,)):
+            outputs[name].copy_(tensor)
+
+    def cache_view(self, layer: torch.Tensor, p: int) -> torch.Tensor:
+        """Eager: the live prefix [0, p) only, a free view in torch (not in ONNX, where a slice is a copy),
+        so attention reads what the official loop reads. CUDA graphs keep the full static length."""
+        return layer if self.use_cuda_graph else layer[:, :, : max(p, 1)]
+
+    def decode_images(self, tokens: np.ndarray) -> np.ndarray:
+        """On CPU one image per call: torch's batched convolutions round differently with the batch size
+        (1 level in a few pixels), and an image must not depend on the batch it was made in."""
+        if self.memory.device_type != "cpu":
+            return super().decode_images(tokens)
+        return np.concatenate([super(TorchBackend, self).decode_images(tokens[i:i + 1]) for i in range(len(tokens))])

@@ -1,18 +1,39 @@
-"""rar-deploy: export RAR image generators to ONNX and TensorRT, run them, prove parity, measure speed."""
+"""rar-deploy: export RAR image generators to ONNX and TensorRT, run them, prove parity, measure speed.
 
-__version__ = "0.1.0"  # before the imports: manifest.py records it
+The runtime (`RARPipeline`, rar-generate, rar-parity, rar-bench, rar-build) needs no torch; the reference
+model, the checkpoint loaders and export (`pip install rar-deploy[export]`) do, and are imported on first use.
+"""
 
-from .checkpoint import load_generator, load_tokenizer
+from importlib import import_module
+
 from .config import GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, SamplingDefaults, TokenizerConfig
 from .errors import CheckpointError, RARDeployError
-from .model import RARGenerator, StaticKVCache, VQDecoder, images_to_uint8
-from .reference import Generation, reference_generate
 from .runtime import RARPipeline
 from .sampling import guidance_schedule, sampling_noise
+from .version import __version__
+
+_NEED_TORCH = {
+    "load_generator": "checkpoint", "load_tokenizer": "checkpoint",
+    "RARGenerator": "model", "StaticKVCache": "model", "VQDecoder": "model", "images_to_uint8": "model",
+    "Generation": "reference", "reference_generate": "reference",
+}
 
 __all__ = [
     "GENERATOR_PRESETS", "TOKENIZER_PRESETS", "CheckpointError", "Generation", "GeneratorConfig", "RARPipeline",
     "RARDeployError", "RARGenerator", "SamplingDefaults", "StaticKVCache", "TokenizerConfig", "VQDecoder",
-    "guidance_schedule", "images_to_uint8", "load_generator", "load_tokenizer", "reference_generate",
+    "__version__", "guidance_schedule", "images_to_uint8", "load_generator", "load_tokenizer", "reference_generate",
     "sampling_noise",
 ]
+
+
+def __getattr__(name: str):
+    """The torch parts, imported when first asked for (PEP 562)."""
+    if name not in _NEED_TORCH:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        value = getattr(import_module(f".{_NEED_TORCH[name]}", __name__), name)
+    except ImportError as exc:
+        raise ImportError(f"rar_deploy.{name} needs torch ({exc.name} is missing): pip install 'rar-deploy[export]'",
+                          name=exc.name) from None
+    globals()[name] = value
+    return value

@@ -165,11 +165,11 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     import numpy as np
     from tqdm import tqdm
 
-    from . import __version__
     from .arguments import check_class_labels, check_seed, parse_integers
     from .files import Output, atomic_directory, atomic_file
     from .runtime import Artifacts, RARPipeline
     from .samples import is_numpy_file, is_samples_folder, save_samples
+    from .version import __version__
 
     # Every check before any heavy work: the manifest, the values, both outputs.
     artifacts = Artifacts.load(artifacts_dir, verify="sha256" if verify_files else "fingerprint")
@@ -289,7 +289,37 @@ def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, 
     click.echo(json.dumps(results, indent=1) if as_json else format_results(results))
 
 
+@click.command("rar-build")
+@click.option("--artifacts", "artifacts_dir", required=True, type=PATH_TYPE, help="Artifact directory.")
+@click.option("--min-batch", type=click.IntRange(1), help="[default: the folder's batch profile]")
+@click.option("--opt-batch", type=click.IntRange(1), help="[default: the folder's batch profile]")
+@click.option("--max-batch", type=click.IntRange(1), help="[default: the folder's batch profile]")
+@click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT builder optimization level [default: 3].")
+@click.option("--compute-capability", "capabilities", multiple=True,
+              help="TensorRT-RTX build target (repeatable) [default: the folder's engines', "
+                   "else SM80 SM86 SM89 SM120].")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
+              help="TensorRT timing cache to reuse across builds (read, then updated).")
+@friendly_errors
+def build_command(artifacts_dir, min_batch, opt_batch, max_batch, opt_level, capabilities, timing_cache) -> None:
+    """Build (or rebuild) the TensorRT engines of an artifact folder on this machine, from its ONNX graphs:
+    no torch, no checkpoint. The folder's engines and manifest are replaced in one atomic swap."""
+    from .build import rebuild_engines, recorded_options
+    from .engines import describe_targets
+    from .manifest import read_manifest
+
+    options = recorded_options(read_manifest(artifacts_dir), min_batch=min_batch, opt_batch=opt_batch,
+                               max_batch=max_batch, opt_level=opt_level, compute_capabilities=tuple(capabilities),
+                               timing_cache=timing_cache)
+    manifest = rebuild_engines(artifacts_dir, options, progress=_progress_printer())
+    engine = next(iter(manifest["engines"].values()))
+    click.echo(f"built {', '.join(manifest['engines'])} in {artifacts_dir}: {engine['flavour']} "
+               f"{engine['tensorrt_version']}, batch {engine['profile']['batch']}, for "
+               f"{describe_targets(engine['compute_capabilities'])}")
+
+
 main.add_command(export_command, name="export")
 main.add_command(generate_command, name="generate")
 main.add_command(parity_command, name="parity")
 main.add_command(bench_command, name="bench")
+main.add_command(build_command, name="build")

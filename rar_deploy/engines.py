@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -180,28 +180,65 @@ def build_engine(
     }
 
 
-def build_engines(trt: TensorRT, directory: Path, graphs: dict[str, str], specs: dict, profile: BatchProfile,
-                  cache_len: int, opt_level: int, capabilities: tuple[str, ...], shared_timing_cache: Path | None,
+@dataclass(frozen=True)
+class BuildOptions:
+    """How engines are built: batch profile, builder optimisation level, TensorRT-RTX targets, and a timing
+    cache shared across builds (read first, updated after)."""
+
+    profile: BatchProfile = BatchProfile(1, 8, 64)
+    opt_level: int = 3
+    compute_capabilities: tuple[str, ...] = RTX_DEFAULT_CAPABILITIES
+    timing_cache: Path | None = None
+
+
+def check_build(trt: TensorRT | None, options: BuildOptions, progress: Callable[[str], None]) -> BuildOptions:
+    """The build options checked before any work: the profile, the targets (canonical names), the cache."""
+    options.profile.validate()
+    if options.timing_cache and options.timing_cache.is_dir():
+        raise ExportError(f"--timing-cache {options.timing_cache} is a folder: name a file")
+    if trt is None:
+        return options
+    if trt.flavour == "tensorrt-rtx":
+        if options.timing_cache:
+            progress(f"note: TensorRT-RTX has no timing cache (it tunes on the GPU at run time): --timing-cache "
+                     f"{options.timing_cache} is not used")
+        return replace(options, compute_capabilities=parse_compute_capabilities(trt, options.compute_capabilities))
+    if options.compute_capabilities != RTX_DEFAULT_CAPABILITIES:
+        progress("note: --compute-capability applies to TensorRT-RTX; standard TensorRT builds for this machine's GPU")
+    return options
+
+
+def build_engines(trt: TensorRT, directory: Path, manifest: dict, options: BuildOptions,
                   progress: Callable[[str], None] | None = None) -> dict:
-    """Build every graph's engine into `directory`/engines (graphs: name -> ONNX file relative to `directory`);
-    returns the manifest's engine entries. A shared timing cache is read first and updated after."""
+    """Build every graph of the folder `directory` into `directory`/engines and write its manifest with them;
+    returns the new manifest. Used by rar-export (on its temporary folder) and rar-build."""
     from .files import Output
+    from .integrity import file_record
+    from .manifest import write_manifest
 
     engines_dir = directory / "engines"
     engines_dir.mkdir(exist_ok=True)
     timing_cache = engines_dir / "timing.cache"
-    if shared_timing_cache and shared_timing_cache.is_file():
-        shutil.copyfile(shared_timing_cache, timing_cache)
+    if options.timing_cache and options.timing_cache.is_file():
+        shutil.copyfile(options.timing_cache, timing_cache)
+    cache_len = manifest["model"]["image_seq_len"] + 1
     engines = {}
-    for name, onnx_file in graphs.items():
-        engines[name] = build_engine(trt, directory / onnx_file, engines_dir / f"{name}.plan",
-                                     [s.to_dict() for s in specs[name]["inputs"]], profile, cache_len, timing_cache,
-                                     opt_level, capabilities, progress)
-    if shared_timing_cache and timing_cache.exists():
-        with atomic_file(Output(shared_timing_cache, "--timing-cache", force=True,
+    for name, graph in manifest["graphs"].items():
+        engines[name] = build_engine(trt, directory / graph["file"], engines_dir / f"{name}.plan", graph["inputs"],
+                                     options.profile, cache_len, timing_cache, options.opt_level,
+                                     options.compute_capabilities, progress)
+    if options.timing_cache and timing_cache.exists():
+        with atomic_file(Output(options.timing_cache, "--timing-cache", force=True,
                                 owned=lambda existing: existing.is_file())) as shared:
             shutil.copyfile(timing_cache, shared)
-    return engines
+    files = {name: record for name, record in manifest["files"].items() if not name.startswith("engines/")}
+    files.update({engine["file"]: file_record(directory / engine["file"]) for engine in engines.values()})
+    profile = options.profile
+    manifest = {**manifest, "engines": engines, "files": files,
+                "batch_profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
+                "tools": {**manifest["tools"], "tensorrt": {"version": trt.version, "flavour": trt.flavour}}}
+    write_manifest(manifest, directory)
+    return manifest
 
 
 # TensorRT-RTX reports its probe for a CUDA device as an error on CPU-only machines; the build goes on.

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .config import GeneratorConfig, TokenizerConfig
 from .contract import GRAPH_NAMES, cache_layout, condition_layout, graph_specs
 from .errors import RARDeployError
+from .version import __version__
 
 SCHEMA = "rar-deploy/manifest"
 SCHEMA_VERSION = 2

@@ -13,19 +13,20 @@ import onnxruntime
 import torch
 
 from ..checkpoint import load_generator, load_tokenizer, require_file, resolve_checkpoint
-from ..contract import GRAPH_NAMES, graph_specs
+from ..contract import GRAPH_NAMES
 from ..engines import (
     RTX_DEFAULT_CAPABILITIES,
     BatchProfile,
+    BuildOptions,
     build_engines,
+    check_build,
     find_tensorrt,
-    parse_compute_capabilities,
     require_tensorrt,
 )
 from ..errors import ExportError
 from ..files import Output, atomic_directory
 from ..integrity import file_record, sha256_of
-from ..manifest import FLOAT_DTYPES, build_manifest, is_artifact_directory, write_manifest
+from ..manifest import build_manifest, is_artifact_directory, write_manifest
 from ..parity import RECORD_FILE
 from .onnx_export import OPSET, cast_models, export_graph, graph_exports, release_cast_copy, release_memory
 from .verify import reference_for_export, verify_export
@@ -60,7 +61,9 @@ class ExportResult:
 def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = print) -> ExportResult:
     """Everything `rar-export` does. Nothing appears at `request.out` unless all of it succeeded."""
     start = time.perf_counter()
-    trt, capabilities = _check_request(request, progress)
+    trt = require_tensorrt() if request.engine else (find_tensorrt() if request.engine is None else None)
+    build = check_build(trt, BuildOptions(request.profile, request.opt_level, request.compute_capabilities,
+                                          request.timing_cache), progress)
     ckpt, tokenizer_path = resolve_checkpoint(request.ckpt), resolve_checkpoint(request.tokenizer)
     require_file(ckpt), require_file(tokenizer_path)
     output = Output(request.out, "--out", request.force, owned=is_artifact_directory, owner="rar-export",
@@ -77,17 +80,16 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
                        for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))}
         tools = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                  "opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)",
-                 "tensorrt": {"version": trt.version, "flavour": trt.flavour} if trt else None}
+                 "tensorrt": None}
 
-        def write(engines: dict) -> dict:
-            """The manifest of what `tmp` holds now (written again when engines are added)."""
+        def write() -> dict:
+            """The manifest of what `tmp` holds now (the engines add themselves)."""
             listed = [graph["file"] for graph in graphs.values()]
             listed += [graph["external_data"] for graph in graphs.values() if graph["external_data"]]
-            listed += [engine["file"] for engine in engines.values()]
             listed += [RECORD_FILE] if (tmp / RECORD_FILE).exists() else []
             manifest = build_manifest(
                 generator=configs[0], tokenizer=configs[1], precision=request.precision, checkpoints=checkpoints,
-                graphs=graphs, files={name: file_record(tmp / name) for name in listed}, engines=engines,
+                graphs=graphs, files={name: file_record(tmp / name) for name in listed}, engines={},
                 batch_profile=[request.profile.min, request.profile.opt, request.profile.max], tools=tools)
             write_manifest(manifest, tmp)
             return manifest
@@ -97,7 +99,7 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
             record = reference_for_export(tmp, generator, tokenizer, request.precision, progress)
         del generator, tokenizer  # from here on the record is the reference; the graphs need the memory
         release_memory()
-        manifest = write({})
+        manifest = write()
         parity = None
         if record is not None:
             parity = verify_export(tmp, record, progress)
@@ -109,10 +111,7 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
             del record
             release_memory()
         if trt is not None:
-            specs = graph_specs(*configs, FLOAT_DTYPES[request.precision])
-            manifest = write(build_engines(trt, tmp, {name: graph["file"] for name, graph in graphs.items()}, specs,
-                                           request.profile, configs[0].cache_len, request.opt_level, capabilities,
-                                           request.timing_cache, progress))
+            manifest = build_engines(trt, tmp, manifest, build, progress)
     return ExportResult(request.out, manifest, parity, time.perf_counter() - start)
 
 
@@ -131,23 +130,6 @@ def _export_graphs(generator, tokenizer, directory: Path, request: ExportRequest
     release_cast_copy(generator, cast_gen), release_cast_copy(tokenizer, cast_tok)
     release_memory()
     return graphs
-
-
-def _check_request(request: ExportRequest, progress: Callable[[str], None]):
-    """The options that need no checkpoint: TensorRT, its targets, the batch profile, the timing cache."""
-    request.profile.validate()
-    trt = require_tensorrt() if request.engine else (find_tensorrt() if request.engine is None else None)
-    capabilities = request.compute_capabilities
-    if trt is not None and trt.flavour == "tensorrt-rtx":
-        capabilities = parse_compute_capabilities(trt, capabilities)
-        if request.timing_cache:
-            progress(f"note: TensorRT-RTX has no timing cache (it tunes on the GPU at run time): --timing-cache "
-                     f"{request.timing_cache} is not used")
-    elif trt is not None and request.compute_capabilities != RTX_DEFAULT_CAPABILITIES:
-        progress("note: --compute-capability applies to TensorRT-RTX; standard TensorRT builds for this machine's GPU")
-    if request.timing_cache and request.timing_cache.is_dir():
-        raise ExportError(f"--timing-cache {request.timing_cache} is a folder: name a file")
-    return trt, capabilities
 
 
 def _check_compatible(generator, tokenizer, tokenizer_path: Path) -> None:

@@ -1,0 +1,61 @@
+"""rar-build: TensorRT engines for an artifact folder, on the machine that will run them (engines are
+specific to a GPU and a TensorRT version). Needs TensorRT (or TensorRT-RTX) and the runtime install only:
+no torch, no checkpoint. The folder is replaced in one atomic swap: a new folder is assembled beside it
+(its graphs hard-linked, not copied), given the new engines and manifest, and exchanged with the old one,
+so a kill leaves the old engines or the new ones, never a mix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from .engines import RTX_DEFAULT_CAPABILITIES, BatchProfile, BuildOptions, build_engines, check_build, require_tensorrt
+from .files import Output, atomic_directory
+from .manifest import is_artifact_directory
+from .runtime.artifacts import Artifacts
+
+
+def rebuild_engines(directory: Path, options: BuildOptions | None = None,
+                    progress: Callable[[str], None] = print) -> dict:
+    """Build the engines of `directory` (profile, level and targets from its manifest unless `options` says
+    otherwise); returns the new manifest."""
+    trt = require_tensorrt()
+    artifacts = Artifacts.load(directory, verify="sha256")
+    options = check_build(trt, options or recorded_options(artifacts.manifest), progress)
+    output = Output(artifacts.directory, "--artifacts", force=True, owned=is_artifact_directory, owner="rar-export")
+    with atomic_directory(output, report=progress) as tmp:
+        for name in _kept_files(artifacts.directory):
+            _link_or_copy(artifacts.directory / name, tmp / name)
+        return build_engines(trt, tmp, artifacts.manifest, options, progress)
+
+
+def recorded_options(manifest: dict, **overrides) -> BuildOptions:
+    """The build options recorded in the folder (its batch profile, its engines' level and TensorRT-RTX
+    targets), with `overrides` (BuildOptions fields, or min/opt/max batch) applied where not None."""
+    recorded = manifest["batch_profile"]
+    given = {key: overrides.pop(f"{key}_batch", None) for key in ("min", "opt", "max")}
+    batch = {key: given[key] or recorded[key] for key in ("min", "opt", "max")}
+    if not given["opt"]:  # the recorded opt batch, moved inside a new [min, max]
+        batch["opt"] = min(max(batch["opt"], batch["min"]), batch["max"])
+    engine = next(iter(manifest["engines"].values()), {})
+    options = BuildOptions(BatchProfile(batch["min"], batch["opt"], batch["max"]), engine.get("opt_level", 3),
+                           tuple(engine["compute_capabilities"]) if engine.get("flavour") == "tensorrt-rtx"
+                           else RTX_DEFAULT_CAPABILITIES)
+    return replace(options, **{key: value for key, value in overrides.items() if value})
+
+
+def _kept_files(directory: Path) -> list[str]:
+    """Everything in the folder but its engines and manifest, as paths relative to it."""
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*")
+                  if path.is_file() and path.relative_to(directory).parts[0] not in ("engines", "manifest.json"))
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, destination)  # the same bytes under a second name: nothing is copied
+    except OSError:
+        shutil.copy2(source, destination)

@@ -16,7 +16,7 @@ from .model.generator import RARGenerator
 from .model.guidance import apply_guidance, gumbel_max
 from .model.tokenizer import VQDecoder
 from .runtime.torch_backend import TorchMemory
-from .sampling import guidance_schedule, sampling_noise
+from .sampling import guidance_rows, guidance_schedule, sampling_noise
 
 
 class OfficialStyleLoop:
@@ -32,7 +32,7 @@ class OfficialStyleLoop:
                  steps: int | None = None) -> torch.Tensor:
         """Tokens [B, steps] (all N by default); noise [N, B, V]."""
         g, c = self.generator, self.generator.config
-        rows = torch.cat([labels, torch.full_like(labels, c.null_class)])
+        rows = torch.from_numpy(guidance_rows(labels.cpu().numpy(), True, c.null_class)).to(labels.device)
         ids = rows.new_zeros((rows.shape[0], 0))
         caches: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * c.depth
 

@@ -86,7 +86,7 @@ def export_command(ckpt, tokenizer, out, fp16, engine, min_batch, opt_batch, max
                    timing_cache, verify, external_data, force) -> None:
     """Export a RAR generator and its tokenizer to ONNX graphs, TensorRT engines and a manifest."""
     from .engines import RTX_DEFAULT_CAPABILITIES, BatchProfile
-    from .export.artifacts import ExportRequest, export_artifacts
+    from .export.exporter import ExportRequest, export_artifacts
 
     precision = "fp16" if fp16 else "fp32"
     request = ExportRequest(

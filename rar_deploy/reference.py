@@ -79,7 +79,7 @@ def reference_record(generator: RARGenerator, tokenizer, float_dtype: str, batch
     - an unguided generation (guidance scale 0) from the same noise;
     - the decoder's uint8 images of the guided tokens.
     """
-    from .export.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
+    from .model.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
     from .model.tokenizer import images_to_uint8
 
     c = generator.config

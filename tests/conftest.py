@@ -46,7 +46,7 @@ def export_tiny():
     """export_tiny(out, precision, ckpt=None, **request options): the official-tiny fixture (or another
     generator `ckpt` with its tokenizer) exported quietly, batch profile 1..4 unless given."""
     from rar_deploy.engines import BatchProfile
-    from rar_deploy.export.artifacts import ExportRequest, export_artifacts
+    from rar_deploy.export.exporter import ExportRequest, export_artifacts
 
     def export(out: Path, precision: str, ckpt: Path | None = None, **options) -> Path:
         options = {"engine": False, "profile": BatchProfile(1, 2, 4), **options}

@@ -19,8 +19,8 @@ from rar_deploy.cli import export_command
 from rar_deploy.contract import resolve_shape
 from rar_deploy.demo import random_tokenizer, save_state_dict
 from rar_deploy.engines import BatchProfile, find_tensorrt
-from rar_deploy.export.graphs import ConditionGraph, DecodeStepGraph
 from rar_deploy.metrics import TOLERANCES, failures
+from rar_deploy.model.graphs import ConditionGraph, DecodeStepGraph
 from rar_deploy.sampling import guidance_rows
 
 PROFILE = BatchProfile(1, 2, 6)

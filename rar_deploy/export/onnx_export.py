@@ -26,9 +26,9 @@ from torch import nn
 from ..contract import condition_width
 from ..errors import ExportError
 from ..model.generator import RARGenerator
+from ..model.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
 from ..model.layers import NORM_TYPES
 from ..model.tokenizer import VQDecoder
-from .graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
 
 OPSET = 18
 PROTOBUF_LIMIT = 2**31 - 1

@@ -102,6 +102,9 @@ class Artifacts:
         """Where the checkpoints were at export (they may have moved since)."""
         return [Path(record["path"]) for record in self.manifest["checkpoints"].values()]
 
+    def graph_path(self, graph: str) -> Path:
+        return self.directory / self.manifest["graphs"][graph]["file"]
+
     def graph_inputs(self, graph: str) -> list[dict]:
         return self.manifest["graphs"][graph]["inputs"]
 
@@ -136,7 +139,7 @@ class Artifacts:
         """An ONNX Runtime session of a graph whose declared I/O is the manifest's, else one line why not."""
         import onnxruntime as ort
 
-        path = self.directory / self.manifest["graphs"][graph]["file"]
+        path = self.graph_path(graph)
         try:
             session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ONNX Runtime raises several types for unreadable graphs

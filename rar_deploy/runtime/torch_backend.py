@@ -80,7 +80,7 @@ class TorchBackend(Backend):
     def __init__(self, artifacts: Artifacts, device: str = "cpu", ckpt: str | None = None,
                  tokenizer: str | None = None, cuda_graphs: bool = True) -> None:
         from ..checkpoint import load_exported_from
-        from ..export.graphs import GRAPH_MODULES
+        from ..model.graphs import GRAPH_MODULES
         from ..model.layers import cast_for_inference, use_weight_major_linears
 
         target = torch.device(device)

@@ -16,9 +16,9 @@ import copy
 import torch
 from torch import nn
 
-from ..model.generator import RARGenerator
-from ..model.guidance import apply_guidance, gumbel_max
-from ..model.tokenizer import VQDecoder
+from .generator import RARGenerator
+from .guidance import apply_guidance, gumbel_max
+from .tokenizer import VQDecoder
 
 
 class EmbeddingRows(nn.Module):

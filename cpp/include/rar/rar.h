@@ -1,0 +1,82 @@
+/* rar-deploy C API: run an artifact folder written by rar-export (docs/CONTRACT.md) from C or any language
+ * with a C FFI. Conventions of ONNX Runtime GenAI's C API: opaque handles with create/destroy pairs, and
+ * every fallible call returns a RarResult: NULL on success, else an error object (code and one-line
+ * message) that the caller destroys. No exception crosses this boundary. A RarPipeline may be used from
+ * several threads; its calls are serialised. */
+#ifndef RAR_DEPLOY_RAR_H
+#define RAR_DEPLOY_RAR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define RAR_API __declspec(dllexport)
+#else
+#define RAR_API __attribute__((visibility("default")))
+#endif
+
+typedef enum RarErrorCode {
+  RAR_OK = 0,
+  RAR_ERROR_INVALID_ARGUMENT = 1, /* a value the caller passed: labels, sampling values, sizes, null pointers */
+  RAR_ERROR_ARTIFACTS = 2,        /* the folder: missing, manifest invalid or edited, files damaged or replaced */
+  RAR_ERROR_BACKEND = 3,          /* the backend cannot run here: unknown, not built in, no GPU, engines for another */
+  RAR_ERROR_RUNTIME = 4           /* a failure while running a graph */
+} RarErrorCode;
+
+typedef struct RarResult RarResult;
+typedef struct RarPipeline RarPipeline;
+typedef struct RarGenerateParams RarGenerateParams;
+
+RAR_API RarErrorCode RarResultGetCode(const RarResult* result);
+RAR_API const char* RarResultGetMessage(const RarResult* result);
+RAR_API void RarResultDestroy(RarResult* result);
+
+/* backend: "onnxruntime" or "tensorrt" (when built with TensorRT); device: "cpu", "cuda" or "cuda:N" (NULL:
+ * cpu for onnxruntime, cuda for tensorrt). The folder's manifest and graph files are checked first. */
+RAR_API RarResult* RarPipelineCreate(const char* artifacts_dir, const char* backend, const char* device,
+                                     RarPipeline** out);
+RAR_API void RarPipelineDestroy(RarPipeline* pipeline);
+
+typedef struct RarModelInfo {
+  int64_t image_seq_len;   /* N: tokens per image */
+  int64_t codebook_size;   /* V */
+  int64_t num_classes;
+  int64_t image_height, image_width, image_channels;
+  int64_t max_batch;       /* the artifacts' batch profile */
+  double default_guidance_scale, default_guidance_pow, default_temperature;
+} RarModelInfo;
+RAR_API RarResult* RarPipelineGetModelInfo(const RarPipeline* pipeline, RarModelInfo* info);
+
+/* Sampling settings of one call; unset values are the model size's published defaults (the manifest's). */
+RAR_API RarResult* RarGenerateParamsCreate(RarGenerateParams** out);
+RAR_API void RarGenerateParamsDestroy(RarGenerateParams* params);
+RAR_API RarResult* RarGenerateParamsSetGuidanceScale(RarGenerateParams* params, double scale); /* 0: no guidance */
+RAR_API RarResult* RarGenerateParamsSetGuidancePow(RarGenerateParams* params, double pow);
+RAR_API RarResult* RarGenerateParamsSetTemperature(RarGenerateParams* params, double temperature); /* 0: greedy */
+RAR_API RarResult* RarGenerateParamsSetSeed(RarGenerateParams* params, uint64_t seed); /* < 2^63; default 0 */
+RAR_API RarResult* RarGenerateParamsSetBatchSize(RarGenerateParams* params, int64_t batch_size);
+
+/* Tokens [num_labels, N] into `tokens` (num_labels * N int64). Image i's noise depends on (seed, i) alone. */
+RAR_API RarResult* RarPipelineGenerateTokens(RarPipeline* pipeline, const int64_t* class_labels, size_t num_labels,
+                                             const RarGenerateParams* params, int64_t* tokens);
+/* uint8 images [num_images, H, W, C] into `images` from tokens [num_images, N]. */
+RAR_API RarResult* RarPipelineDecode(RarPipeline* pipeline, const int64_t* tokens, size_t num_images,
+                                     int64_t batch_size, uint8_t* images);
+
+typedef struct RarTimings {
+  double condition_ms; /* the condition tables of the last GenerateTokens (0 when computed per step) */
+  double prefill_ms;   /* positions 0 and 1 */
+  double steps_ms;     /* positions 2 .. N */
+  int64_t steps;
+  double decode_ms;    /* the last Decode */
+} RarTimings;
+RAR_API RarResult* RarPipelineGetTimings(const RarPipeline* pipeline, RarTimings* timings);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RAR_DEPLOY_RAR_H */

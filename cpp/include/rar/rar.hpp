@@ -1,0 +1,93 @@
+// rar-deploy C++ API: a header-only RAII wrapper over the C API (rar.h). Errors become rar::Error.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "rar/rar.h"
+
+namespace rar {
+
+class Error : public std::runtime_error {
+ public:
+  Error(RarErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  RarErrorCode code() const { return code_; }
+
+ private:
+  RarErrorCode code_;
+};
+
+inline void Check(RarResult* result) {
+  if (result == nullptr) return;
+  std::unique_ptr<RarResult, decltype(&RarResultDestroy)> owned(result, RarResultDestroy);
+  throw Error(RarResultGetCode(result), RarResultGetMessage(result));
+}
+
+struct Sampling {
+  std::optional<double> guidance_scale, guidance_pow, temperature;  // unset: the model size's defaults
+  uint64_t seed = 0;
+  std::optional<int64_t> batch_size;  // unset: the artifacts' largest
+};
+
+struct Images {
+  std::vector<uint8_t> pixels;  // [count, height, width, channels]
+  int64_t count = 0, height = 0, width = 0, channels = 0;
+};
+
+class Pipeline {
+ public:
+  explicit Pipeline(const std::string& artifacts_dir, const std::string& backend = "onnxruntime",
+                    const std::string& device = "") {
+    RarPipeline* raw = nullptr;
+    Check(RarPipelineCreate(artifacts_dir.c_str(), backend.c_str(), device.empty() ? nullptr : device.c_str(), &raw));
+    pipeline_.reset(raw);
+    Check(RarPipelineGetModelInfo(raw, &info_));
+  }
+
+  const RarModelInfo& info() const { return info_; }
+
+  // tokens [labels.size(), N], row-major
+  std::vector<int64_t> GenerateTokens(const std::vector<int64_t>& labels, const Sampling& sampling = {}) {
+    RarGenerateParams* raw = nullptr;
+    Check(RarGenerateParamsCreate(&raw));
+    std::unique_ptr<RarGenerateParams, decltype(&RarGenerateParamsDestroy)> params(raw, RarGenerateParamsDestroy);
+    if (sampling.guidance_scale) Check(RarGenerateParamsSetGuidanceScale(raw, *sampling.guidance_scale));
+    if (sampling.guidance_pow) Check(RarGenerateParamsSetGuidancePow(raw, *sampling.guidance_pow));
+    if (sampling.temperature) Check(RarGenerateParamsSetTemperature(raw, *sampling.temperature));
+    if (sampling.batch_size) Check(RarGenerateParamsSetBatchSize(raw, *sampling.batch_size));
+    Check(RarGenerateParamsSetSeed(raw, sampling.seed));
+    std::vector<int64_t> tokens(labels.size() * static_cast<size_t>(info_.image_seq_len));
+    Check(RarPipelineGenerateTokens(pipeline_.get(), labels.data(), labels.size(), raw, tokens.data()));
+    return tokens;
+  }
+
+  Images Decode(const std::vector<int64_t>& tokens, int64_t batch_size = 0) {
+    if (tokens.size() % static_cast<size_t>(info_.image_seq_len) != 0) {
+      throw Error(RAR_ERROR_INVALID_ARGUMENT, "tokens must hold a multiple of " +
+                                                  std::to_string(info_.image_seq_len) + " ids ([B, N] row-major)");
+    }
+    Images images;
+    images.count = static_cast<int64_t>(tokens.size()) / info_.image_seq_len;
+    images.height = info_.image_height, images.width = info_.image_width, images.channels = info_.image_channels;
+    images.pixels.resize(static_cast<size_t>(images.count * images.height * images.width * images.channels));
+    Check(RarPipelineDecode(pipeline_.get(), tokens.data(), static_cast<size_t>(images.count), batch_size,
+                            images.pixels.data()));
+    return images;
+  }
+
+  RarTimings Timings() const {
+    RarTimings timings{};
+    Check(RarPipelineGetTimings(pipeline_.get(), &timings));
+    return timings;
+  }
+
+ private:
+  std::unique_ptr<RarPipeline, decltype(&RarPipelineDestroy)> pipeline_{nullptr, RarPipelineDestroy};
+  RarModelInfo info_{};
+};
+
+}  // namespace rar

@@ -1,0 +1,81 @@
+// An artifact folder as the C++ runtime sees it: manifest.json (schema 2, docs/CONTRACT.md) read with
+// nlohmann::json, validated against the contract its own model gives, and its files checked (size and
+// fingerprint) before a graph is opened.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace rar::detail {
+
+enum class DType { kFloat32, kFloat16, kInt64, kUint8 };
+size_t ItemSize(DType dtype);
+DType ParseDType(const std::string& name);
+std::string DTypeName(DType dtype);
+
+using Dim = std::variant<int64_t, std::string>;  // a size, or a symbolic dim: batch, rows, positions
+using Dims = std::map<std::string, int64_t>;
+
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  std::vector<Dim> shape;
+  std::vector<int64_t> Resolve(const Dims& dims) const;
+  bool operator==(const TensorSpec& other) const;
+};
+
+struct GraphInfo {
+  std::string file;
+  std::vector<TensorSpec> inputs, outputs;
+};
+
+struct ModelConfig {
+  int64_t hidden_size, depth, num_heads, mlp_size, image_seq_len, codebook_size, num_classes;
+  int64_t head_dim() const { return hidden_size / num_heads; }
+  int64_t cache_len() const { return image_seq_len + 1; }
+  int64_t null_class() const { return num_classes; }
+  int64_t condition_width() const { return (6 * depth + 3) * hidden_size; }
+};
+
+struct EngineInfo {
+  std::string file, flavour, version;
+  std::vector<std::string> compute_capabilities;
+};
+
+struct SamplingDefaults {
+  double guidance_scale, guidance_pow, temperature;
+};
+
+class Artifacts {
+ public:
+  // Reads and validates `directory`/manifest.json and checks every graph file; throws Failure.
+  static Artifacts Load(const std::filesystem::path& directory);
+
+  std::filesystem::path directory;
+  ModelConfig model{};
+  DType float_dtype = DType::kFloat32;  // the graphs' float dtype (the KV cache's)
+  int64_t max_batch = 0;
+  int64_t image_side = 0, image_channels = 0;
+  SamplingDefaults defaults{};
+  std::map<std::string, GraphInfo> graphs;   // condition, decode_step, vq_decoder
+  std::map<std::string, EngineInfo> engines;  // empty without engines
+
+  std::filesystem::path GraphPath(const std::string& graph) const { return directory / graphs.at(graph).file; }
+  // Size and fingerprint of a listed file against the manifest (docs/CONTRACT.md); throws Failure.
+  std::filesystem::path CheckFile(const std::string& relative) const;
+
+ private:
+  std::map<std::string, std::pair<uint64_t, std::string>> files_;  // relative path -> size, fingerprint
+};
+
+// The graph I/O the contract gives for a model (rar_deploy/contract.py's graph_specs).
+std::map<std::string, GraphInfo> ContractGraphs(const ModelConfig& model, int64_t image_side, int64_t channels,
+                                                DType float_dtype);
+
+std::string Fingerprint(const std::filesystem::path& file);  // docs/CONTRACT.md
+
+}  // namespace rar::detail

@@ -1,0 +1,150 @@
+#include "backend.hpp"
+
+#include <algorithm>
+
+#include "error.hpp"
+
+namespace rar::detail {
+
+Backend::Backend(const Artifacts& artifacts, std::unique_ptr<Memory> memory)
+    : artifacts_(artifacts), memory_(std::move(memory)) {}
+
+Buffers Backend::OutputBuffers(const std::string& graph, const Dims& dims) {
+  Buffers buffers;
+  for (const TensorSpec& spec : artifacts_.graphs.at(graph).outputs) {
+    buffers[spec.name] = memory_->Empty(spec.Resolve(dims), spec.dtype);
+  }
+  return buffers;
+}
+
+void Backend::Allocate(int64_t batch, int64_t rows, bool per_step) {
+  const ModelConfig& m = artifacts_.model;
+  const DType f = artifacts_.float_dtype, i64 = DType::kInt64, f32 = DType::kFloat32;
+  const int64_t seq = m.cache_len();
+  // zeros: a masked cache position is multiplied by 0 in attention, and 0 * NaN would be NaN
+  k_cache_ = memory_->Zeros({m.depth, rows, m.num_heads, seq, m.head_dim()}, f);
+  v_cache_ = memory_->Zeros({m.depth, rows, m.num_heads, seq, m.head_dim()}, f);
+  condition_ = memory_->Empty({per_step ? 1 : seq, rows, m.condition_width()}, f);
+  std::vector<int64_t> host(static_cast<size_t>(seq * std::max(rows, batch)));
+  positions_ = memory_->Empty({seq, 1, rows}, i64);  // [p, 0, r] = p: the table's positions, or row p
+  for (int64_t p = 0; p < seq; ++p) std::fill_n(host.begin() + p * rows, rows, p);
+  memory_->Upload(host.data(), positions_);
+  image_positions_ = memory_->Empty({seq, batch}, i64);  // [p, b] = p: the step's `position`
+  for (int64_t p = 0; p < seq; ++p) std::fill_n(host.begin() + p * batch, batch, p);
+  memory_->Upload(host.data(), image_positions_);
+  rows_buffer_ = memory_->Empty({rows}, i64);
+  // row p holds what position p sampled (image token p - 1); row 0 is what position 0 returns (unused)
+  out_tokens_ = memory_->Zeros({seq, batch}, i64);
+  guidance_ = memory_->Empty({m.image_seq_len, batch}, f32);
+  temperature_ = memory_->Empty({batch}, f32);
+  noise_ = memory_->Empty({m.image_seq_len, batch, m.codebook_size}, f32);
+  outputs_ = OutputBuffers("decode_step", {{"batch", batch}, {"rows", rows}, {"positions", 1}});
+  if (use_cuda_graph_) {  // the captured step reads and writes these fixed addresses
+    static_ = {{"tokens", memory_->Zeros({batch}, i64)}, {"position", memory_->Zeros({batch}, i64)},
+               {"guidance_scale", memory_->Empty({batch}, f32)},
+               {"noise", memory_->Empty({batch, m.codebook_size}, f32)},
+               {"positions", memory_->Zeros({1, rows}, i64)}, {"next_tokens", memory_->Empty({batch}, i64)}};
+  }
+  batch_ = batch, rows_ = rows, per_step_condition = per_step, replay_ = nullptr;
+}
+
+void Backend::Start(const std::vector<int64_t>& rows, const std::vector<float>& schedule,
+                    const std::vector<float>& temperature, const std::vector<float>& noise) {
+  const ModelConfig& m = artifacts_.model;
+  const int64_t batch = static_cast<int64_t>(temperature.size()), num_rows = static_cast<int64_t>(rows.size());
+  const int64_t table_bytes = m.cache_len() * num_rows * m.condition_width() *
+                              static_cast<int64_t>(ItemSize(artifacts_.float_dtype));
+  const bool per_step = table_bytes > condition_table_budget;
+  if (batch != batch_ || num_rows != rows_ || per_step != per_step_condition || k_cache_.data == nullptr) {
+    Allocate(batch, num_rows, per_step);
+  }
+  memory_->Upload(rows.data(), rows_buffer_);
+  std::vector<float> guidance(static_cast<size_t>(m.image_seq_len * batch));  // [N, B]: a row a step
+  for (int64_t t = 0; t < m.image_seq_len; ++t) std::fill_n(guidance.begin() + t * batch, batch, schedule[t]);
+  memory_->Upload(guidance.data(), guidance_);
+  memory_->Upload(temperature.data(), temperature_);
+  std::vector<float> steps(noise.size());  // [B, N, V] -> [N, B, V]: a slice a step
+  const size_t vocab = static_cast<size_t>(m.codebook_size), n = static_cast<size_t>(m.image_seq_len);
+  for (size_t b = 0; b < static_cast<size_t>(batch); ++b) {
+    for (size_t t = 0; t < n; ++t) {
+      std::copy_n(noise.begin() + (b * n + t) * vocab, vocab, steps.begin() + (t * batch + b) * vocab);
+    }
+  }
+  memory_->Upload(steps.data(), noise_);
+  if (!per_step) {
+    Run("condition", {{"class_labels", rows_buffer_}, {"positions", positions_.Reshape({m.cache_len(), num_rows})}},
+        {{"condition", condition_}});
+  }
+}
+
+void Backend::StepBody(const Buffer& tokens, const Buffer& position, const Buffer& positions, const Buffer& guidance,
+                       const Buffer& noise, const Buffer& next_tokens) {
+  if (per_step_condition) {
+    Run("condition", {{"class_labels", rows_buffer_}, {"positions", positions}}, {{"condition", condition_}});
+  }
+  Buffers feeds{{"tokens", tokens}, {"position", position}, {"condition", condition_},
+                {"guidance_scale", guidance}, {"temperature", temperature_}, {"noise", noise}};
+  for (int64_t layer = 0; layer < artifacts_.model.depth; ++layer) {
+    feeds["k_cache." + std::to_string(layer)] = k_cache_.Row(layer);
+    feeds["v_cache." + std::to_string(layer)] = v_cache_.Row(layer);
+  }
+  Buffers outputs = outputs_;
+  outputs["next_tokens"] = next_tokens;
+  Run("decode_step", feeds, outputs);
+}
+
+void Backend::Step(int64_t p) {
+  const int64_t q = std::max<int64_t>(p - 1, 0);  // the input token's row, the sampled token's guidance and noise
+  if (use_cuda_graph_) {
+    const std::pair<const char*, Buffer> sources[] = {
+        {"tokens", out_tokens_.Row(q)}, {"position", image_positions_.Row(p)}, {"guidance_scale", guidance_.Row(q)},
+        {"noise", noise_.Row(q)}, {"positions", positions_.Row(p)}};
+    for (const auto& [name, source] : sources) memory_->Copy(static_.at(name), source);
+    auto body = [this] {
+      StepBody(static_.at("tokens"), static_.at("position"), static_.at("positions"), static_.at("guidance_scale"),
+               static_.at("noise"), static_.at("next_tokens"));
+    };
+    if (!replay_) {
+      body();  // warm-up (TensorRT requires one before capture); it computes this step
+      replay_ = memory_->Capture(body);
+    } else {
+      replay_();
+    }
+    Buffer row = out_tokens_.Row(p);
+    memory_->Copy(row, static_.at("next_tokens"));
+  } else {
+    StepBody(out_tokens_.Row(q), image_positions_.Row(p), positions_.Row(p), guidance_.Row(q), noise_.Row(q),
+             out_tokens_.Row(p));
+  }
+  memory_->WritePosition(k_cache_, outputs_.at("keys"), p);
+  memory_->WritePosition(v_cache_, outputs_.at("values"), p);
+}
+
+std::vector<int64_t> Backend::Tokens() {
+  const int64_t n = artifacts_.model.image_seq_len;
+  std::vector<int64_t> rows(static_cast<size_t>((n + 1) * batch_));
+  memory_->Download(out_tokens_, rows.data());
+  std::vector<int64_t> tokens(static_cast<size_t>(n * batch_));  // [N+1, B] rows 1.. -> [B, N]
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t t = 0; t < n; ++t) tokens[b * n + t] = rows[(t + 1) * batch_ + b];
+  }
+  return tokens;
+}
+
+std::vector<uint8_t> Backend::DecodeImages(const std::vector<int64_t>& tokens, int64_t batch) {
+  const Dims dims{{"batch", batch}};
+  Buffer input = memory_->Empty({batch, artifacts_.model.image_seq_len}, DType::kInt64);
+  memory_->Upload(tokens.data(), input);
+  Buffers outputs = OutputBuffers("vq_decoder", dims);
+  Run("vq_decoder", {{"tokens", input}}, outputs);
+  std::vector<uint8_t> images(outputs.at("images_uint8").Bytes());
+  memory_->Download(outputs.at("images_uint8"), images.data());
+  return images;
+}
+
+int DeviceIndex(const std::string& device) {
+  const auto colon = device.find(':');
+  return colon == std::string::npos ? 0 : std::stoi(device.substr(colon + 1));
+}
+
+}  // namespace rar::detail

@@ -1,0 +1,131 @@
+// The C API (rar.h): handles over the C++ implementation; every exception becomes a RarResult.
+#include <new>
+#include <string>
+
+#include "error.hpp"
+#include "pipeline.hpp"
+#include "rar/rar.h"
+
+struct RarResult {
+  RarErrorCode code;
+  std::string message;
+};
+
+struct RarPipeline {
+  RarPipeline(const std::string& directory, const std::string& backend, const std::string& device)
+      : pipeline(directory, backend, device) {}
+  rar::detail::Pipeline pipeline;
+};
+
+struct RarGenerateParams {
+  rar::detail::Sampling sampling;
+};
+
+namespace {
+
+RarResult* Error(RarErrorCode code, const std::string& message) {
+  return new (std::nothrow) RarResult{code, message};
+}
+
+template <typename Body>
+RarResult* Guard(Body body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const rar::detail::Failure& failure) {
+    return Error(failure.code(), failure.what());
+  } catch (const std::bad_alloc&) {
+    return Error(RAR_ERROR_RUNTIME, "out of memory");
+  } catch (const std::exception& error) {
+    return Error(RAR_ERROR_RUNTIME, error.what());
+  } catch (...) {
+    return Error(RAR_ERROR_RUNTIME, "unknown error");
+  }
+}
+
+void Require(const void* pointer, const char* name) {
+  if (pointer == nullptr) rar::detail::Fail(RAR_ERROR_INVALID_ARGUMENT, std::string(name) + " must not be NULL");
+}
+
+}  // namespace
+
+extern "C" {
+
+RarErrorCode RarResultGetCode(const RarResult* result) { return result ? result->code : RAR_OK; }
+const char* RarResultGetMessage(const RarResult* result) { return result ? result->message.c_str() : ""; }
+void RarResultDestroy(RarResult* result) { delete result; }
+
+RarResult* RarPipelineCreate(const char* artifacts_dir, const char* backend, const char* device, RarPipeline** out) {
+  return Guard([&] {
+    Require(artifacts_dir, "artifacts_dir"), Require(out, "out");
+    *out = nullptr;
+    const std::string name = backend ? backend : "onnxruntime";
+    const std::string where = device ? device : (name == "tensorrt" ? "cuda" : "cpu");
+    *out = new RarPipeline(artifacts_dir, name, where);
+  });
+}
+
+void RarPipelineDestroy(RarPipeline* pipeline) { delete pipeline; }
+
+RarResult* RarPipelineGetModelInfo(const RarPipeline* pipeline, RarModelInfo* info) {
+  return Guard([&] {
+    Require(pipeline, "pipeline"), Require(info, "info");
+    *info = pipeline->pipeline.Info();
+  });
+}
+
+RarResult* RarGenerateParamsCreate(RarGenerateParams** out) {
+  return Guard([&] {
+    Require(out, "out");
+    *out = new RarGenerateParams{};
+  });
+}
+
+void RarGenerateParamsDestroy(RarGenerateParams* params) { delete params; }
+
+RarResult* RarGenerateParamsSetGuidanceScale(RarGenerateParams* params, double scale) {
+  return Guard([&] { Require(params, "params"), params->sampling.guidance_scale = scale; });
+}
+RarResult* RarGenerateParamsSetGuidancePow(RarGenerateParams* params, double pow) {
+  return Guard([&] { Require(params, "params"), params->sampling.guidance_pow = pow; });
+}
+RarResult* RarGenerateParamsSetTemperature(RarGenerateParams* params, double temperature) {
+  return Guard([&] { Require(params, "params"), params->sampling.temperature = temperature; });
+}
+RarResult* RarGenerateParamsSetSeed(RarGenerateParams* params, uint64_t seed) {
+  return Guard([&] { Require(params, "params"), params->sampling.seed = seed; });
+}
+RarResult* RarGenerateParamsSetBatchSize(RarGenerateParams* params, int64_t batch_size) {
+  return Guard([&] { Require(params, "params"), params->sampling.batch_size = batch_size; });
+}
+
+RarResult* RarPipelineGenerateTokens(RarPipeline* pipeline, const int64_t* class_labels, size_t num_labels,
+                                     const RarGenerateParams* params, int64_t* tokens) {
+  return Guard([&] {
+    Require(pipeline, "pipeline"), Require(class_labels, "class_labels"), Require(tokens, "tokens");
+    const std::vector<int64_t> labels(class_labels, class_labels + num_labels);
+    const std::vector<int64_t> result =
+        pipeline->pipeline.GenerateTokens(labels, params ? params->sampling : rar::detail::Sampling{});
+    std::copy(result.begin(), result.end(), tokens);
+  });
+}
+
+RarResult* RarPipelineDecode(RarPipeline* pipeline, const int64_t* tokens, size_t num_images, int64_t batch_size,
+                             uint8_t* images) {
+  return Guard([&] {
+    Require(pipeline, "pipeline"), Require(tokens, "tokens"), Require(images, "images");
+    const size_t n = static_cast<size_t>(pipeline->pipeline.Info().image_seq_len);
+    const std::vector<uint8_t> pixels =
+        pipeline->pipeline.Decode(std::vector<int64_t>(tokens, tokens + num_images * n), batch_size);
+    std::copy(pixels.begin(), pixels.end(), images);
+  });
+}
+
+RarResult* RarPipelineGetTimings(const RarPipeline* pipeline, RarTimings* timings) {
+  return Guard([&] {
+    Require(pipeline, "pipeline"), Require(timings, "timings");
+    *timings = pipeline->pipeline.Timings();
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,175 @@
+#include "memory.hpp"
+
+#include <cstring>
+#include <numeric>
+
+#include "error.hpp"
+
+#ifdef RAR_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace rar::detail {
+
+int64_t Buffer::Elements() const {
+  return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
+}
+
+Buffer Buffer::Row(int64_t index) const {
+  if (shape.empty() || index < 0 || index >= shape[0]) Fail(RAR_ERROR_RUNTIME, "buffer row out of range");
+  Buffer row{nullptr, std::vector<int64_t>(shape.begin() + 1, shape.end()), dtype, owner};
+  row.data = static_cast<char*>(data) + static_cast<size_t>(index) * row.Bytes();
+  return row;
+}
+
+Buffer Buffer::Reshape(std::vector<int64_t> new_shape) const {
+  Buffer view{data, std::move(new_shape), dtype, owner};
+  if (view.Elements() != Elements()) Fail(RAR_ERROR_RUNTIME, "buffer reshape to another size");
+  return view;
+}
+
+Buffer Memory::Zeros(std::vector<int64_t> shape, DType dtype) {
+  Buffer buffer = Empty(std::move(shape), dtype);
+  Fill(buffer, 0);
+  return buffer;
+}
+
+namespace {
+
+class Host final : public Memory {
+ public:
+  bool IsDevice() const override { return false; }
+
+  Buffer Empty(std::vector<int64_t> shape, DType dtype) override {
+    Buffer buffer{nullptr, std::move(shape), dtype, nullptr};
+    auto storage = std::shared_ptr<char[]>(new char[std::max<size_t>(buffer.Bytes(), 1)]);
+    buffer.data = storage.get();
+    buffer.owner = storage;
+    return buffer;
+  }
+  void Upload(const void* host, Buffer& buffer) override { std::memcpy(buffer.data, host, buffer.Bytes()); }
+  void Download(const Buffer& buffer, void* host) override { std::memcpy(host, buffer.data, buffer.Bytes()); }
+  void Copy(Buffer& destination, const Buffer& source) override {
+    std::memcpy(destination.data, source.data, source.Bytes());
+  }
+  void Fill(Buffer& buffer, int value) override { std::memset(buffer.data, value, buffer.Bytes()); }
+
+  void WritePosition(Buffer& cache, const Buffer& fresh, int64_t position) override {
+    const size_t row = static_cast<size_t>(cache.shape[4]) * ItemSize(cache.dtype);
+    const int64_t rows = cache.shape[0] * cache.shape[1] * cache.shape[2], seq = cache.shape[3];
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(static_cast<char*>(cache.data) + (static_cast<size_t>(r * seq + position)) * row,
+                  static_cast<const char*>(fresh.data) + static_cast<size_t>(r) * row, row);
+    }
+  }
+};
+
+#ifdef RAR_WITH_CUDA
+void CheckCuda(cudaError_t error, const std::string& doing) {
+  if (error != cudaSuccess) Fail(RAR_ERROR_RUNTIME, "CUDA failed " + doing + ": " + cudaGetErrorName(error));
+}
+
+class Cuda final : public Memory {
+ public:
+  explicit Cuda(int device) : device_(device) {
+    if (CudaCapability(device).empty()) {
+      Fail(RAR_ERROR_BACKEND, "device cuda:" + std::to_string(device) + ", but no CUDA GPU is visible here: use cpu");
+    }
+    CheckCuda(cudaSetDevice(device), "selecting the device");
+    CheckCuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a stream");
+  }
+  ~Cuda() override { cudaStreamDestroy(stream_); }
+
+  bool IsDevice() const override { return true; }
+  int DeviceIndex() const override { return device_; }
+  void* Stream() override { return stream_; }
+
+  Buffer Empty(std::vector<int64_t> shape, DType dtype) override {
+    Buffer buffer{nullptr, std::move(shape), dtype, nullptr};
+    void* address = nullptr;
+    CheckCuda(cudaMalloc(&address, std::max<size_t>(buffer.Bytes(), 1)), "allocating device memory");
+    buffer.data = address;
+    buffer.owner = std::shared_ptr<void>(address, [](void* p) { cudaFree(p); });
+    return buffer;
+  }
+  void Upload(const void* host, Buffer& buffer) override {
+    CheckCuda(cudaMemcpyAsync(buffer.data, host, buffer.Bytes(), cudaMemcpyHostToDevice, stream_), "uploading");
+    Synchronize();  // `host` may be temporary
+  }
+  void Download(const Buffer& buffer, void* host) override {
+    CheckCuda(cudaMemcpyAsync(host, buffer.data, buffer.Bytes(), cudaMemcpyDeviceToHost, stream_), "downloading");
+    Synchronize();
+  }
+  void Copy(Buffer& destination, const Buffer& source) override {
+    CheckCuda(cudaMemcpyAsync(destination.data, source.data, source.Bytes(), cudaMemcpyDeviceToDevice, stream_),
+              "copying");
+  }
+  void Fill(Buffer& buffer, int value) override {
+    CheckCuda(cudaMemsetAsync(buffer.data, value, buffer.Bytes(), stream_), "filling");
+  }
+  void WritePosition(Buffer& cache, const Buffer& fresh, int64_t position) override {
+    const size_t width = static_cast<size_t>(cache.shape[4]) * ItemSize(cache.dtype);
+    const size_t rows = static_cast<size_t>(cache.shape[0] * cache.shape[1] * cache.shape[2]);
+    CheckCuda(cudaMemcpy2DAsync(static_cast<char*>(cache.data) + static_cast<size_t>(position) * width,
+                                static_cast<size_t>(cache.shape[3]) * width, fresh.data, width, width, rows,
+                                cudaMemcpyDeviceToDevice, stream_),
+              "writing the KV cache");
+  }
+  std::function<void()> Capture(const std::function<void()>& body) override {
+    CheckCuda(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "starting a graph capture");
+    cudaGraph_t graph = nullptr;
+    try {
+      body();
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      throw;
+    }
+    CheckCuda(cudaStreamEndCapture(stream_, &graph), "ending the graph capture");
+    cudaGraphExec_t executable = nullptr;
+    CheckCuda(cudaGraphInstantiate(&executable, graph, 0), "instantiating the CUDA graph");
+    auto exec = std::shared_ptr<CUgraphExec_st>(executable, [graph](cudaGraphExec_t e) {
+      cudaGraphExecDestroy(e);
+      cudaGraphDestroy(graph);
+    });
+    cudaStream_t stream = stream_;
+    return [exec, stream] { CheckCuda(cudaGraphLaunch(exec.get(), stream), "replaying the CUDA graph"); };
+  }
+  void Synchronize() override { CheckCuda(cudaStreamSynchronize(stream_), "synchronising the stream"); }
+
+ private:
+  int device_;
+  cudaStream_t stream_ = nullptr;
+};
+#endif
+
+}  // namespace
+
+std::unique_ptr<Memory> HostMemory() { return std::make_unique<Host>(); }
+
+std::unique_ptr<Memory> CudaMemory(int device_index) {
+#ifdef RAR_WITH_CUDA
+  return std::make_unique<Cuda>(device_index);
+#else
+  (void)device_index;
+  Fail(RAR_ERROR_BACKEND, "this rar-deploy library was built without CUDA: rebuild with the CUDA toolkit, or use cpu");
+#endif
+}
+
+std::string CudaCapability(int device_index) {
+#ifdef RAR_WITH_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count <= device_index) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return "";
+  }
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_index);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device_index);
+  return "SM" + std::to_string(major) + std::to_string(minor);
+#else
+  (void)device_index;
+  return "";
+#endif
+}
+
+}  // namespace rar::detail

@@ -1,0 +1,134 @@
+#include "pipeline.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <regex>
+
+#include "error.hpp"
+#include "sampling.hpp"
+
+namespace rar::detail {
+namespace {
+
+double Finite(const char* name, double value) {
+  if (!std::isfinite(value)) Fail(RAR_ERROR_INVALID_ARGUMENT, std::string(name) + " must be a finite number");
+  return value;
+}
+
+double Milliseconds(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+Pipeline::Pipeline(const std::string& directory, const std::string& backend, const std::string& device)
+    : artifacts_(Artifacts::Load(directory)) {
+  if (!std::regex_match(device, std::regex("cpu|cuda(:[0-9]+)?"))) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, "device must be 'cpu', 'cuda' or 'cuda:N', got '" + device + "'");
+  }
+  if (backend == "onnxruntime") {
+    backend_ = OnnxRuntimeBackend(artifacts_, device);
+  } else if (backend == "tensorrt") {
+    if (device == "cpu") Fail(RAR_ERROR_INVALID_ARGUMENT, "the tensorrt backend runs on a CUDA GPU: use device cuda");
+    backend_ = TensorRTBackend(artifacts_, device);
+  } else {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, "unknown backend '" + backend + "': choose onnxruntime or tensorrt");
+  }
+}
+
+RarModelInfo Pipeline::Info() const {
+  const ModelConfig& m = artifacts_.model;
+  return {m.image_seq_len, m.codebook_size, m.num_classes, artifacts_.image_side, artifacts_.image_side,
+          artifacts_.image_channels, artifacts_.max_batch, artifacts_.defaults.guidance_scale,
+          artifacts_.defaults.guidance_pow, artifacts_.defaults.temperature};
+}
+
+int64_t Pipeline::BatchSize(std::optional<int64_t> requested) const {
+  if (!requested) return artifacts_.max_batch;
+  if (*requested < 1 || *requested > artifacts_.max_batch) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, "batch size " + std::to_string(*requested) + " is outside the artifacts' profile "
+                                     "[1, " + std::to_string(artifacts_.max_batch) + "]: use a smaller one or export "
+                                     "again with a larger --max-batch");
+  }
+  return *requested;
+}
+
+std::vector<int64_t> Pipeline::GenerateTokens(const std::vector<int64_t>& labels, const Sampling& sampling) {
+  const ModelConfig& m = artifacts_.model;
+  if (labels.empty()) Fail(RAR_ERROR_INVALID_ARGUMENT, "no class labels given: pass at least one ImageNet class id");
+  for (int64_t label : labels) {
+    if (label < 0 || label >= m.num_classes) {
+      Fail(RAR_ERROR_INVALID_ARGUMENT, "class id " + std::to_string(label) + " is out of range: class ids must lie in "
+                                       "[0, " + std::to_string(m.num_classes) + ")");
+    }
+  }
+  const double scale = Finite("guidance scale", sampling.guidance_scale.value_or(artifacts_.defaults.guidance_scale));
+  const double pow = Finite("guidance pow", sampling.guidance_pow.value_or(artifacts_.defaults.guidance_pow));
+  const double temperature = Finite("temperature", sampling.temperature.value_or(artifacts_.defaults.temperature));
+  if (pow < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "guidance pow must be >= 0 (0 is constant guidance)");
+  if (temperature < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "temperature must be >= 0 (0 is greedy)");
+  if (sampling.seed >= (uint64_t{1} << 63)) Fail(RAR_ERROR_INVALID_ARGUMENT, "seed must lie in [0, 2**63)");
+  const int64_t batch_size = BatchSize(sampling.batch_size);
+  const bool guided = scale != 0;  // 0 means no guidance: the conditional rows only, as the official code
+  const std::vector<float> schedule = GuidanceSchedule(m.image_seq_len, scale, pow);
+
+  std::lock_guard<std::mutex> lock(mutex_);
+  timings_.condition_ms = timings_.prefill_ms = timings_.steps_ms = 0, timings_.steps = 0;
+  std::vector<int64_t> tokens;
+  for (size_t start = 0; start < labels.size(); start += static_cast<size_t>(batch_size)) {
+    const std::vector<int64_t> chunk(labels.begin() + static_cast<std::ptrdiff_t>(start),
+                                     labels.begin() + static_cast<std::ptrdiff_t>(
+                                         std::min(labels.size(), start + static_cast<size_t>(batch_size))));
+    const int64_t batch = static_cast<int64_t>(chunk.size());
+    const std::vector<float> noise = SamplingNoise(sampling.seed, batch, m.image_seq_len, m.codebook_size,
+                                                   static_cast<int64_t>(start));
+    auto clock = std::chrono::steady_clock::now();
+    backend_->Start(GuidanceRows(chunk, guided, m.null_class()), schedule,
+                    std::vector<float>(chunk.size(), static_cast<float>(temperature)), noise);
+    backend_->memory().Synchronize();
+    timings_.condition_ms += Milliseconds(clock);
+    clock = std::chrono::steady_clock::now();
+    for (int64_t p = 0; p < m.cache_len(); ++p) {
+      backend_->Step(p);
+      if (p == 1) {
+        backend_->memory().Synchronize();
+        timings_.prefill_ms += Milliseconds(clock);
+        clock = std::chrono::steady_clock::now();
+      }
+    }
+    const std::vector<int64_t> chunk_tokens = backend_->Tokens();  // synchronises
+    timings_.steps_ms += Milliseconds(clock);
+    timings_.steps += m.image_seq_len - 1;
+    tokens.insert(tokens.end(), chunk_tokens.begin(), chunk_tokens.end());
+  }
+  if (backend_->per_step_condition) timings_.condition_ms = 0;
+  return tokens;
+}
+
+std::vector<uint8_t> Pipeline::Decode(const std::vector<int64_t>& tokens, int64_t batch_size) {
+  const ModelConfig& m = artifacts_.model;
+  if (tokens.empty() || tokens.size() % static_cast<size_t>(m.image_seq_len) != 0) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, "tokens must be [B, " + std::to_string(m.image_seq_len) + "] with B >= 1");
+  }
+  for (int64_t token : tokens) {
+    if (token < 0 || token >= m.codebook_size) {
+      Fail(RAR_ERROR_INVALID_ARGUMENT, "token ids must lie in [0, " + std::to_string(m.codebook_size) + ")");
+    }
+  }
+  const int64_t batch = BatchSize(batch_size > 0 ? std::optional<int64_t>(batch_size) : std::nullopt);
+  const int64_t count = static_cast<int64_t>(tokens.size()) / m.image_seq_len;
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto clock = std::chrono::steady_clock::now();
+  std::vector<uint8_t> images;
+  for (int64_t start = 0; start < count; start += batch) {
+    const int64_t size = std::min(batch, count - start);
+    const std::vector<int64_t> chunk(tokens.begin() + start * m.image_seq_len,
+                                     tokens.begin() + (start + size) * m.image_seq_len);
+    const std::vector<uint8_t> pixels = backend_->DecodeImages(chunk, size);
+    images.insert(images.end(), pixels.begin(), pixels.end());
+  }
+  timings_.decode_ms = Milliseconds(clock);
+  return images;
+}
+
+}  // namespace rar::detail

@@ -1,0 +1,171 @@
+"""ctest driver: the C++ runtime (rar_generate) against rar-deploy's Python runtime and the official golden
+fixture, and its refusals. Runs with the project's Python (rar-deploy installed with the export extra).
+
+    cpp_parity.py prepare WORK                 export the tiny artifacts (fp32, fp16) and damaged copies
+    cpp_parity.py parity WORK RAR_GENERATE     tokens and pixels equal to the Python runtime's
+    cpp_parity.py official_greedy WORK RAR_GENERATE   the official greedy tokens at temperature 0
+    cpp_parity.py cli_refusals WORK RAR_GENERATE      bad input: one line, non-zero exit, nothing written
+    cpp_parity.py tensorrt WORK RAR_GENERATE   the tensorrt backend (GPU machines; exit 77 = skipped)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "data" / "official_tiny"
+SKIP = 77
+SEEDS, BATCH_SIZES, TEMPERATURES = (0, 1, 2), (1, 3), (0.0, 1.0)
+SCHEDULES = {"const": (4.0, 0.0), "powcos": (16.0, 2.75)}
+LABELS = [3, 500, 999]
+
+
+def prepare(work: Path) -> None:
+    from rar_deploy.engines import BatchProfile, find_tensorrt
+    from rar_deploy.export.exporter import ExportRequest, export_artifacts
+    from rar_deploy.integrity import file_record
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for precision in ("fp32", "fp16"):
+        export_artifacts(ExportRequest(str(TINY / "tiny_rar.bin"), str(TINY / "tiny_vq.bin"), work / precision,
+                                       precision, engine=False, profile=BatchProfile(1, 2, 4)), progress=lambda m: None)
+    rtx = find_tensorrt() is not None
+    export_artifacts(ExportRequest(str(TINY / "tiny_rar.bin"), str(TINY / "tiny_vq.bin"), work / "fp16_engines",
+                                   "fp16", engine=rtx, verify=False, profile=BatchProfile(1, 2, 4)),
+                     progress=lambda m: None)
+    damaged = {name: Path(shutil.copytree(work / "fp32", work / name))
+               for name in ("corrupt_manifest", "edited_manifest", "truncated_graph", "swapped_graph")}
+    (damaged["corrupt_manifest"] / "manifest.json").write_text('{"schema": "rar-deploy/manifest", "sch')
+    manifest = json.loads((work / "fp32" / "manifest.json").read_text())
+    manifest["graphs"]["decode_step"]["inputs"][3]["shape"][2] = 99
+    (damaged["edited_manifest"] / "manifest.json").write_text(json.dumps(manifest))
+    graph = damaged["truncated_graph"] / "decode_step.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    shutil.copyfile(work / "fp16" / "decode_step.onnx", damaged["swapped_graph"] / "decode_step.onnx")
+    manifest = json.loads((work / "fp32" / "manifest.json").read_text())  # listed as if honest: the I/O check finds it
+    manifest["files"]["decode_step.onnx"] = file_record(work / "fp16" / "decode_step.onnx")
+    listed = Path(shutil.copytree(work / "fp32", work / "listed_fp16_graph"))
+    shutil.copyfile(work / "fp16" / "decode_step.onnx", listed / "decode_step.onnx")
+    (listed / "manifest.json").write_text(json.dumps(manifest))
+
+
+def run(exe: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([exe, *map(str, args)], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"rar_generate {' '.join(map(str, args))} failed: {result.stderr}")
+    return result
+
+
+def cpp_generate(exe: str, artifacts: Path, out: Path, labels, seed, batch, temperature, scale, pow_,
+                 backend: str = "onnxruntime") -> tuple[np.ndarray, np.ndarray]:
+    run(exe, "--artifacts", artifacts, "--class-labels", ",".join(map(str, labels)), "--seed", seed,
+        "--batch-size", batch, "--temperature", temperature, "--guidance-scale", scale, "--guidance-pow", pow_,
+        "--backend", backend, "--out", out, "--save-tokens", out.with_suffix(".npy"), "--force")
+    images = np.stack([np.asarray(Image.open(out / f"{i:04d}_class{label}.png")) for i, label in enumerate(labels)])
+    return np.load(out.with_suffix(".npy")), images
+
+
+def parity(work: Path, exe: str) -> None:
+    from rar_deploy import RARPipeline
+
+    checked = 0
+    for precision in ("fp32", "fp16"):
+        pipeline = RARPipeline.from_artifacts(work / precision, "onnxruntime")
+        for seed, batch, temperature, (scale, pow_) in itertools.product(SEEDS, BATCH_SIZES, TEMPERATURES,
+                                                                        SCHEDULES.values()):
+            tokens, images = cpp_generate(exe, work / precision, work / "out" / "samples", LABELS, seed, batch,
+                                          temperature, scale, pow_)
+            expected = pipeline.generate_tokens(LABELS, scale, pow_, temperature, seed=seed, batch_size=batch)
+            np.testing.assert_array_equal(tokens, expected, err_msg=f"{precision} seed {seed} batch {batch}")
+            np.testing.assert_array_equal(images, pipeline.decode(expected), err_msg=f"{precision} pixels")
+            checked += 1
+    print(f"C++ == Python: tokens and every uint8 pixel, {checked} runs (fp32/fp16 x seeds {SEEDS} x batch "
+          f"{BATCH_SIZES} x temperature {TEMPERATURES} x schedules {list(SCHEDULES)})")
+
+
+def official_greedy(work: Path, exe: str) -> None:
+    with np.load(TINY / "tiny_golden.npz") as npz:
+        golden = dict(npz)
+    for name, (scale, pow_) in SCHEDULES.items():
+        tokens, _ = cpp_generate(exe, work / "fp32", work / "out" / f"official_{name}", list(golden["labels"]), 0, 2,
+                                 0.0, scale, pow_)
+        np.testing.assert_array_equal(tokens, golden[f"greedy_tokens_{name}"], err_msg=name)
+    print("rar_generate reproduces the official greedy tokens for both guidance schedules")
+
+
+def cli_refusals(work: Path, exe: str) -> None:
+    out = work / "refused"
+    shutil.rmtree(out, ignore_errors=True)
+    (work / "not_ours").mkdir(exist_ok=True)
+    (work / "not_ours" / "photo.png").write_bytes(b"mine")
+    (work / "precious.bin").write_bytes(b"a checkpoint")
+    base = ["--class-labels", "1", "--out", out]
+    cases = [
+        ("missing folder", ["--artifacts", work / "nowhere", *base], "not found"),
+        ("corrupt manifest", ["--artifacts", work / "corrupt_manifest", *base], "is corrupt"),
+        ("edited manifest", ["--artifacts", work / "edited_manifest", *base], "was edited"),
+        ("truncated graph", ["--artifacts", work / "truncated_graph", *base], "truncated"),
+        ("swapped graph", ["--artifacts", work / "swapped_graph", *base], "replaced"),
+        ("fp16 graph listed in an fp32 folder", ["--artifacts", work / "listed_fp16_graph", *base],
+         "does not belong to this manifest"),
+        ("unknown backend", ["--artifacts", work / "fp32", *base, "--backend", "tflite"], "backend"),
+        ("class id out of range", ["--artifacts", work / "fp32", "--class-labels", "1000", "--out", out],
+         "out of range"),
+        ("labels not integers", ["--artifacts", work / "fp32", "--class-labels", "cat", "--out", out], "integers"),
+        ("batch over the profile", ["--artifacts", work / "fp32", *base, "--batch-size", "5"], "profile"),
+        ("NaN guidance", ["--artifacts", work / "fp32", *base, "--guidance-scale", "nan"], "finite"),
+        ("infinite temperature", ["--artifacts", work / "fp32", *base, "--temperature", "inf"], "finite"),
+        ("negative seed", ["--artifacts", work / "fp32", *base, "--seed", "-1"], "seed"),
+        ("engines for another GPU or TensorRT", ["--artifacts", work / "fp16_engines", *base, "--backend", "tensorrt"],
+         "TensorRT"),
+        ("--out is the artifacts", ["--artifacts", work / "fp32", "--class-labels", "1", "--out", work / "fp32",
+                                    "--force"], "input"),
+        ("--out not ours, with --force", ["--artifacts", work / "fp32", "--class-labels", "1", "--out",
+                                          work / "not_ours", "--force"], "was not written by rar-generate"),
+        ("--save-tokens over a non-npy file", ["--artifacts", work / "fp32", *base, "--save-tokens",
+                                               work / "precious.bin", "--force"], "was not written by rar-generate"),
+        ("--save-tokens existing without --force", ["--artifacts", work / "fp32", *base, "--save-tokens",
+                                                    work / "precious.bin"], "exists"),
+    ]
+    for name, args, phrase in cases:
+        result = run(exe, *args, check=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0, f"{name}: exit 0"
+        assert len(lines) == 1 and phrase in lines[0], f"{name}: {result.stderr!r}"
+        assert not out.exists(), f"{name}: wrote {out}"
+        print(f"ok   {name}: {lines[0]}")
+    assert (work / "not_ours" / "photo.png").read_bytes() == b"mine"
+    assert (work / "precious.bin").read_bytes() == b"a checkpoint"
+
+
+def tensorrt(work: Path, exe: str) -> None:
+    from rar_deploy import RARPipeline
+    from rar_deploy.gpu import cuda_capability
+
+    probe = run(exe, "--artifacts", work / "fp16_engines", "--class-labels", "1", "--backend", "tensorrt",
+                "--out", work / "out" / "probe", check=False)
+    if cuda_capability() is None or "built without TensorRT" in probe.stderr:
+        print(f"skipped: {probe.stderr.strip() or 'no GPU'}")
+        raise SystemExit(SKIP)
+    tokens, images = cpp_generate(exe, work / "fp16_engines", work / "out" / "trt", LABELS, 0, 3, 1.0, 4.0, 1.0,
+                                  backend="tensorrt")
+    expected = RARPipeline.from_artifacts(work / "fp16_engines", "tensorrt").generate_tokens(LABELS, 4.0, 1.0, 1.0)
+    agreement = float(np.mean(tokens == expected))
+    print(f"C++ tensorrt vs Python tensorrt: {agreement:.4f} of tokens equal")
+    assert agreement >= 0.99
+
+
+if __name__ == "__main__":
+    command, work = sys.argv[1], Path(sys.argv[2])
+    {"prepare": lambda: prepare(work), "parity": lambda: parity(work, sys.argv[3]),
+     "official_greedy": lambda: official_greedy(work, sys.argv[3]),
+     "cli_refusals": lambda: cli_refusals(work, sys.argv[3]), "tensorrt": lambda: tensorrt(work, sys.argv[3])}[command]()

@@ -1,0 +1,141 @@
+// rar_generate: the C++ example program, with the Python rar-generate's options and refusal rules.
+//   rar_generate --artifacts DIR --class-labels 207,360 [--num-per-class K] [--seed S] [--guidance-scale G]
+//       [--guidance-pow P] [--temperature T] [--batch-size B] [--backend onnxruntime|tensorrt] [--device cpu|cuda]
+//       --out DIR [--save-tokens FILE.npy] [--force]
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+
+#include "outputs.hpp"
+#include "rar/rar.hpp"
+
+namespace fs = std::filesystem;
+using rar::tools::Kind;
+using rar::tools::Output;
+using rar::tools::UsageError;
+
+namespace {
+
+std::vector<int64_t> ParseLabels(const std::string& text) {
+  std::vector<int64_t> labels;
+  std::stringstream stream(text);
+  std::string part;
+  while (std::getline(stream, part, ',')) {
+    if (part.find_first_not_of(" ") == std::string::npos) continue;
+    size_t used = 0;
+    try {
+      labels.push_back(std::stoll(part, &used));
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || part.find_first_not_of(" ", used) != std::string::npos) {
+      throw UsageError("--class-labels must be comma-separated integers, got '" + text + "'");
+    }
+  }
+  return labels;
+}
+
+std::string ImageName(size_t index, int64_t label) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "%04zu_class%lld.png", index, static_cast<long long>(label));
+  return name;
+}
+
+int Generate(int argc, char** argv) {
+  CLI::App app{"Generate images from rar-deploy artifacts (the C++ runtime)"};
+  std::string artifacts, class_labels, backend = "onnxruntime", device;
+  fs::path out, save_tokens;
+  int64_t num_per_class = 1, batch_size = 0;
+  int64_t seed = 0;
+  std::optional<double> guidance_scale, guidance_pow, temperature;
+  bool force = false;
+  app.add_option("--artifacts", artifacts, "Artifact directory written by rar-export")->required();
+  app.add_option("--class-labels", class_labels, "Comma-separated ImageNet class ids, e.g. 207,360")->required();
+  app.add_option("--num-per-class", num_per_class, "Images per class")->check(CLI::PositiveNumber);
+  app.add_option("--seed", seed, "Image i's noise comes from (seed, i)");
+  app.add_option("--guidance-scale", guidance_scale, "0 is no guidance [default: the manifest's]");
+  app.add_option("--guidance-pow", guidance_pow, "[default: the manifest's]");
+  app.add_option("--temperature", temperature, "0 is greedy [default: the manifest's]");
+  app.add_option("--batch-size", batch_size, "Images per batch [default: the artifacts' max batch]");
+  app.add_option("--backend", backend, "onnxruntime or tensorrt")->check(CLI::IsMember({"onnxruntime", "tensorrt"}));
+  app.add_option("--device", device, "cpu, cuda or cuda:N [default: cpu for onnxruntime, cuda for tensorrt]");
+  app.add_option("--out", out, "Folder for the PNGs and samples.json")->required();
+  app.add_option("--save-tokens", save_tokens, "Also save the tokens (.npy)");
+  app.add_flag("--force", force, "Replace an earlier rar-generate --out / --save-tokens (never anything else)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& help) {
+    return app.exit(help);
+  } catch (const CLI::ParseError& error) {
+    std::cerr << "Error: " << error.what() << "\n";  // one line, as every other refusal
+    return 2;
+  }
+
+  // Every check before any heavy work: the values, both outputs, then the folder.
+  std::vector<int64_t> labels;
+  for (int64_t label : ParseLabels(class_labels)) labels.insert(labels.end(), num_per_class, label);
+  if (seed < 0) throw UsageError("seed must lie in [0, 2**63), got " + std::to_string(seed));
+  const Output images{out, "--out", Kind::kSamplesFolder, force, {artifacts}};
+  images.Check();
+  std::optional<Output> tokens_out;
+  if (!save_tokens.empty()) {
+    tokens_out = Output{save_tokens, "--save-tokens", Kind::kNumpyFile, force, {artifacts}};
+    tokens_out->Check();
+  }
+  rar::tools::Lock lock(out);
+  rar::Pipeline pipeline(artifacts, backend, device);
+  rar::Sampling sampling{guidance_scale, guidance_pow, temperature, static_cast<uint64_t>(seed), std::nullopt};
+  if (batch_size != 0) sampling.batch_size = batch_size;
+  const std::vector<int64_t> tokens = pipeline.GenerateTokens(labels, sampling);
+  const rar::Images decoded = pipeline.Decode(tokens, batch_size);
+
+  const fs::path folder = rar::tools::TemporaryBeside(out, true);
+  try {
+    nlohmann::json record = {{"schema", "rar-deploy/samples"}, {"writer", "rar_generate (C++)"},
+                             {"artifacts", fs::weakly_canonical(artifacts).string()}, {"backend", backend},
+                             {"seed", seed}, {"class_labels", labels}, {"num_per_class", num_per_class},
+                             {"images", nlohmann::json::array()}};
+    const size_t image_bytes = static_cast<size_t>(decoded.height * decoded.width * decoded.channels);
+    for (size_t i = 0; i < labels.size(); ++i) {
+      const std::string name = ImageName(i, labels[i]);
+      rar::tools::WritePng(folder / name, decoded.pixels.data() + i * image_bytes, decoded.height, decoded.width,
+                           decoded.channels);
+      record["images"].push_back(name);
+    }
+    std::ofstream(folder / "samples.json") << record.dump(1) << "\n";
+    rar::tools::Publish(folder, images);
+  } catch (...) {
+    fs::remove_all(folder);
+    throw;
+  }
+  if (tokens_out) {
+    rar::tools::Lock tokens_lock(save_tokens);
+    const fs::path file = rar::tools::TemporaryBeside(save_tokens, false);
+    rar::tools::WriteNpy(file, tokens, static_cast<int64_t>(labels.size()), pipeline.info().image_seq_len);
+    rar::tools::Publish(file, *tokens_out);
+  }
+  const RarTimings timings = pipeline.Timings();
+  std::cout << "wrote " << labels.size() << " images and samples.json to " << out.string() << " (" << backend
+            << "; condition " << timings.condition_ms << " ms, prefill " << timings.prefill_ms << " ms, "
+            << timings.steps << " steps " << timings.steps_ms << " ms, decoder " << timings.decode_ms << " ms)\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Generate(argc, argv);
+  } catch (const UsageError& error) {
+    std::cerr << "Error: " << error.what() << "\n";
+  } catch (const rar::Error& error) {
+    std::cerr << "Error: " << error.what() << "\n";
+  } catch (const std::exception& error) {
+    std::cerr << "Error: " << error.what() << "\n";
+  }
+  return 1;
+}

@@ -166,6 +166,8 @@ def tensorrt(work: Path, exe: str) -> None:
 
 if __name__ == "__main__":
     command, work = sys.argv[1], Path(sys.argv[2])
-    {"prepare": lambda: prepare(work), "parity": lambda: parity(work, sys.argv[3]),
-     "official_greedy": lambda: official_greedy(work, sys.argv[3]),
-     "cli_refusals": lambda: cli_refusals(work, sys.argv[3]), "tensorrt": lambda: tensorrt(work, sys.argv[3])}[command]()
+    if command == "prepare":
+        prepare(work)
+    else:
+        {"parity": parity, "official_greedy": official_greedy, "cli_refusals": cli_refusals,
+         "tensorrt": tensorrt}[command](work, sys.argv[3])

@@ -80,10 +80,13 @@ class OnnxRuntime final : public Backend {
       options.AppendExecutionProvider_CUDA_V2(*cuda);
       run_options_.AddConfigEntry("disable_synchronize_execution_providers", "1");  // our stream orders the work
     }
+    // the graphs other than the step run between steps: their idle threads must not spin against the step's
+    Ort::SessionOptions quiet = options.Clone();
+    quiet.AddConfigEntry("session.intra_op.allow_spinning", "0");
     for (const auto& [name, graph] : artifacts.graphs) {
       const std::string path = artifacts.GraphPath(name).string();
       try {
-        sessions_.emplace(name, Ort::Session(Environment(), path.c_str(), options));
+        sessions_.emplace(name, Ort::Session(Environment(), path.c_str(), name == "decode_step" ? options : quiet));
       } catch (const Ort::Exception& error) {
         Fail(RAR_ERROR_ARTIFACTS, "ONNX Runtime cannot load " + path + ": " + error.what() +
                                       "; export the artifacts again");

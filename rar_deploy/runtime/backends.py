@@ -179,6 +179,18 @@ class Backend(ABC):
         return self.run_host("vq_decoder", {"tokens": tokens})["images_uint8"]
 
 
+def _copy_options(options, entries: dict[str, str]):
+    """SessionOptions like `options`, with these config entries."""
+    import onnxruntime as ort
+
+    copy = ort.SessionOptions()
+    copy.log_severity_level = options.log_severity_level
+    copy.intra_op_num_threads = options.intra_op_num_threads
+    for key, value in entries.items():
+        copy.add_session_config_entry(key, value)
+    return copy
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime through IOBinding on our own buffers: host arrays on the CPU, or CUDA device memory
     with the CUDA execution provider (onnxruntime-gpu) running on our stream: the cache, noise and
@@ -203,7 +215,12 @@ class OnnxRuntimeBackend(Backend):
             providers = [("CUDAExecutionProvider", {"device_id": memory.device_index,
                                                     "user_compute_stream": str(memory.stream_handle)})]
         super().__init__(artifacts, memory)
-        self.sessions = {name: artifacts.onnxruntime_session(name, options, providers) for name in GRAPH_NAMES}
+        self.sessions = {}
+        for name in GRAPH_NAMES:
+            if name != "decode_step":
+                # the other graphs run between steps: their idle threads must not spin against the step's
+                options = _copy_options(options, {"session.intra_op.allow_spinning": "0"})
+            self.sessions[name] = artifacts.onnxruntime_session(name, options, providers)
         self.run_options = ort.RunOptions()
         if device != "cpu":  # our stream orders the work; no host synchronisation after every run
             self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")

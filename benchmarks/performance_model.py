@@ -1,0 +1,58 @@
+"""The performance model of a batch-1 decode step: the bytes it must read, before (every block weight,
+adaLN included, as the official step and this project's first graphs read them) and after (the decode
+step graph's weights and one condition row; the adaLN weights are read once per generation, into the
+table), with the live half of the KV cache, and the floor those bytes give at a memory bandwidth.
+
+    python benchmarks/performance_model.py [--bandwidth-gbs 27.1]   # this machine's, from machine_bandwidth.py
+
+Parameter counts come from the reference modules on the meta device (the released shapes), not a formula;
+embedding and position tables, of which a step reads a few rows, are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from rar_deploy import GENERATOR_PRESETS, RARGenerator
+
+H100_GBS = 3350.0  # HBM3 bandwidth of an H100 SXM (NVIDIA's data sheet)
+TABLES = ("embeddings.weight", "pos_embed", "target_aware_pos_embed", "timesteps_embeddings")
+
+
+def step_bytes(preset: str, itemsize: int) -> tuple[int, int]:
+    with torch.device("meta"):
+        model = RARGenerator(GENERATOR_PRESETS[preset])
+    c = model.config
+    streamed = {name: p.numel() for name, p in model.named_parameters() if name not in TABLES}
+    norms = sum(n for name, n in streamed.items() if "norm" in name)  # kept in float32
+    adaln = sum(n for name, n in streamed.items() if "adaLN_modulation" in name)
+
+    def size(parameters: int, norm_parameters: int) -> int:
+        return (parameters - norm_parameters) * itemsize + norm_parameters * 4
+
+    cache = 2 * c.depth * 2 * c.num_heads * c.head_dim * itemsize * c.cache_len // 2  # keys+values, 2 rows, half full
+    condition_row = 2 * (6 * c.depth + 3) * c.hidden_size * itemsize
+    before = size(sum(streamed.values()), norms) + cache
+    after = size(sum(streamed.values()) - adaln, norms) + condition_row + cache
+    return before, after
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bandwidth-gbs", type=float, default=27.1)
+    args = parser.parse_args()
+    print(f"| model | precision | bytes/step before | after | ratio | floor H100 ({H100_GBS:.0f} GB/s) before | after "
+          f"| floor here ({args.bandwidth_gbs:g} GB/s) before | after |")
+    print("|" + " --- |" * 9)
+    for preset in ("rar_b", "rar_l", "rar_xl", "rar_xxl"):
+        for precision, itemsize in (("fp16", 2), ("fp32", 4)):
+            before, after = step_bytes(preset, itemsize)
+            print(f"| {preset} | {precision} | {before / 1e6:.0f} MB | {after / 1e6:.0f} MB | {before / after:.2f}x "
+                  f"| {before / H100_GBS / 1e6:.3f} ms | {after / H100_GBS / 1e6:.3f} ms "
+                  f"| {before / args.bandwidth_gbs / 1e6:.1f} ms | {after / args.bandwidth_gbs / 1e6:.1f} ms |")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,11 +33,13 @@ def main() -> None:
     parser.add_argument("--before", nargs=2, action="append", metavar=("CODE", "ARTIFACTS"), default=[])
     parser.add_argument("--after", nargs=2, action="append", metavar=("CODE", "ARTIFACTS"), default=[])
     args = parser.parse_args()
-    print("| code | artifacts | peak RSS after loading MiB | after one image (batch 1) MiB |\n| --- | --- | --- | --- |")
+    print("| code | artifacts | peak RSS after loading MiB | after one image (batch 1) MiB |")
+    print("| --- | --- | --- | --- |")
     for label, runs in (("before", args.before), ("after", args.after)):
         for code, artifacts in runs:
             loaded, generated = peak_mib(code, artifacts)
-            print(f"| {label} | {os.path.basename(artifacts.rstrip('/'))} | {loaded:.0f} | {generated:.0f} |", flush=True)
+            name = os.path.basename(artifacts.rstrip("/"))
+            print(f"| {label} | {name} | {loaded:.0f} | {generated:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def main() -> None:
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         before = bench(args.before, args.before_artifacts, args.backend, batch)
         after = bench(ROOT, args.after_artifacts, args.backend, batch)
-        mode = "per step" if after["condition_per_step"] else f"table, {after['condition_ms']:.0f} ms"
+        window = after["condition_window"]
+        mode = "table" if window > after["steps"] + 1 else f"window of {window}"
         print(f"| {batch} | {before['step_p50_ms']:.1f} | {after['step_p50_ms']:.1f} | "
               f"{before['step_p50_ms'] / after['step_p50_ms']:.2f}x | {before['total_ms_per_image']:.0f} | "
               f"{after['total_ms_per_image']:.0f} | {before['total_ms_per_image'] / after['total_ms_per_image']:.2f}x "

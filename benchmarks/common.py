@@ -26,15 +26,17 @@ def markdown_table(results: list[dict]) -> str:
     """Runs of several `bench_results` (one process) as one table, speed-ups against the baseline."""
     rows = [run | {"precision": r["precision"]} for r in results for run in r["runs"]]
     base = {run["batch"]: run for run in rows if run["backend"] == "baseline"}
-    lines = ["| backend | precision | device | batch | prefill ms | step mean ms | step p50 ms | step p99 ms | "
-             "drift | decoder ms | ms / image | images/s | peak RSS MiB | speed-up vs baseline |",
-             "|" + " --- |" * 14]
+    lines = ["| backend | precision | device | batch | condition window | prefill ms | step mean ms | step p50 ms | "
+             "step p99 ms | drift | decoder ms | ms / image | images/s | peak RSS MiB | speed-up vs baseline |",
+             "|" + " --- |" * 15]
     for run in rows:
         ratio = base[run["batch"]]["total_ms_per_image"] / run["total_ms_per_image"] if run["batch"] in base else None
         precision = "fp32" if run["backend"] == "baseline" and "float32" in run.get("dtype", "") else run["precision"]
-        lines.append(f"| {run['backend']} | {precision} | {run['device']} | {run['batch']} | {run['prefill_ms']:.1f} | "
+        drift = "-" if run["step_drift"] is None else f"{run['step_drift']:.2f}"
+        lines.append(f"| {run['backend']} | {precision} | {run['device']} | {run['batch']} | "
+                     f"{run.get('condition_window', '-')} | {run['prefill_ms']:.1f} | "
                      f"{run['step_mean_ms']:.1f} | {run['step_p50_ms']:.1f} | {run['step_p99_ms']:.1f} | "
-                     f"{run['step_drift']:.2f} | {run['decoder_ms']:.0f} | {run['total_ms_per_image']:.0f} | "
+                     f"{drift} | {run['decoder_ms']:.0f} | {run['total_ms_per_image']:.0f} | "
                      f"{run['images_per_s']:.3f} | {run['peak_host_rss_mib']:.0f} | "
                      f"{f'{ratio:.2f}x' if ratio else '-'} |")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ def cpp(executable: Path, artifacts: Path, batch: int) -> dict:
         result = subprocess.run([str(executable), "--artifacts", str(artifacts), "--class-labels",
                                  ",".join(str(i) for i in range(batch)), "--batch-size", str(batch),
                                  "--out", f"{work}/out"], capture_output=True, text=True, check=True)
-    numbers = dict(re.findall(r"(condition|prefill|steps|decoder) ([0-9.e+]+) ms", result.stdout))
+    numbers = dict(re.findall(r"(start|prefill|steps|decoder) ([0-9.e+]+) ms", result.stdout))
     steps = int(re.search(r"(\d+) steps", result.stdout).group(1))
     total = sum(float(v) for v in numbers.values())
     return {"step_ms": float(numbers["steps"]) / steps, "ms_per_image": total / batch}

@@ -158,9 +158,12 @@ def export_summary(result) -> str:
 @click.option("--force", is_flag=True,
               help="Replace an earlier rar-generate --out / --save-tokens (never anything else).")
 @click.option("--verify-files", is_flag=True, help="Check every byte of the graphs (SHA-256) before running.")
+@click.option("--condition-budget", type=click.IntRange(0),
+              help="Bytes of condition rows a generation may hold (0: one position a step) [default: 2 GiB].")
 @friendly_errors
 def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, device, out, guidance_scale,
-                     guidance_pow, temperature, batch_size, save_tokens, ckpt, tokenizer, force, verify_files) -> None:
+                     guidance_pow, temperature, batch_size, save_tokens, ckpt, tokenizer, force, verify_files,
+                     condition_budget) -> None:
     """Generate images from exported artifacts: one PNG per image, grid.png and samples.json."""
     import numpy as np
     from tqdm import tqdm
@@ -187,6 +190,8 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     with atomic_directory(images_out) as folder:
         pipeline = RARPipeline.from_artifacts(artifacts_dir, backend=backend, device=device, ckpt=ckpt,
                                               tokenizer=tokenizer)
+        if condition_budget is not None:
+            pipeline.backend.condition_table_budget = condition_budget
         with tqdm(total=len(labels) * pipeline.config.image_seq_len, unit="step", desc="generating") as bar:
             tokens = pipeline.generate_tokens(labels, scale, pow_, temperature, seed, batch_size,
                                               progress=lambda done, total: bar.update(done - bar.n))
@@ -194,6 +199,7 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
                   "backend": backend, "device": str(pipeline.backend.device), "seed": seed,
                   "guidance_scale": scale, "guidance_pow": pow_, "temperature": temperature,
                   "batch_size": batch_size, "num_per_class": num_per_class,
+                  "condition_window": pipeline.backend.window,
                   "tokens": str(save_tokens) if save_tokens else None}
         save_samples(folder, pipeline.decode(tokens, batch_size), labels, num_per_class, record)
     if tokens_out:

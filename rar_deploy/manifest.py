@@ -21,7 +21,7 @@ from .errors import RARDeployError
 from .version import __version__
 
 SCHEMA = "rar-deploy/manifest"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 
@@ -64,7 +64,7 @@ def build_manifest(*, generator: GeneratorConfig, tokenizer: TokenizerConfig, ch
         },
         "loop": {"first_position": 0, "last_position": generator.image_seq_len, "token_input_offset": -2,
                  "sample_offset": -1, "first_sampling_position": 1,
-                 "condition_positions": [1, generator.cache_len]},
+                 "condition_row": "position mod P (P positions of condition rows: 1 .. N + 1)"},
         "batch_profile": {"min": batch_profile[0], "opt": batch_profile[1], "max": batch_profile[2]},
         "tools": {**tools, "python": platform.python_version(), "numpy": np.__version__},
         "engines": engines,

@@ -15,7 +15,6 @@ from typing import Callable
 
 import numpy as np
 
-from .contract import generation_dims
 from .errors import RARDeployError
 from .metrics import TOLERANCES, error_stats, failures, top1_agreement
 from .runtime.pipeline import RARPipeline
@@ -99,7 +98,8 @@ def _generation_inputs(pipeline: RARPipeline, record: dict[str, np.ndarray], gui
     rows = guidance_rows(labels, guided, c.null_class)
     schedule = guidance_schedule(c.image_seq_len, float(record["guidance_scale"]), float(record["guidance_pow"]))
     noise = sampling_noise(int(record["seed"]), len(labels), c.image_seq_len, c.codebook_size)
-    return rows, schedule, np.full(len(labels), record["temperature"], np.float32), noise
+    guidance = np.repeat(schedule[:, None], len(labels), axis=1)
+    return rows, guidance, np.full(len(labels), record["temperature"], np.float32), noise
 
 
 def teacher_forced(pipeline: RARPipeline, record: dict[str, np.ndarray], per_step_condition: bool,
@@ -108,8 +108,7 @@ def teacher_forced(pipeline: RARPipeline, record: dict[str, np.ndarray], per_ste
     backend, c = pipeline.backend, pipeline.config
     forced = record["tokens"]
     budget = backend.condition_table_budget
-    backend.condition_table_budget = 0 if per_step_condition else max(budget, backend.condition_table_bytes(
-        generation_dims(len(forced), True, c.cache_len)["rows"]))
+    backend.condition_table_budget = 0 if per_step_condition else 1 << 62  # a window of 1, or the whole table
     try:
         backend.start(*_generation_inputs(pipeline, record, guided=True))
         logits = []

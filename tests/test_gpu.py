@@ -98,6 +98,9 @@ def test_tensorrt_cuda_graph_replay_equals_eager_and_survives_batch_changes(engi
     assert graphs.backend.use_cuda_graph, "TensorRT says its contexts cannot be captured on this stream"
     for labels in ([1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11, 12], [1, 2, 3]):  # re-allocation and re-capture
         np.testing.assert_array_equal(graphs.generate_tokens(labels, seed=2), eager.generate_tokens(labels, seed=2))
-    graphs.backend.condition_table_budget = 0  # the condition computed in every step, inside the graph
-    np.testing.assert_array_equal(graphs.generate_tokens([1, 2], seed=3), eager.generate_tokens([1, 2], seed=3))
+    per_position = 4 * artifacts.condition_width * graphs.backend.float_dtype.itemsize  # R = 4 rows
+    for window in (1, 5):  # condition rows a position, or five, at a time: computed outside the captured step
+        graphs.backend.condition_table_budget = window * per_position
+        np.testing.assert_array_equal(graphs.generate_tokens([1, 2], seed=3), eager.generate_tokens([1, 2], seed=3))
+        assert graphs.backend.window == window
     assert graphs.backend.memory.used_bytes() > 0

@@ -36,10 +36,12 @@ def test_rar_generate_reproduces_official_greedy_images(fp32_artifacts, golden, 
     scale, pow = RUNS[run]
     out = tmp_path / "samples"
     labels = ",".join(str(x) for x in golden["labels"])
+    budget = ["--condition-budget", "0"] if run == "powcos" else []  # one position of condition rows a step
     result = _generate(["--artifacts", str(fp32_artifacts), "--class-labels", labels, "--temperature", "0",
                         "--guidance-scale", scale, "--guidance-pow", pow, "--backend", backend, "--out", str(out),
-                        "--save-tokens", str(tmp_path / "tokens.npy")])
+                        "--save-tokens", str(tmp_path / "tokens.npy"), *budget])
     assert result.exit_code == 0, result.output
+    assert json.loads((out / "samples.json").read_text())["condition_window"] == (1 if budget else 17)
     np.testing.assert_array_equal(np.load(tmp_path / "tokens.npy"), golden[f"greedy_tokens_{run}"])
     if run == "const":  # the golden images decode the const run
         official = (np.clip(golden["images_const"], 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
@@ -62,17 +64,34 @@ def test_same_seed_same_tokens_across_backends_and_reference(fp32_artifacts, off
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-def test_condition_table_and_per_step_condition_give_the_same_tokens(fp32_artifacts, official_generator, backend):
+def test_every_condition_window_gives_the_same_tokens(fp32_artifacts, official_generator, backend):
+    """The whole table (17 positions), one position per step, and windows of 5 (17 = 3 x 5 + 2) and 4."""
     pipeline = RARPipeline.from_artifacts(fp32_artifacts, backend)
     kwargs = dict(guidance_scale=3.0, guidance_pow=1.0, temperature=1.0, seed=21)
-    table = pipeline.generate_tokens([3, 500], **kwargs)
-    assert not pipeline.backend.per_step_condition
-    pipeline.backend.condition_table_budget = 0  # as for a batch whose table would not fit
-    per_step = pipeline.generate_tokens([3, 500], **kwargs)
-    assert pipeline.backend.per_step_condition
-    np.testing.assert_array_equal(per_step, table)
+    runs = {}
+    for window in (17, 1, 5, 4):
+        per_position = 4 * pipeline.artifacts.condition_width * pipeline.backend.float_dtype.itemsize  # 2 x 2 rows
+        pipeline.backend.condition_table_budget = window * per_position
+        runs[window] = pipeline.generate_tokens([3, 500], **kwargs)
+        assert pipeline.backend.window == window
+    for tokens in runs.values():
+        np.testing.assert_array_equal(tokens, runs[17])
     reference = reference_generate(official_generator, [3, 500], 3.0, 1.0, 1.0, noise=sampling_noise(21, 2, 16, 1024))
-    np.testing.assert_array_equal(table, reference.tokens.numpy())
+    np.testing.assert_array_equal(runs[17], reference.tokens.numpy())
+
+
+def test_a_batch_of_samples_each_with_its_own_seed_and_sampling_values(fp32_artifacts):
+    """Serving: rows of different requests in one batch give the images each request gives alone."""
+    from rar_deploy.runtime import Sample
+
+    pipeline = RARPipeline.from_artifacts(fp32_artifacts, "onnxruntime")
+    samples = [Sample(3, seed=11), Sample(7, seed=5, index=1, guidance_scale=2.0, temperature=0.0),
+               Sample(9, seed=5, guidance_scale=0.0), Sample(1, seed=2, guidance_pow=3.0, temperature=0.5)]
+    together = pipeline.generate_samples(samples, batch_size=4)
+    for sample, tokens in zip(samples, together):
+        alone = pipeline.generate_tokens([0] * sample.index + [sample.class_label], sample.guidance_scale,
+                                         sample.guidance_pow, sample.temperature, seed=sample.seed)[-1]
+        np.testing.assert_array_equal(tokens, alone)
 
 
 def test_image_does_not_depend_on_batch_size(fp32_artifacts):

@@ -16,7 +16,7 @@ using json = nlohmann::json;
 
 namespace {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 constexpr uint64_t kChunk = 1 << 16;
 constexpr uint64_t kChunks = 16;
 

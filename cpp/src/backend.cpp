@@ -17,17 +17,18 @@ Buffers Backend::OutputBuffers(const std::string& graph, const Dims& dims) {
   return buffers;
 }
 
-void Backend::Allocate(int64_t batch, int64_t rows, bool per_step) {
+void Backend::Allocate(int64_t batch, int64_t rows, int64_t window) {
   const ModelConfig& m = artifacts_.model;
   const DType f = artifacts_.float_dtype, i64 = DType::kInt64, f32 = DType::kFloat32;
-  const int64_t seq = m.cache_len();
+  const int64_t seq = m.cache_len(), windows = (seq + window - 1) / window;
   // zeros: a masked cache position is multiplied by 0 in attention, and 0 * NaN would be NaN
   k_cache_ = memory_->Zeros({m.depth, rows, m.num_heads, seq, m.head_dim()}, f);
   v_cache_ = memory_->Zeros({m.depth, rows, m.num_heads, seq, m.head_dim()}, f);
-  condition_ = memory_->Empty({per_step ? 1 : seq, rows, m.condition_width()}, f);
-  std::vector<int64_t> host(static_cast<size_t>(seq * std::max(rows, batch)));
-  positions_ = memory_->Empty({seq, 1, rows}, i64);  // [p, 0, r] = p: the table's positions, or row p
-  for (int64_t p = 0; p < seq; ++p) std::fill_n(host.begin() + p * rows, rows, p);
+  condition_ = memory_->Empty({window, rows, m.condition_width()}, f);
+  // window k's positions [W, R]: k W .. k W + W - 1, past N clamped to N (rows never read)
+  std::vector<int64_t> host(static_cast<size_t>(windows * window * std::max(rows, batch)));
+  positions_ = memory_->Empty({windows, window, rows}, i64);
+  for (int64_t p = 0; p < windows * window; ++p) std::fill_n(host.begin() + p * rows, rows, std::min(p, seq - 1));
   memory_->Upload(host.data(), positions_);
   image_positions_ = memory_->Empty({seq, batch}, i64);  // [p, b] = p: the step's `position`
   for (int64_t p = 0; p < seq; ++p) std::fill_n(host.begin() + p * batch, batch, p);
@@ -38,25 +39,23 @@ void Backend::Allocate(int64_t batch, int64_t rows, bool per_step) {
   guidance_ = memory_->Empty({m.image_seq_len, batch}, f32);
   temperature_ = memory_->Empty({batch}, f32);
   noise_ = memory_->Empty({m.image_seq_len, batch, m.codebook_size}, f32);
-  outputs_ = OutputBuffers("decode_step", {{"batch", batch}, {"rows", rows}, {"positions", 1}});
+  outputs_ = OutputBuffers("decode_step", {{"batch", batch}, {"rows", rows}, {"positions", window}});
   if (use_cuda_graph_) {  // the captured step reads and writes these fixed addresses
     static_ = {{"tokens", memory_->Zeros({batch}, i64)}, {"position", memory_->Zeros({batch}, i64)},
                {"guidance_scale", memory_->Empty({batch}, f32)},
-               {"noise", memory_->Empty({batch, m.codebook_size}, f32)},
-               {"positions", memory_->Zeros({1, rows}, i64)}, {"next_tokens", memory_->Empty({batch}, i64)}};
+               {"noise", memory_->Empty({batch, m.codebook_size}, f32)}, {"next_tokens", memory_->Empty({batch}, i64)}};
   }
-  batch_ = batch, rows_ = rows, per_step_condition = per_step, replay_ = nullptr;
+  batch_ = batch, rows_ = rows, window_ = window, replay_ = nullptr;
 }
 
 void Backend::Start(const std::vector<int64_t>& rows, const std::vector<float>& schedule,
                     const std::vector<float>& temperature, const std::vector<float>& noise) {
   const ModelConfig& m = artifacts_.model;
   const int64_t batch = static_cast<int64_t>(temperature.size()), num_rows = static_cast<int64_t>(rows.size());
-  const int64_t table_bytes = m.cache_len() * num_rows * m.condition_width() *
-                              static_cast<int64_t>(ItemSize(artifacts_.float_dtype));
-  const bool per_step = table_bytes > condition_table_budget;
-  if (batch != batch_ || num_rows != rows_ || per_step != per_step_condition || k_cache_.data == nullptr) {
-    Allocate(batch, num_rows, per_step);
+  const int64_t per_position = num_rows * m.condition_width() * static_cast<int64_t>(ItemSize(artifacts_.float_dtype));
+  const int64_t window = std::clamp<int64_t>(condition_table_budget / per_position, 1, m.cache_len());
+  if (batch != batch_ || num_rows != rows_ || window != window_ || k_cache_.data == nullptr) {
+    Allocate(batch, num_rows, window);
   }
   memory_->Upload(rows.data(), rows_buffer_);
   std::vector<float> guidance(static_cast<size_t>(m.image_seq_len * batch));  // [N, B]: a row a step
@@ -71,17 +70,10 @@ void Backend::Start(const std::vector<int64_t>& rows, const std::vector<float>& 
     }
   }
   memory_->Upload(steps.data(), noise_);
-  if (!per_step) {
-    Run("condition", {{"class_labels", rows_buffer_}, {"positions", positions_.Reshape({m.cache_len(), num_rows})}},
-        {{"condition", condition_}});
-  }
 }
 
-void Backend::StepBody(const Buffer& tokens, const Buffer& position, const Buffer& positions, const Buffer& guidance,
-                       const Buffer& noise, const Buffer& next_tokens) {
-  if (per_step_condition) {
-    Run("condition", {{"class_labels", rows_buffer_}, {"positions", positions}}, {{"condition", condition_}});
-  }
+void Backend::Decode(const Buffer& tokens, const Buffer& position, const Buffer& guidance, const Buffer& noise,
+                     const Buffer& next_tokens) {
   Buffers feeds{{"tokens", tokens}, {"position", position}, {"condition", condition_},
                 {"guidance_scale", guidance}, {"temperature", temperature_}, {"noise", noise}};
   for (int64_t layer = 0; layer < artifacts_.model.depth; ++layer) {
@@ -95,14 +87,18 @@ void Backend::StepBody(const Buffer& tokens, const Buffer& position, const Buffe
 
 void Backend::Step(int64_t p) {
   const int64_t q = std::max<int64_t>(p - 1, 0);  // the input token's row, the sampled token's guidance and noise
+  if (p % window_ == 0) {  // the next window of condition rows
+    Run("condition", {{"class_labels", rows_buffer_}, {"positions", positions_.Row(p / window_)}},
+        {{"condition", condition_}});
+  }
   if (use_cuda_graph_) {
-    const std::pair<const char*, Buffer> sources[] = {
-        {"tokens", out_tokens_.Row(q)}, {"position", image_positions_.Row(p)}, {"guidance_scale", guidance_.Row(q)},
-        {"noise", noise_.Row(q)}, {"positions", positions_.Row(p)}};
+    const std::pair<const char*, Buffer> sources[] = {{"tokens", out_tokens_.Row(q)},
+                                                      {"position", image_positions_.Row(p)},
+                                                      {"guidance_scale", guidance_.Row(q)}, {"noise", noise_.Row(q)}};
     for (const auto& [name, source] : sources) memory_->Copy(static_.at(name), source);
     auto body = [this] {
-      StepBody(static_.at("tokens"), static_.at("position"), static_.at("positions"), static_.at("guidance_scale"),
-               static_.at("noise"), static_.at("next_tokens"));
+      Decode(static_.at("tokens"), static_.at("position"), static_.at("guidance_scale"), static_.at("noise"),
+             static_.at("next_tokens"));
     };
     if (!replay_) {
       body();  // warm-up (TensorRT requires one before capture); it computes this step
@@ -113,8 +109,7 @@ void Backend::Step(int64_t p) {
     Buffer row = out_tokens_.Row(p);
     memory_->Copy(row, static_.at("next_tokens"));
   } else {
-    StepBody(out_tokens_.Row(q), image_positions_.Row(p), positions_.Row(p), guidance_.Row(q), noise_.Row(q),
-             out_tokens_.Row(p));
+    Decode(out_tokens_.Row(q), image_positions_.Row(p), guidance_.Row(q), noise_.Row(q), out_tokens_.Row(p));
   }
   memory_->WritePosition(k_cache_, outputs_.at("keys"), p);
   memory_->WritePosition(v_cache_, outputs_.at("values"), p);

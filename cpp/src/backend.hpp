@@ -23,6 +23,7 @@ class Backend {
   virtual void Run(const std::string& graph, const Buffers& feeds, const Buffers& outputs) = 0;
 
   // One generation: guidance rows [R], schedule [N], temperatures [B], noise [B, N, V] (host).
+  // The condition rows are computed W positions at a time in Step (row p mod W), W = condition_window().
   void Start(const std::vector<int64_t>& rows, const std::vector<float>& schedule,
              const std::vector<float>& temperature, const std::vector<float>& noise);
   void Step(int64_t position);            // positions 0 .. N
@@ -30,21 +31,22 @@ class Backend {
   std::vector<uint8_t> DecodeImages(const std::vector<int64_t>& tokens, int64_t batch);  // [B, H, W, C]
   Memory& memory() { return *memory_; }
 
-  int64_t condition_table_budget = int64_t{2} << 30;  // bytes; above it the condition is computed per step
-  bool per_step_condition = false;
+  // bytes of condition rows: the window is the most positions that fit (the table, or one per step at least)
+  int64_t condition_table_budget = int64_t{2} << 30;
+  int64_t condition_window() const { return window_; }
 
  protected:
   bool use_cuda_graph_ = false;
 
  private:
-  void Allocate(int64_t batch, int64_t rows, bool per_step);
-  void StepBody(const Buffer& tokens, const Buffer& position, const Buffer& positions, const Buffer& guidance,
-                const Buffer& noise, const Buffer& next_tokens);
+  void Allocate(int64_t batch, int64_t rows, int64_t window);
+  void Decode(const Buffer& tokens, const Buffer& position, const Buffer& guidance, const Buffer& noise,
+              const Buffer& next_tokens);
   Buffers OutputBuffers(const std::string& graph, const Dims& dims);
 
   const Artifacts& artifacts_;
   std::unique_ptr<Memory> memory_;
-  int64_t batch_ = 0, rows_ = 0;
+  int64_t batch_ = 0, rows_ = 0, window_ = 0;
   Buffer k_cache_, v_cache_, condition_, positions_, image_positions_, rows_buffer_, out_tokens_, guidance_,
       temperature_, noise_;
   Buffers outputs_, static_;

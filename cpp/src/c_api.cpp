@@ -121,6 +121,13 @@ RarResult* RarPipelineDecode(RarPipeline* pipeline, const int64_t* tokens, size_
   });
 }
 
+RarResult* RarPipelineSetConditionBudget(RarPipeline* pipeline, int64_t bytes) {
+  return Guard([&] {
+    Require(pipeline, "pipeline");
+    pipeline->pipeline.SetConditionBudget(bytes);
+  });
+}
+
 RarResult* RarPipelineGetTimings(const RarPipeline* pipeline, RarTimings* timings) {
   return Guard([&] {
     Require(pipeline, "pipeline"), Require(timings, "timings");

@@ -73,7 +73,7 @@ std::vector<int64_t> Pipeline::GenerateTokens(const std::vector<int64_t>& labels
   const std::vector<float> schedule = GuidanceSchedule(m.image_seq_len, scale, pow);
 
   std::lock_guard<std::mutex> lock(mutex_);
-  timings_.condition_ms = timings_.prefill_ms = timings_.steps_ms = 0, timings_.steps = 0;
+  timings_.start_ms = timings_.prefill_ms = timings_.steps_ms = 0, timings_.steps = 0;
   std::vector<int64_t> tokens;
   for (size_t start = 0; start < labels.size(); start += static_cast<size_t>(batch_size)) {
     const std::vector<int64_t> chunk(labels.begin() + static_cast<std::ptrdiff_t>(start),
@@ -86,7 +86,7 @@ std::vector<int64_t> Pipeline::GenerateTokens(const std::vector<int64_t>& labels
     backend_->Start(GuidanceRows(chunk, guided, m.null_class()), schedule,
                     std::vector<float>(chunk.size(), static_cast<float>(temperature)), noise);
     backend_->memory().Synchronize();
-    timings_.condition_ms += Milliseconds(clock);
+    timings_.start_ms += Milliseconds(clock);
     clock = std::chrono::steady_clock::now();
     for (int64_t p = 0; p < m.cache_len(); ++p) {
       backend_->Step(p);
@@ -99,10 +99,16 @@ std::vector<int64_t> Pipeline::GenerateTokens(const std::vector<int64_t>& labels
     const std::vector<int64_t> chunk_tokens = backend_->Tokens();  // synchronises
     timings_.steps_ms += Milliseconds(clock);
     timings_.steps += m.image_seq_len - 1;
+    timings_.condition_window = backend_->condition_window();
     tokens.insert(tokens.end(), chunk_tokens.begin(), chunk_tokens.end());
   }
-  if (backend_->per_step_condition) timings_.condition_ms = 0;
   return tokens;
+}
+
+void Pipeline::SetConditionBudget(int64_t bytes) {
+  if (bytes < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "the condition budget is a number of bytes >= 0 (0: one position a step)");
+  std::lock_guard<std::mutex> lock(mutex_);
+  backend_->condition_table_budget = bytes;
 }
 
 std::vector<uint8_t> Pipeline::Decode(const std::vector<int64_t>& tokens, int64_t batch_size) {

@@ -30,6 +30,7 @@ class Pipeline {
   std::vector<int64_t> GenerateTokens(const std::vector<int64_t>& labels, const Sampling& sampling);
   std::vector<uint8_t> Decode(const std::vector<int64_t>& tokens, int64_t batch_size);
   RarTimings Timings() const { return timings_; }
+  void SetConditionBudget(int64_t bytes);
 
  private:
   int64_t BatchSize(std::optional<int64_t> requested) const;

@@ -90,6 +90,18 @@ def parity(work: Path, exe: str) -> None:
             checked += 1
     print(f"C++ == Python: tokens and every uint8 pixel, {checked} runs (fp32/fp16 x seeds {SEEDS} x batch "
           f"{BATCH_SIZES} x temperature {TEMPERATURES} x schedules {list(SCHEDULES)})")
+    pipeline = RARPipeline.from_artifacts(work / "fp32", "onnxruntime")
+    expected = pipeline.generate_tokens(LABELS, 4.0, 0.0, 1.0, seed=4, batch_size=3)  # the whole table: 17 positions
+    per_position = 2 * len(LABELS) * pipeline.artifacts.condition_width * 4
+    for window in (1, 5):
+        out = work / "out" / "window"
+        result = run(exe, "--artifacts", work / "fp32", "--class-labels", ",".join(map(str, LABELS)), "--seed", 4,
+                     "--guidance-scale", 4.0, "--guidance-pow", 0.0, "--temperature", 1.0, "--batch-size", 3,
+                     "--condition-budget", window * per_position, "--out", out, "--save-tokens",
+                     out.with_suffix(".npy"), "--force")
+        assert f"condition window {window}," in result.stdout, result.stdout
+        np.testing.assert_array_equal(np.load(out.with_suffix(".npy")), expected, err_msg=f"window {window}")
+    print("C++ condition windows of 1 and 5 positions == the whole table (Python)")
 
 
 def official_greedy(work: Path, exe: str) -> None:

@@ -105,6 +105,8 @@ int main(int argc, char** argv) {
     failures++;
     RarResultDestroy(ok);
   }
+  expect(RarPipelineSetConditionBudget(pipeline, -1), RAR_ERROR_INVALID_ARGUMENT, "condition budget",
+         "negative condition budget");
   int64_t bad_tokens[16] = {0};
   bad_tokens[3] = 1024;
   uint8_t images[64 * 64 * 3];

@@ -50,7 +50,7 @@ int Generate(int argc, char** argv) {
   std::string artifacts, class_labels, backend = "onnxruntime", device;
   fs::path out, save_tokens;
   int64_t num_per_class = 1, batch_size = 0;
-  int64_t seed = 0;
+  int64_t seed = 0, condition_budget = -1;
   std::optional<double> guidance_scale, guidance_pow, temperature;
   bool force = false;
   app.add_option("--artifacts", artifacts, "Artifact directory written by rar-export")->required();
@@ -63,6 +63,9 @@ int Generate(int argc, char** argv) {
   app.add_option("--batch-size", batch_size, "Images per batch [default: the artifacts' max batch]");
   app.add_option("--backend", backend, "onnxruntime or tensorrt")->check(CLI::IsMember({"onnxruntime", "tensorrt"}));
   app.add_option("--device", device, "cpu, cuda or cuda:N [default: cpu for onnxruntime, cuda for tensorrt]");
+  app.add_option("--condition-budget", condition_budget,
+                 "Bytes of condition rows a generation may hold (0: one position a step) [default: 2 GiB]")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--out", out, "Folder for the PNGs and samples.json")->required();
   app.add_option("--save-tokens", save_tokens, "Also save the tokens (.npy)");
   app.add_flag("--force", force, "Replace an earlier rar-generate --out / --save-tokens (never anything else)");
@@ -88,6 +91,7 @@ int Generate(int argc, char** argv) {
   }
   rar::tools::Lock lock(out);
   rar::Pipeline pipeline(artifacts, backend, device);
+  if (condition_budget >= 0) pipeline.SetConditionBudget(condition_budget);
   rar::Sampling sampling{guidance_scale, guidance_pow, temperature, static_cast<uint64_t>(seed), std::nullopt};
   if (batch_size != 0) sampling.batch_size = batch_size;
   const std::vector<int64_t> tokens = pipeline.GenerateTokens(labels, sampling);
@@ -120,8 +124,9 @@ int Generate(int argc, char** argv) {
   }
   const RarTimings timings = pipeline.Timings();
   std::cout << "wrote " << labels.size() << " images and samples.json to " << out.string() << " (" << backend
-            << "; condition " << timings.condition_ms << " ms, prefill " << timings.prefill_ms << " ms, "
-            << timings.steps << " steps " << timings.steps_ms << " ms, decoder " << timings.decode_ms << " ms)\n";
+            << "; start " << timings.start_ms << " ms, prefill " << timings.prefill_ms << " ms, "
+            << timings.steps << " steps " << timings.steps_ms << " ms, condition window "
+            << timings.condition_window << ", decoder " << timings.decode_ms << " ms)\n";
   return 0;
 }
 

@@ -62,7 +62,8 @@ class DecodeStepGraph(nn.Module):
     the cache views k_cache.i / v_cache.i [R, H, S, Dh], guidance_scale [B], temperature [B], noise [B, V]
     -> next_tokens [B] (image token p - 1), guided logits [B, V], keys/values of position p [L, R, H, 1, Dh].
 
-    Row r reads condition[min(p, P - 1), r]: P = N + 1 holds every position, P = 1 the current one.
+    Row r reads condition[p mod P, r]: P = N + 1 holds every position, P = 1 the current one, P = W the
+    window of W positions starting at a multiple of W that holds p.
     One cache input per layer because slicing a layer out of one [L, ...] input is a copy in ONNX.
     """
 
@@ -80,7 +81,8 @@ class DecodeStepGraph(nn.Module):
         row = torch.arange(rows, device=tokens.device)
         image = torch.where(row >= batch, row - batch, row)  # R = 2B (guided) or B: row r shows image r mod B
         row_tokens, row_positions = tokens[image], position[image]
-        row_condition = condition[torch.clamp(row_positions, max=condition.shape[0] - 1), row]
+        window = condition.shape[0]  # row p mod P: the table (P = N + 1), one position (P = 1), or a window
+        row_condition = condition[row_positions - torch.div(row_positions, window, rounding_mode="floor") * window, row]
         logits, keys, values = self.generator.decode_step_conditioned(row_tokens, row_positions, row_condition,
                                                                       k_cache, v_cache)
         guided = apply_guidance(logits, guidance_scale, guidance_scale.shape[0])

@@ -25,11 +25,13 @@ Buffers = dict[str, Any]
 class Backend(ABC):
     """One artifact directory's graphs on one device. Subclasses run a graph on buffers of `memory`.
 
-    The condition of every position is computed once per generation when its table (N + 1 positions x
-    R rows x C) fits `condition_table_budget`, else the current position's in every step (large batches,
-    where a step is compute-bound and reading the adaLN weights costs little). Both give the same tokens.
-    With `use_cuda_graph`, a step's graphs are captured once per batch shape and replayed; the values
-    that change per position are copied into the captured inputs first, and its outputs out after.
+    The condition rows (everything that depends on class and position) are computed for a window of W
+    consecutive positions at a time, the largest W whose rows (W x R x C) fit `condition_table_budget`:
+    all N + 1 positions once per generation when they fit (the table), one position per step at worst
+    (large batches, where a step is compute-bound and reading the adaLN weights costs little), or a few at
+    a time in between. The decode step reads row `position mod W`. Every W gives the same tokens.
+    With `use_cuda_graph`, the decode step is captured once per batch shape and replayed; the values that
+    change per position are copied into the captured inputs first, and its outputs out after.
     """
 
     name: str
@@ -42,7 +44,7 @@ class Backend(ABC):
         self.float_dtype = np.dtype(float_dtype or artifacts.cache_dtype)  # the torch backend may compute in another
         self.condition_table_budget = self.CONDITION_TABLE_BUDGET
         self.use_cuda_graph = False
-        self.dims: tuple[int, int, bool] | None = None  # (batch, rows, per-step condition) of the buffers
+        self.dims: tuple[int, int, int] | None = None  # (batch, rows, condition window) of the buffers
         self._replay = None
 
     @abstractmethod
@@ -75,37 +77,36 @@ class Backend(ABC):
         return {name: a.astype(np.float32) if a.dtype.kind == "f" else a for name, a in host.items()}
 
     # -- the loop's interface ----------------------------------------------------------------------------
-    def condition_table_bytes(self, rows: int) -> int:
-        return self.config.cache_len * rows * self.artifacts.condition_width * self.float_dtype.itemsize
+    def condition_window(self, rows: int) -> int:
+        """How many positions of condition rows fit the budget (at least 1, at most all N + 1)."""
+        per_position = rows * self.artifacts.condition_width * self.float_dtype.itemsize
+        return int(min(max(self.condition_table_budget // per_position, 1), self.config.cache_len))
 
-    def start(self, rows: np.ndarray, schedule: np.ndarray, temperature: np.ndarray, noise: np.ndarray) -> None:
-        """One generation: guidance rows [R] (B labels, then B null classes, or the B labels alone), the
-        guidance schedule [N], temperatures [B] and noise [B, N, V]."""
+    def start(self, rows: np.ndarray, guidance: np.ndarray, temperature: np.ndarray, noise: np.ndarray) -> None:
+        """One generation: guidance rows [R] (B labels, then B null classes, or the B labels alone), the guidance
+        scale of every image token [N, B], temperatures [B] and noise [B, N, V]."""
         batch, num_rows = temperature.shape[0], rows.shape[0]
-        per_step = self.condition_table_bytes(num_rows) > self.condition_table_budget
-        if (batch, num_rows, per_step) != self.dims:
-            self._allocate(batch, num_rows, per_step)
+        window = self.condition_window(num_rows)
+        if (batch, num_rows, window) != self.dims:
+            self._allocate(batch, num_rows, window)
         upload = self.memory.upload
         upload(rows, self.rows)
-        upload(np.repeat(schedule[:, None], batch, axis=1), self.guidance)  # [N, B]: one row a step
+        upload(guidance, self.guidance)  # [N, B]: one row a step
         upload(temperature, self.temperature)
         upload(noise.transpose(1, 0, 2), self.noise)  # [N, B, V]: one slice a step
-        if not per_step:
-            self.run("condition", {"class_labels": self.rows, "positions": self.positions.reshape(*self.table_shape)},
-                     {"condition": self.condition})
 
-    def _allocate(self, batch: int, num_rows: int, per_step: bool) -> None:
+    def _allocate(self, batch: int, num_rows: int, window: int) -> None:
         c, memory, float_dtype = self.config, self.memory, self.float_dtype
         shape = (c.depth, num_rows, c.num_heads, c.cache_len, c.head_dim)
         # zeros: a masked cache position is multiplied by 0 in attention, and 0 * NaN would be NaN
         self.k_cache, self.v_cache = memory.zeros(shape, float_dtype), memory.zeros(shape, float_dtype)
-        self.per_step_condition = per_step
-        self.table_shape = (c.cache_len, num_rows)
-        self.condition = memory.empty((1 if per_step else c.cache_len, num_rows, self.artifacts.condition_width),
-                                      float_dtype)
+        self.condition = memory.empty((window, num_rows, self.artifacts.condition_width), float_dtype)
         int64 = np.dtype(np.int64)
-        self.positions = memory.empty((c.cache_len, 1, num_rows), int64)  # [p, 0, r] = p: the table's, or row p
-        memory.upload(np.repeat(np.arange(c.cache_len), num_rows).reshape(c.cache_len, 1, num_rows), self.positions)
+        windows = -(-c.cache_len // window)
+        # window k's positions [W, R]: k W .. k W + W - 1 (past N clamped to N: rows never read)
+        positions = np.minimum(np.arange(windows * window), c.cache_len - 1)
+        self.positions = memory.empty((windows, window, num_rows), int64)
+        memory.upload(np.repeat(positions, num_rows).reshape(windows, window, num_rows), self.positions)
         self.image_positions = memory.empty((c.cache_len, batch), int64)  # [p, b] = p: the step's `position`
         memory.upload(np.repeat(np.arange(c.cache_len), batch).reshape(c.cache_len, batch), self.image_positions)
         self.rows = memory.empty((num_rows,), int64)
@@ -114,14 +115,18 @@ class Backend(ABC):
         self.guidance = memory.empty((c.image_seq_len, batch), np.dtype(np.float32))
         self.temperature = memory.empty((batch,), np.dtype(np.float32))
         self.noise = memory.empty((c.image_seq_len, batch, c.codebook_size), np.dtype(np.float32))
-        self.outputs = self.output_buffers("decode_step", {"batch": batch, "rows": num_rows, "positions": 1})
+        self.outputs = self.output_buffers("decode_step", {"batch": batch, "rows": num_rows, "positions": window})
         if self.use_cuda_graph:  # the captured step reads and writes these fixed addresses
             self.static = {"tokens": memory.zeros((batch,), int64), "position": memory.zeros((batch,), int64),
                            "guidance_scale": memory.empty((batch,), np.dtype(np.float32)),
                            "noise": memory.empty((batch, c.codebook_size), np.dtype(np.float32)),
-                           "positions": memory.zeros((1, num_rows), int64),
                            "next_tokens": memory.empty((batch,), int64)}
-        self.dims, self._replay = (batch, num_rows, per_step), None
+        self.dims, self._replay = (batch, num_rows, window), None
+
+    @property
+    def window(self) -> int:
+        """The condition window of the current buffers: N + 1 is the whole table, 1 is per step."""
+        return self.dims[2]
 
     def step(self, p: int, forced: np.ndarray | None = None) -> None:
         """Sequence position p (0 .. N): feeds image token p - 2, samples token p - 1 (from p = 1 on) with the
@@ -130,31 +135,29 @@ class Backend(ABC):
         q = max(p - 1, 0)  # the row of the input token, and the sampled token's guidance and noise
         if forced is not None:
             self.memory.upload(np.asarray(forced, dtype=np.int64), self.out_tokens[q])
+        if p % self.window == 0:  # the next window of condition rows
+            self.run("condition", {"class_labels": self.rows, "positions": self.positions[p // self.window]},
+                     {"condition": self.condition})
         if self.use_cuda_graph:
             copy, static = self.memory.copy, self.static
             for name, source in (("tokens", self.out_tokens[q]), ("position", self.image_positions[p]),
-                                 ("guidance_scale", self.guidance[q]), ("noise", self.noise[q]),
-                                 ("positions", self.positions[p])):
+                                 ("guidance_scale", self.guidance[q]), ("noise", self.noise[q])):
                 copy(static[name], source)
+            feeds = (static["tokens"], static["position"], static["guidance_scale"], static["noise"],
+                     static["next_tokens"], p)
             if self._replay is None:
-                self._step_body(static["tokens"], static["position"], static["positions"], static["guidance_scale"],
-                                static["noise"], static["next_tokens"], p)  # warm-up (TensorRT requires one)
-                self._replay = self.memory.capture(lambda: self._step_body(
-                    static["tokens"], static["position"], static["positions"], static["guidance_scale"],
-                    static["noise"], static["next_tokens"], p))
+                self._decode(*feeds)  # warm-up (TensorRT requires one before capture); it computes this step
+                self._replay = self.memory.capture(lambda: self._decode(*feeds))
             else:
                 self._replay()
             copy(self.out_tokens[p], static["next_tokens"])
         else:
-            self._step_body(self.out_tokens[q], self.image_positions[p], self.positions[p], self.guidance[q],
-                            self.noise[q], self.out_tokens[p], p)
+            self._decode(self.out_tokens[q], self.image_positions[p], self.guidance[q], self.noise[q],
+                         self.out_tokens[p], p)
         self.memory.write_position(self.k_cache, self.outputs["keys"], p)
         self.memory.write_position(self.v_cache, self.outputs["values"], p)
 
-    def _step_body(self, tokens, position, positions, guidance_scale, noise, next_tokens, p: int) -> None:
-        """The graphs of one position: its condition (per-step mode), then the decode step."""
-        if self.per_step_condition:
-            self.run("condition", {"class_labels": self.rows, "positions": positions}, {"condition": self.condition})
+    def _decode(self, tokens, position, guidance_scale, noise, next_tokens, p: int) -> None:
         layers = range(self.config.depth)
         feeds = {"tokens": tokens, "position": position, "condition": self.condition,
                  **{f"k_cache.{i}": self.cache_view(self.k_cache[i], p) for i in layers},

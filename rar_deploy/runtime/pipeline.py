@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,12 +24,26 @@ BACKENDS = ("onnxruntime", "tensorrt", "torch")
 Progress = Callable[[int, int], None]
 
 
-def generate_batch(backend: Backend, class_labels: np.ndarray, schedule: np.ndarray, temperature: float,
+@dataclass(frozen=True)
+class Sample:
+    """One image to generate: its class, where its noise comes from (image `index` of a request with `seed`:
+    the same image as that request draws, whatever batch it runs in), and its own sampling values (None:
+    the model size's published defaults)."""
+
+    class_label: int
+    seed: int = 0
+    index: int = 0
+    guidance_scale: float | None = None
+    guidance_pow: float | None = None
+    temperature: float | None = None
+
+
+def generate_batch(backend: Backend, labels: np.ndarray, guidance: np.ndarray, temperature: np.ndarray,
                    noise: np.ndarray, guided: bool, on_step: Callable[[], None] | None = None) -> np.ndarray:
     """Every sequence position 0 .. N through the decode step, the cache written on the backend's device
-    (positions 0 and 1 are the prefill); tokens [B, N]."""
-    rows = guidance_rows(class_labels, guided, backend.config.null_class)
-    backend.start(rows, schedule, np.full(len(class_labels), temperature, np.float32), noise)
+    (positions 0 and 1 are the prefill): labels [B], guidance scales [N, B] (each image its own schedule),
+    temperatures [B], noise [B, N, V] -> tokens [B, N]."""
+    backend.start(guidance_rows(labels, guided, backend.config.null_class), guidance, temperature, noise)
     for p in range(backend.config.cache_len):
         backend.step(p)
         if p >= 1 and on_step:
@@ -92,26 +107,56 @@ class RARPipeline:
         """int64 tokens [B, N]. None means the model size's published default. Image i uses noise
         from (seed, i) alone, so it is the same image whatever the batch size."""
         labels = check_class_labels(class_labels, self.config.num_classes)
-        scale, pow_, temperature = self.artifacts.sampling_values(guidance_scale, guidance_pow, temperature)
-        seed = check_seed(seed)
+        self.artifacts.sampling_values(guidance_scale, guidance_pow, temperature)  # one line, before any work
+        samples = [Sample(int(label), seed, index, guidance_scale, guidance_pow, temperature)
+                   for index, label in enumerate(labels)]
+        return self.generate_samples(samples, batch_size, progress)
+
+    def generate_samples(self, samples: Sequence[Sample], batch_size: int | None = None,
+                         progress: Progress | None = None) -> np.ndarray:
+        """int64 tokens [len(samples), N], in order: each sample with its own seed, index and sampling values,
+        batched together (those without guidance apart, as they run half the rows). Image for image the same
+        tokens as generate_tokens of each sample's request, whatever the batch."""
+        c = self.config
+        if isinstance(samples, (str, bytes)) or not isinstance(samples, Sequence) or not samples:
+            raise RARDeployError("samples must be a non-empty list of Sample")
+        checked = [self._check_sample(sample) for sample in samples]
         batch_size = self.artifacts.check_batch_size(batch_size)
-        schedule = guidance_schedule(self.config.image_seq_len, scale, pow_)
-        total, done = labels.shape[0] * self.config.image_seq_len, 0
-        chunks = []
+        tokens = np.empty((len(checked), c.image_seq_len), np.int64)
+        total, done = len(checked) * c.image_seq_len, 0
         with self._lock:
-            for start in range(0, labels.shape[0], batch_size):
-                chunk = labels[start:start + batch_size]
-                noise = sampling_noise(seed, chunk.shape[0], self.config.image_seq_len, self.config.codebook_size,
-                                       start)
+            for guided in (True, False):
+                group = [i for i, sample in enumerate(checked) if is_guided(sample.guidance_scale) == guided]
+                for start in range(0, len(group), batch_size):
+                    chunk = [checked[i] for i in group[start:start + batch_size]]
 
-                def on_step(size: int = chunk.shape[0]) -> None:
-                    nonlocal done
-                    done += size
-                    progress and progress(done, total)
+                    def on_step(size: int = len(chunk)) -> None:
+                        nonlocal done
+                        done += size
+                        progress and progress(done, total)
 
-                chunks.append(generate_batch(self.backend, chunk, schedule, temperature, noise, is_guided(scale),
-                                             on_step))
-        return np.concatenate(chunks)
+                    tokens[group[start:start + batch_size]] = generate_batch(self.backend, *self._batch_inputs(chunk),
+                                                                             guided, on_step)
+        return tokens
+
+    def _check_sample(self, sample: Sample) -> Sample:
+        if not isinstance(sample, Sample):
+            raise RARDeployError(f"samples must be Sample objects, got {type(sample).__name__}")
+        check_class_labels([sample.class_label], self.config.num_classes)
+        scale, pow_, temperature = self.artifacts.sampling_values(sample.guidance_scale, sample.guidance_pow,
+                                                                  sample.temperature)
+        return Sample(int(sample.class_label), check_seed(sample.seed), check_count("image index", sample.index, 0),
+                      scale, pow_, temperature)
+
+    def _batch_inputs(self, chunk: list[Sample]) -> tuple[np.ndarray, ...]:
+        """labels [B], guidance [N, B], temperature [B], noise [B, N, V] of checked samples."""
+        c = self.config
+        schedules = {(s.guidance_scale, s.guidance_pow) for s in chunk}
+        schedules = {key: guidance_schedule(c.image_seq_len, *key) for key in schedules}
+        return (np.array([s.class_label for s in chunk], np.int64),
+                np.stack([schedules[s.guidance_scale, s.guidance_pow] for s in chunk], axis=1),
+                np.array([s.temperature for s in chunk], np.float32),
+                np.concatenate([sampling_noise(s.seed, 1, c.image_seq_len, c.codebook_size, s.index) for s in chunk]))
 
     def decode(self, tokens: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Tokens [B, N] -> uint8 images [B, H, W, 3]."""

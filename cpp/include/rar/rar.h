@@ -67,11 +67,17 @@ RAR_API RarResult* RarPipelineGenerateTokens(RarPipeline* pipeline, const int64_
 RAR_API RarResult* RarPipelineDecode(RarPipeline* pipeline, const int64_t* tokens, size_t num_images,
                                      int64_t batch_size, uint8_t* images);
 
+/* Bytes the condition rows of one generation may take (default 2 GiB): they are computed for the most
+ * positions W that fit at a time (all N + 1 when they fit), and for one position per step when none do
+ * (0 asks for that). Any W gives the same tokens. */
+RAR_API RarResult* RarPipelineSetConditionBudget(RarPipeline* pipeline, int64_t bytes);
+
 typedef struct RarTimings {
-  double condition_ms; /* the condition tables of the last GenerateTokens (0 when computed per step) */
-  double prefill_ms;   /* positions 0 and 1 */
+  double start_ms;     /* uploading the last GenerateTokens' inputs */
+  double prefill_ms;   /* positions 0 and 1, with the first window of condition rows (all of them: the table) */
   double steps_ms;     /* positions 2 .. N */
   int64_t steps;
+  int64_t condition_window; /* positions of condition rows computed at a time (N + 1: the whole table) */
   double decode_ms;    /* the last Decode */
 } RarTimings;
 RAR_API RarResult* RarPipelineGetTimings(const RarPipeline* pipeline, RarTimings* timings);

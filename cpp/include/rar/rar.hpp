@@ -79,6 +79,8 @@ class Pipeline {
     return images;
   }
 
+  void SetConditionBudget(int64_t bytes) { Check(RarPipelineSetConditionBudget(pipeline_.get(), bytes)); }
+
   RarTimings Timings() const {
     RarTimings timings{};
     Check(RarPipelineGetTimings(pipeline_.get(), &timings));

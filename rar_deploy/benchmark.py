@@ -4,6 +4,7 @@ perf_counter on CPU."""
 
 from __future__ import annotations
 
+import itertools
 import resource
 import time
 from typing import Callable
@@ -111,8 +112,10 @@ def step_floor_ms(generator_bytes_per_step: float) -> float:
 
 def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device: str | None, baseline: bool,
                   ckpt: str | None, tokenizer: str | None, warmup_steps: int = 3,
-                  progress: Callable[[str], None] = lambda message: None, threads: int | None = None) -> dict:
-    """Every backend at every batch size, then the baseline (needs torch), in this one process."""
+                  progress: Callable[[str], None] = lambda message: None, threads: int | None = None,
+                  condition_budgets: list[int] | None = None) -> dict:
+    """Every backend at every batch size (and condition budget: none given is the backend's default), then
+    the baseline (needs torch), in this one process."""
     import os
     import platform
 
@@ -130,8 +133,10 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
     for name in backends:
         pipeline = RARPipeline.from_artifacts(artifacts.directory, backend=name, device=device, ckpt=ckpt,
                                               tokenizer=tokenizer, threads=threads)
-        for batch in batch_sizes:
-            progress(f"{name}, batch {batch}")
+        for batch, budget in itertools.product(batch_sizes, condition_budgets or [None]):
+            progress(f"{name}, batch {batch}" + ("" if budget is None else f", condition budget {budget} bytes"))
+            if budget is not None:
+                pipeline.backend.condition_table_budget = budget
             run = {"backend": name, "device": pipeline.backend.device, **bench_pipeline(pipeline, batch, warmup_steps)}
             if pipeline.backend.device != "cpu":
                 run["floor_step_ms"] = step_floor_ms(run["step_bytes"])

@@ -275,9 +275,13 @@ def _recompute_record(artifacts, ckpt: str | None, tokenizer: str | None, batch:
 @click.option("--tokenizer", help="Tokenizer for torch/baseline [default: the one recorded in the manifest].")
 @click.option("--warmup-steps", default=3, show_default=True, type=click.IntRange(0),
               help="Decode steps run before timing.")
+@click.option("--condition-budget", "condition_budgets", multiple=True, type=click.IntRange(0),
+              help="Bytes of condition rows a generation may hold (0: one position a step). Repeatable: every "
+                   "backend runs at each [default: 2 GiB].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @friendly_errors
-def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, tokenizer, warmup_steps, as_json):
+def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, tokenizer, warmup_steps,
+                  condition_budgets, as_json):
     """Per-stage latency (prefill, decode step mean/p50/p99, decoder), per image, images/s, peak memory."""
     import json
 
@@ -291,7 +295,7 @@ def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, 
     if not sizes:
         raise RARDeployError("--batch-sizes is empty: give at least one batch size, e.g. 1,8")
     results = bench_results(artifacts, list(backends), sizes, device, baseline, ckpt, tokenizer,
-                            warmup_steps, progress=_progress_printer())
+                            warmup_steps, progress=_progress_printer(), condition_budgets=list(condition_budgets))
     click.echo(json.dumps(results, indent=1) if as_json else format_results(results))
 
 

@@ -44,8 +44,15 @@ def test_bench_reports_every_stage_and_the_baseline(artifacts):
         assert run["step_drift"] is None  # 15 steps: too few for a 20-step window
 
 
-def test_bench_table_and_bad_batch(artifacts):
+def test_bench_table_condition_budgets_and_bad_batch(artifacts):
+    per_position = 4 * 15 * 32 * 4  # R = 4 rows of (6L + 3) D float32 values
+    result = CliRunner().invoke(bench_command, ["--artifacts", str(artifacts), "--batch-sizes", "1,2", "--json",
+                                                "--condition-budget", "0", "--condition-budget", str(5 * per_position)])
+    runs = json.loads(result.output[result.output.index("{"):])["runs"]
+    assert [(r["batch"], r["condition_window"]) for r in runs] == [(1, 1), (1, 10), (2, 1), (2, 5)], result.output
     result = CliRunner().invoke(bench_command, ["--artifacts", str(artifacts), "--batch-sizes", "1"])
     assert result.exit_code == 0 and "step mean" in result.output and "img/s" in result.output, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("onnxruntime "))
+    assert row.split()[2] == "17", result.output  # W: the whole table
     result = CliRunner().invoke(bench_command, ["--artifacts", str(artifacts), "--batch-sizes", "1,9"])
     assert result.exit_code != 0 and "batch size 9 is outside the artifacts' profile [1, 4]" in result.output

@@ -1,5 +1,6 @@
 """GPU scenario (issue 5): RAR-B and RAR-L sized random models, fp16, torch backend on CUDA with CUDA
-graphs at batch 1, 8 and 64, and the official-style eager loop (fp16, same GPU) in the same process.
+graphs at batch 1, 8 and 64, the tensorrt backend where TensorRT is installed, and the official-style
+eager loop (fp16, same GPU) in the same process.
 The printed table goes to benchmarks/RESULTS.md with the device, date and command.
 
     PYTHONPATH=. python3 benchmarks/gpu_torch.py [--workdir /tmp/rar-bench-gpu] [--presets rar_b,rar_l]
@@ -13,6 +14,7 @@ from pathlib import Path
 from common import ensure_artifacts, save
 
 from rar_deploy.benchmark import bench_results
+from rar_deploy.engines import find_tensorrt
 from rar_deploy.runtime import Artifacts
 
 
@@ -23,10 +25,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8,64")
     args = parser.parse_args()
     sizes = [int(b) for b in args.batch_sizes.split(",")]
+    tensorrt = find_tensorrt() is not None  # then the engines are built and timed too
     results = []
     for preset in args.presets.split(","):
-        artifacts = Artifacts.load(ensure_artifacts(args.workdir, preset, "fp16"))
-        results.append(bench_results(artifacts, ["torch"], sizes, "cuda", True, None, None,
+        artifacts = Artifacts.load(ensure_artifacts(args.workdir, preset, "fp16", engine=tensorrt))
+        backends = ["torch"] + (["tensorrt"] if tensorrt else [])
+        results.append(bench_results(artifacts, backends, sizes, "cuda", True, None, None,
                                      progress=lambda message: print(message, flush=True)))
     save(results, args.workdir / "gpu_torch.json")
 

@@ -12,6 +12,8 @@ import click
 from .errors import RARDeployError
 
 BACKEND_CHOICE = click.Choice(["onnxruntime", "torch", "tensorrt"])
+THREADS_OPTION = click.option("--threads", type=click.IntRange(1),
+                              help="CPU threads of ONNX Runtime's and torch's pools [default: every core].")
 PATH_TYPE = click.Path(path_type=Path)
 
 
@@ -160,10 +162,11 @@ def export_summary(result) -> str:
 @click.option("--verify-files", is_flag=True, help="Check every byte of the graphs (SHA-256) before running.")
 @click.option("--condition-budget", type=click.IntRange(0),
               help="Bytes of condition rows a generation may hold (0: one position a step) [default: 2 GiB].")
+@THREADS_OPTION
 @friendly_errors
 def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, device, out, guidance_scale,
                      guidance_pow, temperature, batch_size, save_tokens, ckpt, tokenizer, force, verify_files,
-                     condition_budget) -> None:
+                     condition_budget, threads) -> None:
     """Generate images from exported artifacts: one PNG per image, grid.png and samples.json."""
     import numpy as np
     from tqdm import tqdm
@@ -189,7 +192,7 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
 
     with atomic_directory(images_out) as folder:
         pipeline = RARPipeline.from_artifacts(artifacts_dir, backend=backend, device=device, ckpt=ckpt,
-                                              tokenizer=tokenizer)
+                                              tokenizer=tokenizer, threads=threads)
         if condition_budget is not None:
             pipeline.backend.condition_table_budget = condition_budget
         with tqdm(total=len(labels) * pipeline.config.image_seq_len, unit="step", desc="generating") as bar:
@@ -219,8 +222,9 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
 @click.option("--seed", type=int, help="Seed of the inputs and of the shared noise; recomputes the reference [0].")
 @click.option("--tolerance", type=float, help="Max error relative to the reference's peak [default: per precision].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@THREADS_OPTION
 @friendly_errors
-def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed, tolerance, as_json) -> None:
+def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed, tolerance, as_json, threads) -> None:
     """Compare a backend with the float32 PyTorch reference: per graph, teacher-forced, free-running, decoder.
 
     By default against the reference record stored at export (reference.npz): no torch, no checkpoints.
@@ -242,7 +246,7 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
     else:
         record = load_record(artifacts.directory)
     pipeline = RARPipeline.from_artifacts(artifacts_dir, backend=backend, device=device, ckpt=ckpt,
-                                          tokenizer=tokenizer)
+                                          tokenizer=tokenizer, threads=threads)
     report = run_parity(pipeline, record, rel_tol=tolerance, progress=_progress_printer())
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
     if report["failures"]:
@@ -279,9 +283,10 @@ def _recompute_record(artifacts, ckpt: str | None, tokenizer: str | None, batch:
               help="Bytes of condition rows a generation may hold (0: one position a step). Repeatable: every "
                    "backend runs at each [default: 2 GiB].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@THREADS_OPTION
 @friendly_errors
 def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, tokenizer, warmup_steps,
-                  condition_budgets, as_json):
+                  condition_budgets, as_json, threads):
     """Per-stage latency (prefill, decode step mean/p50/p99, decoder), per image, images/s, peak memory."""
     import json
 
@@ -295,7 +300,8 @@ def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, 
     if not sizes:
         raise RARDeployError("--batch-sizes is empty: give at least one batch size, e.g. 1,8")
     results = bench_results(artifacts, list(backends), sizes, device, baseline, ckpt, tokenizer,
-                            warmup_steps, progress=_progress_printer(), condition_budgets=list(condition_budgets))
+                            warmup_steps, progress=_progress_printer(), threads=threads,
+                            condition_budgets=list(condition_budgets))
     click.echo(json.dumps(results, indent=1) if as_json else format_results(results))
 
 

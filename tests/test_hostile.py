@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -267,12 +268,27 @@ def test_8_a_graph_from_another_export_is_refused_before_running(fp32, demo_chec
         refused(result, "decode_step.onnx", "not the file this manifest lists")
 
 
+def unsampled_weight_byte(path: Path, data: bytearray) -> int:
+    """Offset of the low byte of a float weight that no fingerprint chunk reads."""
+    from rar_deploy.integrity import FINGERPRINT_CHUNK, FINGERPRINT_CHUNKS
+
+    size = len(data)
+    assert size > FINGERPRINT_CHUNKS * FINGERPRINT_CHUNK  # a file sampled by the fingerprint, not hashed whole
+    sampled = [i * (size - FINGERPRINT_CHUNK) // (FINGERPRINT_CHUNKS - 1) for i in range(FINGERPRINT_CHUNKS)]
+    largest = max(onnx.load(str(path)).graph.initializer, key=lambda tensor: len(tensor.raw_data))
+    start = bytes(data).find(largest.raw_data)
+    assert start > 0
+    for offset in range(start, start + len(largest.raw_data), 4):
+        if all(not first <= offset < first + FINGERPRINT_CHUNK for first in sampled):
+            return offset
+    raise AssertionError("every byte of the largest weight is sampled by the fingerprint")
+
+
 def test_8_full_hash_catches_a_change_the_fingerprint_cannot_see(fp32, tmp_path):
     artifacts = copy_of(fp32, tmp_path)
     path = artifacts / "vq_decoder.onnx"
     data = bytearray(path.read_bytes())
-    assert len(data) > 16 * 65536  # a file sampled by the fingerprint, not hashed whole
-    data[(len(data) - 65536) // 15 + 65536 + 1000] ^= 1  # one bit between sampled chunks 1 and 2 (weights)
+    data[unsampled_weight_byte(path, data)] ^= 1  # the lowest mantissa bit of one weight
     path.write_bytes(bytes(data))
     assert generate(artifacts, tmp_path / "out1").exit_code == 0  # the fingerprint samples chunks ...
     refused(generate(artifacts, tmp_path / "out2", "--verify-files"), "SHA-256")  # ... the full hash sees all

@@ -37,9 +37,11 @@ def test_rar_generate_reproduces_official_greedy_images(fp32_artifacts, golden, 
     out = tmp_path / "samples"
     labels = ",".join(str(x) for x in golden["labels"])
     budget = ["--condition-budget", "0"] if run == "powcos" else []  # one position of condition rows a step
+    # one ONNX Runtime thread (torch's thread count is global to this process: left alone)
+    threads = ["--threads", "1"] if run == "powcos" and backend == "onnxruntime" else []
     result = _generate(["--artifacts", str(fp32_artifacts), "--class-labels", labels, "--temperature", "0",
                         "--guidance-scale", scale, "--guidance-pow", pow, "--backend", backend, "--out", str(out),
-                        "--save-tokens", str(tmp_path / "tokens.npy"), *budget])
+                        "--save-tokens", str(tmp_path / "tokens.npy"), *budget, *threads])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "samples.json").read_text())["condition_window"] == (1 if budget else 17)
     np.testing.assert_array_equal(np.load(tmp_path / "tokens.npy"), golden[f"greedy_tokens_{run}"])

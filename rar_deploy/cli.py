@@ -334,8 +334,80 @@ def build_command(artifacts_dir, min_batch, opt_batch, max_batch, opt_level, cap
                f"{describe_targets(engine['compute_capabilities'])}")
 
 
+@click.command("rar-serve")
+@click.option("--artifacts", "artifacts_dir", required=True, type=PATH_TYPE,
+              help="Artifact directory (on storage every node of the cluster sees, at the same path).")
+@click.option("--backend", type=BACKEND_CHOICE, default="onnxruntime", show_default=True)
+@click.option("--device", help="cpu, cuda or cuda:N [default: the backend's].")
+@THREADS_OPTION
+@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True, help="Replicas of the model.")
+@click.option("--max-replicas", type=click.IntRange(1),
+              help="Autoscale from --replicas up to this many under load [default: no autoscaling].")
+@click.option("--num-cpus", type=click.FloatRange(0), default=1.0, show_default=True, help="CPUs each replica holds.")
+@click.option("--num-gpus", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="GPUs each replica holds (1 for --backend tensorrt; a fraction shares a GPU).")
+@click.option("--max-batch-size", type=click.IntRange(1),
+              help="Most images a replica generates together [default: the artifacts' profile].")
+@click.option("--batch-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long a replica waits to fill a batch.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--address", help="A running Ray cluster to join (e.g. auto) [default: start Ray on this machine].")
+@friendly_errors
+def serve_command(artifacts_dir, backend, device, threads, replicas, max_replicas, num_cpus, num_gpus,
+                  max_batch_size, batch_wait_ms, host, port, address) -> None:
+    """Serve an artifact folder over HTTP with Ray Serve: POST /generate, GET /healthz, GET /ready.
+    Runs until interrupted (Ctrl-C or SIGTERM), then stops its replicas."""
+    from .runtime import Artifacts
+    from .serving.server import ServeOptions, serve_until_stopped
+
+    artifacts = Artifacts.load(artifacts_dir)
+    artifacts.check_batch_size(max_batch_size)
+    if max_replicas is not None and max_replicas < replicas:
+        raise RARDeployError(f"--max-replicas {max_replicas} is below --replicas {replicas}")
+    if backend == "tensorrt" and num_gpus == 0:
+        raise RARDeployError("--backend tensorrt runs on a GPU: give each replica one with --num-gpus 1")
+    options = ServeOptions(str(artifacts.directory.resolve()), backend, device, threads, replicas, max_replicas,
+                           num_cpus, num_gpus, max_batch_size, batch_wait_ms / 1000, host, port, address)
+    serve_until_stopped(options, echo=lambda message: click.echo(message, err=True))
+
+
+@main.command("triton-repo")
+@click.option("--artifacts", "artifacts_dir", required=True, type=PATH_TYPE,
+              help="Artifact directory (the server reads it at this absolute path).")
+@click.option("--out", required=True, type=PATH_TYPE,
+              help="Model repository to write (tritonserver --model-repository).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--device", help="cpu, cuda or cuda:N [default: the backend's].")
+@THREADS_OPTION
+@click.option("--max-batch-size", type=click.IntRange(1),
+              help="Triton's max_batch_size: most images an instance generates together "
+                   "[default: the artifacts' profile].")
+@click.option("--instances", type=click.IntRange(1), default=1, show_default=True, help="Model instances.")
+@click.option("--queue-delay-us", type=click.IntRange(0), default=5000, show_default=True,
+              help="Dynamic batching: how long a request may wait for others.")
+@click.option("--force", is_flag=True, help="Replace a repository this command wrote earlier.")
+@friendly_errors
+def triton_repo_command(artifacts_dir, out, backend, device, threads, max_batch_size, instances, queue_delay_us,
+                        force) -> None:
+    """Write a Triton Inference Server model repository that serves an artifact folder (Python backend,
+    the whole loop in one model instance, dynamic batching)."""
+    from .files import Output, atomic_directory
+    from .runtime import Artifacts
+    from .serving.triton import MODEL_NAME, is_model_repository, write_model_repository
+
+    artifacts = Artifacts.load(artifacts_dir)
+    artifacts.check_batch_size(max_batch_size)
+    output = Output(out, "--out", force, owned=is_model_repository, owner="rar-deploy triton-repo",
+                    inputs=(artifacts.directory,))
+    with atomic_directory(output) as folder:
+        write_model_repository(folder, artifacts, backend, device, threads, max_batch_size, instances, queue_delay_us)
+    click.echo(f"wrote {out}: tritonserver --model-repository {out} (model {MODEL_NAME!r})")
+
+
 main.add_command(export_command, name="export")
 main.add_command(generate_command, name="generate")
 main.add_command(parity_command, name="parity")
 main.add_command(bench_command, name="bench")
 main.add_command(build_command, name="build")
+main.add_command(serve_command, name="serve")

@@ -5,6 +5,7 @@ samples.json also marks the folder as rar-generate's own, the only kind of folde
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Sequence
@@ -36,12 +37,19 @@ def image_name(index: int, label: int) -> str:
     return f"{index:04d}_class{label}.png"
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] -> the PNG file rar-generate writes for it, byte for byte."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_samples(folder: Path, images: np.ndarray, labels: Sequence[int], num_per_class: int, record: dict) -> None:
     """uint8 images [B, H, W, 3] -> PNGs, grid.png and samples.json (with `record`: artifacts, seed, sampling...)."""
     pictures = [Image.fromarray(image) for image in images]
     names = [image_name(index, int(label)) for index, label in enumerate(labels)]
-    for name, picture in zip(names, pictures):
-        picture.save(folder / name)
+    for name, image in zip(names, images):
+        (folder / name).write_bytes(png_bytes(image))
     image_grid(pictures, grid_columns(len(pictures), num_per_class)).save(folder / "grid.png")
     samples = {"schema": SCHEMA, **record, "class_labels": [int(label) for label in labels], "images": names}
     (folder / "samples.json").write_text(json.dumps(samples, indent=1) + "\n")

@@ -120,7 +120,7 @@ class RARPipeline:
         c = self.config
         if isinstance(samples, (str, bytes)) or not isinstance(samples, Sequence) or not samples:
             raise RARDeployError("samples must be a non-empty list of Sample")
-        checked = [self._check_sample(sample) for sample in samples]
+        checked = [self.check_sample(sample) for sample in samples]
         batch_size = self.artifacts.check_batch_size(batch_size)
         tokens = np.empty((len(checked), c.image_seq_len), np.int64)
         total, done = len(checked) * c.image_seq_len, 0
@@ -139,7 +139,8 @@ class RARPipeline:
                                                                              guided, on_step)
         return tokens
 
-    def _check_sample(self, sample: Sample) -> Sample:
+    def check_sample(self, sample: Sample) -> Sample:
+        """The sample with its values checked (one line each) and the defaults filled in."""
         if not isinstance(sample, Sample):
             raise RARDeployError(f"samples must be Sample objects, got {type(sample).__name__}")
         check_class_labels([sample.class_label], self.config.num_classes)

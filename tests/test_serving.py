@@ -1,0 +1,175 @@
+"""rar-serve (Ray Serve) end to end on loopback: a real server process, concurrent HTTP requests with different
+seeds, images byte-identical to rar-generate's files, 400s for bad requests, a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from rar_deploy.cli import generate_command, serve_command
+
+SERVE_START_TIMEOUT = 240  # Ray and one replica on 2 busy cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: bytes | dict) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url + "/generate", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def get(url: str, route: str) -> tuple[int, dict]:
+    with urllib.request.urlopen(url + route, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def artifacts(export_tiny, tmp_path_factory) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("serving") / "fp32", "fp32")
+
+
+@pytest.fixture(scope="module")
+def server(artifacts, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve-log") / "rar-serve.log"
+    command = [str(Path(sys.executable).with_name("rar-serve")), "--artifacts", str(artifacts), "--port", str(port),
+               "--threads", "1", "--batch-wait-ms", "20"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVE_START_TIMEOUT
+    while True:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            if get(url, "/ready")[0] == 200:
+                break
+        except (OSError, ValueError):
+            pass
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(1)
+    yield process, url, log
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_ready_and_health_routes(server):
+    _, url, _ = server
+    assert get(url, "/healthz") == (200, {"status": "ok"})
+    status, ready = get(url, "/ready")
+    assert status == 200 and ready["model"] == "tiny" and ready["backend"] == "onnxruntime"
+
+
+def test_concurrent_requests_give_the_images_rar_generate_writes(server, artifacts, tmp_path):
+    _, url, _ = server
+    jobs = [([3 + i, 500 + i, 999 - i], 100 + i) for i in range(8)]
+    with ThreadPoolExecutor(len(jobs)) as pool:  # eight clients at once: their images share batches
+        replies = list(pool.map(lambda job: post(url, {"class_labels": job[0], "seed": job[1]}), jobs))
+    for (labels, seed), (status, reply) in zip(jobs, replies):
+        assert status == 200, reply
+        out = tmp_path / f"seed{seed}"
+        labels_option = ",".join(map(str, labels))
+        result = CliRunner().invoke(generate_command, ["--artifacts", str(artifacts), "--class-labels", labels_option,
+                                                       "--seed", str(seed), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        names = json.loads((out / "samples.json").read_text())["images"]
+        assert reply["class_labels"] == labels and reply["seed"] == seed
+        assert [base64.b64decode(image) for image in reply["images"]] == [(out / n).read_bytes() for n in names]
+    assert len({reply["images"][0] for _, reply in replies}) == len(jobs)  # different seeds, different images
+
+
+def test_tokens_output_and_per_request_sampling_values(server, artifacts):
+    from rar_deploy.runtime import RARPipeline
+
+    _, url, _ = server
+    status, reply = post(url, {"class_labels": [7, 8], "seed": 5, "temperature": 0, "guidance_scale": 2.0,
+                               "output": "tokens"})
+    assert status == 200, reply
+    expected = RARPipeline.from_artifacts(artifacts).generate_tokens([7, 8], 2.0, None, 0.0, seed=5)
+    assert reply["tokens"] == expected.tolist()
+
+
+@pytest.mark.parametrize("body, phrase", [
+    (b"not json", "not JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    ({"seed": 1}, "class_labels is required"),
+    ({"class_labels": [1000]}, "out of range"),
+    ({"class_labels": ["7"]}, "integer class ids"),
+    ({"class_labels": []}, "no class labels"),
+    ({"class_labels": list(range(65))}, "at most 64"),
+    ({"class_labels": [1], "temperature": -1}, "temperature must be >= 0"),
+    ({"class_labels": [1], "guidance_scale": "high"}, "guidance scale must be a number"),
+    ({"class_labels": [1], "seed": -3}, "seed must lie in"),
+    ({"class_labels": [1], "output": "jpeg"}, "output must be one of"),
+    ({"class_labels": [1], "labels": [2]}, "unknown field 'labels'"),
+])
+def test_invalid_requests_get_400_with_one_line(server, body, phrase):
+    status, reply = post(server[1], body)
+    assert status == 400 and phrase in reply["error"] and "\n" not in reply["error"], reply
+
+
+def test_non_finite_json_values_are_refused(server):
+    status, reply = post(server[1], b'{"class_labels": [1], "guidance_pow": NaN}')
+    assert status == 400 and "finite" in reply["error"], reply
+
+
+def test_app_builder_for_serve_config_files(artifacts):
+    """The import_path of a Serve config / KubeRay RayService: string args converted, unknown ones refused."""
+    from ray.serve import Application
+
+    from rar_deploy import RARDeployError
+    from rar_deploy.serving.ray_serve import app_builder
+
+    assert isinstance(app_builder({"artifacts": str(artifacts), "replicas": "2", "num_gpus": "0"}), Application)
+    with pytest.raises(RARDeployError, match="unknown: colour"):
+        app_builder({"artifacts": str(artifacts), "colour": "red"})
+    with pytest.raises(RARDeployError, match=r"artifacts \(required\)"):
+        app_builder({"replicas": "1"})
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--artifacts", "/nonexistent"], "artifact directory not found"),
+    (["--replicas", "3", "--max-replicas", "2"], "below --replicas"),
+    (["--backend", "tensorrt"], "--num-gpus 1"),
+    (["--max-batch-size", "1000"], "outside the artifacts' profile"),
+])
+def test_rar_serve_refuses_bad_options_before_starting_ray(artifacts, args, phrase):
+    result = CliRunner().invoke(serve_command, ["--artifacts", str(artifacts), *args])
+    assert result.exit_code == 1 and phrase in result.output and "Traceback" not in result.output, result.output
+
+
+def test_sigterm_stops_the_server_and_its_ray_processes(server):
+    process, url, log = server
+    ray_processes = psutil.Process(process.pid).children(recursive=True)
+    assert ray_processes  # Ray's GCS, raylet, controller, proxy and replica run under rar-serve
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert "stopping" in log.read_text()
+    _, alive = psutil.wait_procs(ray_processes, timeout=60)
+    assert not alive, [p.info for p in alive]
+    with pytest.raises(OSError):
+        get(url, "/healthz")

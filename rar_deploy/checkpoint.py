@@ -9,11 +9,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .config import GeneratorConfig, TokenizerConfig
+from .config import GeneratorConfig, TokenizerConfig, VARConfig, VARTokenizerConfig
 from .errors import CheckpointError
 from .integrity import sha256_of
 from .model.generator import RARGenerator
 from .model.tokenizer import VQDecoder
+from .model.var import VARVQVAE, VARGenerator, block_causal_mask
 
 StateDict = dict[str, torch.Tensor]
 _SHOWN = 5  # how many offending keys an error message lists
@@ -79,9 +80,10 @@ def read_state_dict(path: str | Path) -> StateDict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def check_finite_weights(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Refuse NaN or infinite weights, naming the tensors that hold them."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+def check_finite_weights(state: Mapping[str, torch.Tensor], path: Path, masks: tuple[str, ...] = ()) -> None:
+    """Refuse NaN or infinite weights, naming the tensors that hold them (`masks`: attention masks, -inf by design)."""
+    bad = [k for k, v in state.items()
+           if v.is_floating_point() and k not in masks and not bool(torch.isfinite(v).all())]
     if bad:
         more = f", ... ({len(bad)} in all)" if len(bad) > _SHOWN else ""
         raise CheckpointError(f"{path} holds NaN or infinite weights in {', '.join(bad[:_SHOWN])}{more}: "
@@ -128,12 +130,14 @@ def _wrong_kind_message(path: Path, state: StateDict, wanted: str) -> str:
     return f"{path} is not a RAR {wanted} checkpoint (its first keys: {', '.join(list(state)[:3])})"
 
 
-def _build(module_type: type[nn.Module], config, state: StateDict, path: Path) -> nn.Module:
+def _build(module_type: type[nn.Module], config, state: StateDict, path: Path,
+           masks: tuple[str, ...] = ()) -> nn.Module:
     with torch.device("meta"):
         module = module_type(config)
     check_keys(state, expected_shapes(module), path)
-    check_finite_weights(state, path)
-    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    check_finite_weights(state, path, masks)
+    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                          strict=True, assign=True)
     return module.eval().requires_grad_(False)
 
 
@@ -156,6 +160,39 @@ def load_tokenizer(path: str | Path) -> VQDecoder:
     state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
     config = TokenizerConfig.from_state_dict(state, path)
     return _build(VQDecoder, config, state, path)
+
+
+# keys of the released VAR VQVAE that decoding never reads: the encoder side and training statistics
+VAR_VQVAE_UNUSED = ("encoder.", "quant_conv.", "quantize.ema_vocab_hit_SV")
+
+
+def is_var_generator(state: Mapping[str, torch.Tensor]) -> bool:
+    return "lvl_1L" in state and "class_emb.weight" in state
+
+
+def load_var_generator(path: str | Path) -> VARGenerator:
+    """Load a VAR generator (`var_d16.pth` ...) in eval mode; its `.config` is read off the tensors."""
+    path = resolve_checkpoint(path)
+    state = read_state_dict(path)
+    if not is_var_generator(state):
+        raise CheckpointError(f"{path} is not a VAR generator checkpoint (no lvl_1L / class_emb.weight; its first "
+                              f"keys: {', '.join(list(state)[:3])})")
+    config = VARConfig.from_state_dict(state, path)
+    if not torch.equal(state["attn_bias_for_masking"].reshape(-1), block_causal_mask(config).reshape(-1)):
+        raise CheckpointError(f"{path}: attn_bias_for_masking is not the block-causal mask of its scales "
+                              f"{config.patch_nums}: not an official VAR generator")
+    return _build(VARGenerator, config, state, path, masks=("attn_bias_for_masking",))
+
+
+def load_var_tokenizer(path: str | Path) -> VARVQVAE:
+    """Load VAR's multi-scale VQVAE (`vae_ch160v4096z32.pth`) for decoding; the encoder side is dropped."""
+    path = resolve_checkpoint(path)
+    state = read_state_dict(path)
+    if "quantize.embedding.weight" not in state or not any(k.startswith("quantize.quant_resi.") for k in state):
+        raise CheckpointError(f"{path} is not a VAR VQVAE checkpoint (no quantize.quant_resi.*; its first keys: "
+                              f"{', '.join(list(state)[:3])})")
+    state = {k: v for k, v in state.items() if not k.startswith(VAR_VQVAE_UNUSED)}
+    return _build(VARVQVAE, VARTokenizerConfig.from_state_dict(state, path), state, path)
 
 
 def exported_checkpoint(manifest: dict, kind: str, path: str | Path | None = None) -> Path:

@@ -180,3 +180,122 @@ SAMPLING_DEFAULTS: dict[str, SamplingDefaults] = {
     "rar_xl": SamplingDefaults(temperature=1.02, guidance_scale=6.9, guidance_pow=1.5),
     "rar_xxl": SamplingDefaults(temperature=1.02, guidance_scale=8.0, guidance_pow=1.2),
 }
+
+
+# -- VAR (Visual AutoRegressive modeling, next-scale prediction; official code FoundationVision/VAR) ----------------
+
+VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # the released 256x256 models: 680 tokens over 10 scales
+
+
+@dataclass(frozen=True)
+class VARConfig:
+    """Shape of a VAR generator, read off the official state dict."""
+
+    depth: int
+    embed_dim: int
+    num_heads: int
+    mlp_size: int
+    patch_nums: tuple[int, ...] = VAR_PATCH_NUMS
+    codebook_size: int = 4096
+    vae_channels: int = 32
+    num_classes: int = 1000
+    attn_l2_norm: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens of all scales: the KV cache's length."""
+        return sum(pn * pn for pn in self.patch_nums)
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.patch_nums)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def scale_ranges(self) -> list[tuple[int, int]]:
+        """[begin, end) of each scale's tokens in the sequence."""
+        ranges, begin = [], 0
+        for pn in self.patch_nums:
+            ranges.append((begin, begin + pn * pn))
+            begin += pn * pn
+        return ranges
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any], path: object = "the checkpoint") -> "VARConfig":
+        """Depth, width, heads (from scale_mul_1H11, else 64 per head as released), MLP, the scales (from
+        lvl_1L, each scale's level repeated pn*pn times), V, Cvae and classes."""
+        shapes = _Shapes(state, "VAR generator", path)
+        width = shapes.dim("class_emb.weight", 1, rank=2)
+        l2_norm = "blocks.0.attn.scale_mul_1H11" in state
+        heads = shapes.dim("blocks.0.attn.scale_mul_1H11", 1, rank=4) if l2_norm else max(width // 64, 1)
+        shapes.dim("lvl_1L", 1, rank=2)
+        levels = [int(v) for v in state["lvl_1L"].reshape(-1).tolist()]
+        counts = [levels.count(k) for k in range(max(levels) + 1)]
+        patch_nums = tuple(math.isqrt(n) for n in counts)
+        if any(pn * pn != n for pn, n in zip(patch_nums, counts)) or levels != sorted(levels):
+            raise CheckpointError(f"{path}: lvl_1L does not describe square scales in order (tokens per level "
+                                  f"{counts}): not an official VAR generator")
+        return cls(
+            depth=shapes.count("blocks.", 1),
+            embed_dim=width,
+            num_heads=heads,
+            mlp_size=shapes.dim("blocks.0.ffn.fc1.weight", 0, rank=2),
+            patch_nums=patch_nums,
+            codebook_size=shapes.dim("head.weight", 0, rank=2),
+            vae_channels=shapes.dim("word_embed.weight", 1, rank=2),
+            num_classes=shapes.dim("class_emb.weight", 0, rank=2, offset=1),
+            attn_l2_norm=l2_norm,
+        )
+
+
+@dataclass(frozen=True)
+class VARTokenizerConfig:
+    """Shape of VAR's multi-scale VQVAE (decoder, quantiser embedding and Phi convolutions; the encoder of
+    the released file is never used)."""
+
+    hidden_channels: int = 160
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    vae_channels: int = 32
+    codebook_size: int = 4096
+    num_phi: int = 4  # share_quant_resi: Phi convolutions shared over the scales
+    quant_resi: float = 0.5  # Phi(h) = (1 - r) h + r conv(h); not stored in the checkpoint
+
+    @property
+    def upsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any], path: object = "the checkpoint") -> "VARTokenizerConfig":
+        shapes = _Shapes(state, "VAR VQVAE", path)
+        levels = shapes.count("decoder.up.", 2)
+        widths = [shapes.dim(f"decoder.up.{i}.block.0.conv1.weight", 0, rank=4) for i in range(levels)]
+        base = shapes.dim("decoder.conv_out.weight", 1, rank=4)
+        if any(w % base for w in widths):
+            raise CheckpointError(f"{path}: decoder level widths {widths} are not multiples of {base}")
+        return cls(
+            hidden_channels=base,
+            channel_mult=tuple(w // base for w in widths),
+            num_res_blocks=shapes.count("decoder.up.0.block.", 4) - 1,
+            vae_channels=shapes.dim("quantize.embedding.weight", 1, rank=2),
+            codebook_size=shapes.dim("quantize.embedding.weight", 0, rank=2),
+            num_phi=shapes.count("quantize.quant_resi.qresi_ls.", 3),
+        )
+
+
+VAR_PRESETS: dict[str, VARConfig] = {
+    f"var_d{d}": VARConfig(depth=d, embed_dim=64 * d, num_heads=d, mlp_size=256 * d) for d in (16, 20, 24, 30)
+}
+VAR_TOKENIZER_PRESETS: dict[str, VARTokenizerConfig] = {"vae_ch160v4096z32": VARTokenizerConfig()}

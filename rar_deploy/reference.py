@@ -15,6 +15,7 @@ from .errors import RARDeployError
 from .model.generator import RARGenerator
 from .model.guidance import apply_guidance, gumbel_max
 from .model.kv_cache import StaticKVCache
+from .model.var import VARCache
 from .sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 
 
@@ -132,3 +133,57 @@ def reference_record(generator: RARGenerator, tokenizer, float_dtype: str, batch
                    "unguided_tokens": unguided.tokens.numpy(),
                    "images_uint8": images_to_uint8(tokenizer.decode(guided.tokens)).numpy()})
     return record
+
+
+def var_guidance(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, scale: int, num_scales: int) -> torch.Tensor:
+    """VAR's schedule: at scale si, t = cfg * si / (K - 1) and logits = (1 + t) cond - t uncond."""
+    t = cfg * scale / (num_scales - 1)
+    return (1 + t) * cond - t * uncond
+
+
+def var_filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """The official top-k then top-p filtering (removed logits become -inf)."""
+    if top_k > 0:
+        logits = logits.masked_fill(logits < logits.topk(top_k, dim=-1).values.amin(dim=-1, keepdim=True), -torch.inf)
+    if top_p > 0:
+        ordered, order = logits.sort(dim=-1)
+        remove = ordered.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
+        remove[..., -1:] = False
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), -torch.inf)
+    return logits
+
+
+@dataclass
+class VARGeneration:
+    tokens: torch.Tensor  # [B, L], all scales
+    guided_logits: torch.Tensor  # [B, L, V]
+    images: torch.Tensor  # [B, 3, H, W] in [0, 1]
+
+
+@torch.no_grad()
+def var_reference_generate(generator, vqvae, class_labels: Sequence[int], cfg: float, top_k: int = 0,
+                           top_p: float = 0.0, noise: torch.Tensor | None = None) -> VARGeneration:
+    """The official `autoregressive_infer_cfg` loop with the sampler made explicit: Gumbel-max over the
+    filtered guided logits with caller noise [B, L, V] (noise None: greedy, as the official top_k=1)."""
+    c = generator.config
+    labels = torch.as_tensor(check_class_labels(class_labels, c.num_classes))
+    b = len(labels)
+    both = torch.cat((labels, torch.full_like(labels, c.null_class)))
+    cache = VARCache(c.depth)
+    size = c.patch_nums[-1]
+    f_hat = torch.zeros(b, c.vae_channels, size, size)
+    x = generator.first_scale_input(both)
+    tokens, guided = [], []
+    for scale, (begin, end) in enumerate(c.scale_ranges()):
+        logits = generator.run(x, both, cache, None)
+        logits = var_guidance(logits[:b], logits[b:], cfg, scale, c.num_scales)
+        filtered = var_filter(logits, top_k, top_p)
+        chosen = (filtered if noise is None else filtered + noise[:, begin:end]).argmax(dim=-1)
+        tokens.append(chosen)
+        guided.append(logits)
+        f_hat = vqvae.quantize.add_scale(f_hat, chosen, scale, c.patch_nums)
+        if scale + 1 < c.num_scales:
+            nxt = c.patch_nums[scale + 1]
+            x = generator.scale_input(torch.nn.functional.interpolate(f_hat, size=(nxt, nxt), mode="area"),
+                                      scale + 1).repeat(2, 1, 1)
+    return VARGeneration(torch.cat(tokens, dim=1), torch.cat(guided, dim=1), vqvae.decode_fhat(f_hat))

@@ -151,9 +151,10 @@ def export_graph(graph: GraphExport, path: Path, external_data: bool) -> Exporte
     weights = sum(value.const_value.nbytes for value in initializers)
     tables = sum(value.const_value.nbytes for value in initializers
                  if {use.node.op_type for use in value.uses()} <= {"Gather", "GatherND"})
-    external = external_data or weights > PROTOBUF_LIMIT - (64 << 20)  # room for the graph itself
-    program.save(str(path), external_data=external)
+    program.save(str(path), external_data=external_data or weights > PROTOBUF_LIMIT - (64 << 20))
     del program, initializers
+    # what was written, not what was asked: torch also moves weights out above its own threshold (1.5 GiB)
+    external = path.with_name(path.name + ".data").exists()
     check_onnx(path)
     return ExportedGraph(external, weights, tables)
 

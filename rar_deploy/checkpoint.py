@@ -91,7 +91,11 @@ def check_finite_weights(state: Mapping[str, torch.Tensor], path: Path, masks: t
 
 
 def checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
-    """'generator', 'tokenizer' or 'unknown', judged from characteristic keys."""
+    """'generator', 'tokenizer', 'VAR generator', 'VAR VQVAE' or 'unknown', judged from characteristic keys."""
+    if is_var_generator(state):
+        return "VAR generator"
+    if any(k.startswith("quantize.quant_resi.") for k in state):
+        return "VAR VQVAE"
     if "lm_head.weight" in state or any(k.startswith("blocks.") for k in state):
         return "generator"
     if "quantize.embedding.weight" in state or any(k.startswith("decoder.") for k in state):
@@ -123,6 +127,9 @@ def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[i
 
 def _wrong_kind_message(path: Path, state: StateDict, wanted: str) -> str:
     kind = checkpoint_kind(state)
+    if kind.startswith("VAR"):
+        return (f"{path} is a {kind} checkpoint: rar-deploy exports RAR models so far; VAR has a reference only "
+                "(rar_deploy.checkpoint.load_var_generator / load_var_tokenizer)")
     if kind == "tokenizer":
         return f"{path} is a tokenizer checkpoint, not a RAR generator: pass it as --tokenizer"
     if kind == "generator":
@@ -188,7 +195,7 @@ def load_var_tokenizer(path: str | Path) -> VARVQVAE:
     """Load VAR's multi-scale VQVAE (`vae_ch160v4096z32.pth`) for decoding; the encoder side is dropped."""
     path = resolve_checkpoint(path)
     state = read_state_dict(path)
-    if "quantize.embedding.weight" not in state or not any(k.startswith("quantize.quant_resi.") for k in state):
+    if checkpoint_kind(state) != "VAR VQVAE":
         raise CheckpointError(f"{path} is not a VAR VQVAE checkpoint (no quantize.quant_resi.*; its first keys: "
                               f"{', '.join(list(state)[:3])})")
     state = {k: v for k, v in state.items() if not k.startswith(VAR_VQVAE_UNUSED)}

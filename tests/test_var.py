@@ -88,3 +88,15 @@ def test_a_rar_checkpoint_is_not_a_var_generator(official_dir):
         load_var_generator(official_dir / "tiny_rar.bin")
     with pytest.raises(CheckpointError, match="not a VAR VQVAE"):
         load_var_tokenizer(official_dir / "tiny_vq.bin")
+
+
+def test_rar_export_names_a_var_checkpoint(demo_checkpoints, tmp_path):
+    from click.testing import CliRunner
+
+    from rar_deploy.cli import export_command
+
+    for args, kind in ((["--ckpt", DATA / "var_tiny_var.pth", "--tokenizer", demo_checkpoints[1]], "VAR generator"),
+                       (["--ckpt", demo_checkpoints[0], "--tokenizer", DATA / "var_tiny_vae.pth"], "VAR VQVAE")):
+        result = CliRunner().invoke(export_command, [*map(str, args), "--out", str(tmp_path / "out")])
+        assert result.exit_code == 1 and f"is a {kind} checkpoint: rar-deploy exports RAR models so far" in result.output
+        assert "Traceback" not in result.output and not (tmp_path / "out").exists()

@@ -98,5 +98,6 @@ def test_rar_export_names_a_var_checkpoint(demo_checkpoints, tmp_path):
     for args, kind in ((["--ckpt", DATA / "var_tiny_var.pth", "--tokenizer", demo_checkpoints[1]], "VAR generator"),
                        (["--ckpt", demo_checkpoints[0], "--tokenizer", DATA / "var_tiny_vae.pth"], "VAR VQVAE")):
         result = CliRunner().invoke(export_command, [*map(str, args), "--out", str(tmp_path / "out")])
-        assert result.exit_code == 1 and f"is a {kind} checkpoint: rar-deploy exports RAR models so far" in result.output
+        assert result.exit_code == 1, result.output
+        assert f"is a {kind} checkpoint: rar-deploy exports RAR models so far" in result.output
         assert "Traceback" not in result.output and not (tmp_path / "out").exists()

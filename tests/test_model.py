@@ -96,19 +96,6 @@ def test_condition_rows_and_conditioned_steps_equal_the_official_path(unguided):
     torch.testing.assert_close(logits, full[rows, mixed - 1], rtol=0, atol=STEP_VS_FULL_TOL)
 
 
-@pytest.mark.parametrize("rows", [1, 4, 9])
-def test_weight_major_linear_equals_linear(rows):
-    from rar_deploy.model.layers import use_weight_major_linears
-
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(64, 96)
-    x = torch.randn(rows, 1, 64)
-    expected = linear(x)
-    switched = use_weight_major_linears(linear)
-    assert type(switched).__name__ == "WeightMajorLinear"
-    torch.testing.assert_close(switched(x), expected, rtol=1e-6, atol=1e-6)
-
-
 def _official_shapes(official_dir, name):
     spec = json.loads((official_dir / "official_state_dict_shapes.json").read_text())[name]
     return {k: tuple(v["shape"]) for k, v in spec.items()}

@@ -47,26 +47,3 @@ def cast_for_inference(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
-
-
-class WeightMajorLinear(nn.Linear):
-    """nn.Linear computed as (W @ x^T)^T for up to MAX_ROWS rows. On CPU, torch 2.13's x @ W^T with
-    2 rows runs on one thread at about 7.5 GB/s, W @ x^T on both cores at about 33 GB/s (measured on
-    the 2-core CI machine; a RAR-B step went from 153 to 70 ms); at 8 rows the two are even."""
-
-    MAX_ROWS = 4
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] > self.MAX_ROWS:
-            return super().forward(x)
-        out = torch.addmm(self.bias[:, None], self.weight, rows.t()).t()
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-
-def use_weight_major_linears(module: nn.Module) -> nn.Module:
-    """A performance switch from outside the model: same parameters, same state-dict keys."""
-    for sub in module.modules():
-        if type(sub) is nn.Linear and sub.bias is not None:
-            sub.__class__ = WeightMajorLinear
-    return module

@@ -72,8 +72,7 @@ class TorchMemory:
 
 
 class TorchBackend(Backend):
-    """The graph modules in PyTorch: float32 eager on CPU (Linear as (W @ x^T)^T for few rows, attention
-    over the live cache prefix only); on CUDA in the artifacts' precision, a step replayed from a CUDA graph."""
+    """The graph modules in PyTorch: float32 eager on CPU (attention over the live cache prefix only); on CUDA in the artifacts' precision, a step replayed from a CUDA graph."""
 
     name = "torch"
 
@@ -81,15 +80,13 @@ class TorchBackend(Backend):
                  tokenizer: str | None = None, cuda_graphs: bool = True) -> None:
         from ..checkpoint import load_exported_from
         from ..model.graphs import GRAPH_MODULES
-        from ..model.layers import cast_for_inference, use_weight_major_linears
+        from ..model.layers import cast_for_inference
 
         target = torch.device(device)
         dtype = torch.float16 if target.type == "cuda" and artifacts.precision == "fp16" else torch.float32
         super().__init__(artifacts, TorchMemory(target), np.dtype(str(dtype).removeprefix("torch.")))
         generator = load_exported_from(artifacts.manifest, "generator", ckpt)
         decoder = load_exported_from(artifacts.manifest, "tokenizer", tokenizer)
-        if target.type == "cpu":
-            use_weight_major_linears(generator)
         generator = cast_for_inference(generator, dtype).to(target)
         decoder = cast_for_inference(decoder, dtype).to(target)
         self.modules = {name: GRAPH_MODULES[name](decoder if name == "vq_decoder" else generator)

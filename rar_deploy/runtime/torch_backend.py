@@ -72,7 +72,8 @@ class TorchMemory:
 
 
 class TorchBackend(Backend):
-    """The graph modules in PyTorch: float32 eager on CPU (attention over the live cache prefix only); on CUDA in the artifacts' precision, a step replayed from a CUDA graph."""
+    """The graph modules in PyTorch: float32 eager on CPU (attention over the live cache prefix only); on CUDA
+    in the artifacts' precision, a step replayed from a CUDA graph."""
 
     name = "torch"
 

@@ -144,7 +144,8 @@ def var_guidance(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, scale: in
 def var_filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """The official top-k then top-p filtering (removed logits become -inf)."""
     if top_k > 0:
-        logits = logits.masked_fill(logits < logits.topk(top_k, dim=-1).values.amin(dim=-1, keepdim=True), -torch.inf)
+        k = min(top_k, logits.shape[-1])
+        logits = logits.masked_fill(logits < logits.topk(k, dim=-1).values.amin(dim=-1, keepdim=True), -torch.inf)
     if top_p > 0:
         ordered, order = logits.sort(dim=-1)
         remove = ordered.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
@@ -162,9 +163,12 @@ class VARGeneration:
 
 @torch.no_grad()
 def var_reference_generate(generator, vqvae, class_labels: Sequence[int], cfg: float, top_k: int = 0,
-                           top_p: float = 0.0, noise: torch.Tensor | None = None) -> VARGeneration:
+                           top_p: float = 0.0, temperature: float = 1.0,
+                           uniform: torch.Tensor | None = None) -> VARGeneration:
     """The official `autoregressive_infer_cfg` loop with the sampler made explicit: Gumbel-max over the
-    filtered guided logits with caller noise [B, L, V] (noise None: greedy, as the official top_k=1)."""
+    filtered guided logits from caller noise `uniform` [B, L, V] in (0, 1), as RAR's (`gumbel_max`; the
+    official draws from the same distribution with torch.multinomial). uniform None or temperature 0:
+    greedy (the official top_k=1)."""
     c = generator.config
     labels = torch.as_tensor(check_class_labels(class_labels, c.num_classes))
     b = len(labels)
@@ -178,7 +182,8 @@ def var_reference_generate(generator, vqvae, class_labels: Sequence[int], cfg: f
         logits = generator.run(x, both, cache, None)
         logits = var_guidance(logits[:b], logits[b:], cfg, scale, c.num_scales)
         filtered = var_filter(logits, top_k, top_p)
-        chosen = (filtered if noise is None else filtered + noise[:, begin:end]).argmax(dim=-1)
+        chosen = (filtered.argmax(dim=-1) if uniform is None else
+                  gumbel_max(filtered.flatten(0, 1), uniform[:, begin:end].flatten(0, 1), temperature).view(b, -1))
         tokens.append(chosen)
         guided.append(logits)
         f_hat = vqvae.quantize.add_scale(f_hat, chosen, scale, c.patch_nums)

@@ -155,7 +155,8 @@ def export_graph(graph: GraphExport, path: Path, external_data: bool) -> Exporte
     del program, initializers
     # what was written, not what was asked: torch also moves weights out above its own threshold (1.5 GiB)
     external = path.with_name(path.name + ".data").exists()
-    check_onnx(path)
+    flat = [shape for spec in graph.dynamic_shapes for shape in (spec if isinstance(spec, list) else [spec])]
+    check_onnx(path, static={name for name, shape in zip(module.input_names, flat) if shape is None})
     return ExportedGraph(external, weights, tables)
 
 
@@ -171,15 +172,17 @@ def _quiet_logger(name: str):
         logger.setLevel(level)
 
 
-def check_onnx(path: Path) -> None:
-    """onnx.checker with full_check (which includes strict shape inference); every input keeps a symbolic
-    dim."""
+def check_onnx(path: Path, static: set[str] = frozenset()) -> None:
+    """onnx.checker with full_check (which includes strict shape inference); every input but the `static`
+    ones (per-call constants such as VAR's resize matrices' companions) keeps a symbolic dim."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise ExportError(f"{path.name} failed the ONNX checker or shape inference: {exc}") from exc
     model = onnx.load(str(path), load_external_data=False)
     for tensor in model.graph.input:
+        if tensor.name in static:
+            continue
         dims = tensor.type.tensor_type.shape.dim
         if not any(d.dim_param for d in dims):
             raise ExportError(f"{path.name}: input {tensor.name} lost its dynamic batch axis during export")

@@ -74,7 +74,8 @@ class VARFeedForward(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
-def _layer_norm(x: torch.Tensor) -> torch.Tensor:
+def layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """VAR's LayerNorm without affine parameters (eps 1e-6), in float32."""
     return F.layer_norm(x.float(), x.shape[-1:], eps=VAR_NORM_EPS).to(x.dtype)
 
 
@@ -92,11 +93,11 @@ class VARBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, cache: "VARCache | None", layer: int,
                 mask: torch.Tensor | None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond)
-        q, k, v = self.attn.qkv(_layer_norm(x) * (1 + scale1) + shift1)
+        q, k, v = self.attn.qkv(layer_norm(x) * (1 + scale1) + shift1)
         if cache is not None:
             k, v = cache.append(layer, k, v)
         x = x + self.attn.attend(q, k, v, mask) * gamma1
-        return x + self.ffn(_layer_norm(x) * (1 + scale2) + shift2) * gamma2
+        return x + self.ffn(layer_norm(x) * (1 + scale2) + shift2) * gamma2
 
 
 class VARCache:
@@ -120,7 +121,7 @@ class VARHeadNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond).view(cond.shape[0], 1, 2, -1).unbind(2)
-        return _layer_norm(x) * (1 + scale) + shift
+        return layer_norm(x) * (1 + scale) + shift
 
 
 class VARGenerator(nn.Module):
@@ -201,9 +202,12 @@ class VARQuantizer(nn.Module):
         k = config.num_phi
         self.ticks = np.linspace(1 / 3 / k, 1 - 1 / 3 / k, k) if k == 4 else np.linspace(1 / 2 / k, 1 - 1 / 2 / k, k)
 
+    def phi_index(self, scale: int, num_scales: int) -> int:
+        """Which Phi scale `scale` uses: the one whose tick is nearest scale / (K - 1)."""
+        return int(np.argmin(np.abs(self.ticks - scale / (num_scales - 1))))
+
     def phi(self, scale: int, num_scales: int) -> Phi:
-        """The Phi of scale `scale`: the one whose tick is nearest scale / (K - 1)."""
-        return self.quant_resi.qresi_ls[int(np.argmin(np.abs(self.ticks - scale / (num_scales - 1))))]
+        return self.quant_resi.qresi_ls[self.phi_index(scale, num_scales)]
 
     def add_scale(self, f_hat: torch.Tensor, tokens: torch.Tensor, scale: int,
                   patch_nums: tuple[int, ...]) -> torch.Tensor:

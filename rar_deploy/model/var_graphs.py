@@ -1,0 +1,181 @@
+"""VAR as deployment graphs: one scale step for every scale (a dynamic token count against a static KV cache)
+and the VQVAE decoder, as nn.Modules around the reference (model/var.py).
+
+The runtime owns the cache ([2B, H, L, Dh] per layer, written at the scale's positions from the step's
+keys/values), f_hat (the VQVAE estimate, [B, Cvae, P, P]) and per-scale constants: the scale's positions,
+the index of its Phi convolution, and the area (into the scale) and bicubic (out of it) resize matrices.
+Resizing is linear and separable, so `down @ f_hat @ down^T` and `up @ h @ up^T` with matrices computed by
+torch's own interpolation of the identity reproduce F.interpolate (to float rounding) with plain matmuls
+that every backend runs for any scale size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import VARConfig
+from .guidance import gumbel_max
+from .var import VARVQVAE, VARGenerator, VARQuantizer, layer_norm
+
+
+def resize_matrix(size_in: int, size_out: int, mode: str) -> torch.Tensor:
+    """[size_out, size_in]: F.interpolate(mode) along one axis, as a matrix (exact for separable modes)."""
+    basis = torch.eye(size_in, dtype=torch.float64).view(size_in, 1, size_in, 1)
+    return F.interpolate(basis, size=(size_out, 1), mode=mode).view(size_in, size_out).t().float()
+
+
+def scale_constants(config: VARConfig, quantizer: VARQuantizer) -> list[dict[str, torch.Tensor]]:
+    """Per scale: positions [n], phi_index [1], down [pn, P] (area, into the scale), up [P, pn] (bicubic)."""
+    size, constants = config.patch_nums[-1], []
+    for scale, ((begin, end), pn) in enumerate(zip(config.scale_ranges(), config.patch_nums)):
+        up = torch.eye(size) if pn == size else resize_matrix(pn, size, "bicubic")
+        phi = quantizer.phi_index(scale, config.num_scales)
+        constants.append({"positions": torch.arange(begin, end).view(pn, pn), "phi_index": torch.tensor([phi]),
+                          "down": resize_matrix(size, pn, "area"), "up": up})
+    return constants
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """The official top-k (k > 0) then top-p (p > 0) filtering of [..., V] logits; k and p are [1] tensors."""
+    vocab = logits.shape[-1]
+    ordered = logits.sort(dim=-1, descending=True).values
+    k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
+    kth = ordered.gather(-1, (k - 1).expand(*logits.shape[:-1], 1))
+    logits = logits.masked_fill(logits < kth, float("-inf"))
+    ascending, order = logits.sort(dim=-1)
+    remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
+    remove = remove & (top_p > 0) & (torch.arange(vocab) < vocab - 1)  # the largest is always kept
+    return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+
+
+class VARScaleStepGraph(nn.Module):
+    """One scale for B images (guided: 2B rows, conditional then unconditional):
+    class_labels [B], f_hat [B, Cvae, P, P], positions [pn, pn] (the scale's n = pn^2 sequence positions),
+    phi_index [1], down [pn, P], up [P, pn], guidance [B] (t = cfg * scale / (K - 1)), top_k [1], top_p [1],
+    temperature [B], noise [B, pn, pn, V] uniform (grids, so that export sees n as pn * pn),
+    per layer k_cache.i / v_cache.i [2B, H, L, Dh] holding positions < positions[0]
+    -> tokens [B, n], f_hat_out, guided logits [B, n, V], keys / values of this scale [depth, 2B, H, n, Dh]."""
+
+    output_names = ("tokens", "f_hat_out", "logits", "keys", "values")
+
+    def __init__(self, generator: VARGenerator, vqvae: VARVQVAE) -> None:
+        super().__init__()
+        self.generator, self.quantizer = generator, vqvae.quantize
+        phis = self.quantizer.quant_resi.qresi_ls
+        self.phi_weight = nn.Parameter(torch.stack([phi.weight for phi in phis]), requires_grad=False)
+        self.phi_bias = nn.Parameter(torch.stack([phi.bias for phi in phis]), requires_grad=False)
+        self.phi_ratio = phis[0].ratio
+        layers = range(generator.config.depth)
+        self.input_names = ("class_labels", "f_hat", "positions", "phi_index", "down", "up", "guidance", "top_k",
+                            "top_p", "temperature", "noise", *(f"k_cache.{i}" for i in layers),
+                            *(f"v_cache.{i}" for i in layers))
+
+    def forward(self, class_labels, f_hat, positions, phi_index, down, up, guidance, top_k, top_p, temperature,
+                noise, k_cache: list, v_cache: list):
+        g, c = self.generator, self.generator.config
+        positions, noise = positions.flatten(), noise.flatten(1, 2)
+        batch, n = class_labels.shape[0], positions.shape[0]
+        rows = torch.cat((class_labels, torch.full_like(class_labels, c.null_class)))
+        level_positions = g.level_positions()[0, positions]  # [n, C]
+        first = g.class_emb(rows)[:, None] + g.pos_start[:, :1]  # scale 0: one token (pn0 = 1)
+        scale_input = (down @ f_hat @ down.t()).flatten(2).transpose(1, 2)  # [B, n, Cvae]
+        later = g.word_embed(scale_input).repeat(2, 1, 1)
+        x = torch.where(positions[0] == 0, first.expand(-1, n, -1), later) + level_positions
+        cond = g.class_emb(rows)
+        valid = torch.arange(k_cache[0].shape[-2]) < positions[0]  # cache slots of earlier scales
+        keys, values = [], []
+        for layer, block in enumerate(g.blocks):
+            gamma1, gamma2, scale1, scale2, shift1, shift2 = block.modulation(cond)
+            q, k, v = block.attn.qkv(layer_norm(x) * (1 + scale1) + shift1)
+            keys.append(k)
+            values.append(v)
+            all_k = torch.cat((k_cache[layer], k), dim=2)
+            all_v = torch.cat((v_cache[layer], v), dim=2)
+            mask = torch.cat((valid, torch.ones(n, dtype=torch.bool)))
+            x = x + block.attn.attend(q, all_k, all_v, mask[None, None, None, :]) * gamma1
+            x = x + block.ffn(layer_norm(x) * (1 + scale2) + shift2) * gamma2
+        logits = g.logits(x, cond)
+        guided = (1 + guidance[:, None, None]) * logits[:batch] - guidance[:, None, None] * logits[batch:]
+        filtered = filter_top_k_top_p(guided, top_k, top_p)
+        vocab = guided.shape[-1]
+        tokens = gumbel_max(filtered.reshape(-1, vocab), noise.reshape(-1, vocab),
+                            temperature[:, None].expand(batch, n).reshape(-1)).view(batch, n)
+        pn = down.shape[0]
+        h = self.quantizer.embedding(tokens).transpose(1, 2).reshape(batch, -1, pn, pn)
+        h = up @ h @ up.t()
+        weight, bias = self.phi_weight[phi_index[0]], self.phi_bias[phi_index[0]]
+        h = h * (1 - self.phi_ratio) + F.conv2d(h, weight, bias, padding=1) * self.phi_ratio
+        return tokens, f_hat + h, guided, torch.stack(keys), torch.stack(values)
+
+
+class VARDecoderGraph(nn.Module):
+    """f_hat [B, Cvae, P, P] -> images [B, 3, H, W] in [0, 1] and images_uint8 [B, H, W, 3] (floor of x * 255)."""
+
+    input_names = ("f_hat",)
+    output_names = ("images", "images_uint8")
+
+    def __init__(self, vqvae: VARVQVAE) -> None:
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, f_hat):
+        images = self.vqvae.decode_fhat(f_hat)
+        return images, torch.floor(images.permute(0, 2, 3, 1) * 255).to(torch.uint8)
+
+
+def generate_with_steps(step, config: VARConfig, constants: list[dict], class_labels, cfg: float, top_k: int = 0,
+                        top_p: float = 0.0, temperature: float = 1.0, uniform=None):
+    """The loop over scales on numpy arrays, around `step(feeds) -> outputs` (the scale-step graph in any
+    runtime): the cache written at each scale's positions, f_hat carried. uniform [B, L, V] or None (greedy).
+    Returns tokens [B, L] and the final f_hat."""
+    import numpy as np
+
+    c, labels = config, np.asarray(class_labels, dtype=np.int64)
+    b, size = len(labels), c.patch_nums[-1]
+    shape = (2 * b, c.num_heads, c.seq_len, c.head_dim)
+    k_cache = [np.zeros(shape, np.float32) for _ in range(c.depth)]
+    v_cache = [np.zeros(shape, np.float32) for _ in range(c.depth)]
+    f_hat = np.zeros((b, c.vae_channels, size, size), np.float32)
+    tokens = []
+    for scale, const in enumerate(constants):
+        pn = const["down"].shape[0]
+        begin, end = int(const["positions"].min()), int(const["positions"].max()) + 1
+        noise = (np.full((b, end - begin, c.codebook_size), 0.5, np.float32) if uniform is None
+                 else np.ascontiguousarray(uniform[:, begin:end], np.float32)).reshape(b, pn, pn, -1)
+        feeds = {"class_labels": labels, "f_hat": f_hat, **{k: np.asarray(v) for k, v in const.items()},
+                 "guidance": np.full(b, cfg * scale / (c.num_scales - 1), np.float32),
+                 "top_k": np.array([top_k], np.int64), "top_p": np.array([top_p], np.float32),
+                 "temperature": np.full(b, 0.0 if uniform is None else temperature, np.float32), "noise": noise,
+                 **{f"k_cache.{i}": k_cache[i] for i in range(c.depth)},
+                 **{f"v_cache.{i}": v_cache[i] for i in range(c.depth)}}
+        out = step(feeds)
+        for i in range(c.depth):
+            k_cache[i][:, :, begin:end] = out["keys"][i]
+            v_cache[i][:, :, begin:end] = out["values"][i]
+        f_hat = out["f_hat_out"]
+        tokens.append(out["tokens"])
+    return np.concatenate(tokens, axis=1), f_hat
+
+
+def var_graph_exports(generator: VARGenerator, vqvae: VARVQVAE, max_batch: int):
+    """(module, example args, dynamic shapes) of the scale step and the decoder, for export_graph."""
+    from ..export.onnx_export import GraphExport
+
+    c, b = generator.config, 2
+    batch = torch.export.Dim("batch", min=1, max=max(max_batch, b + 1))
+    pn = torch.export.Dim("pn", min=1, max=c.patch_nums[-1])
+    size, scale = c.patch_nums[-1], 2  # an example scale with pn > 1
+    const = scale_constants(c, vqvae.quantize)[scale]
+    cache = [torch.zeros(2 * b, c.num_heads, c.seq_len, c.head_dim) for _ in range(c.depth)]
+    args = (torch.arange(b), torch.zeros(b, c.vae_channels, size, size), const["positions"], const["phi_index"],
+            const["down"], const["up"], torch.full((b,), 1.0), torch.tensor([0]), torch.tensor([0.0]), torch.ones(b),
+            torch.rand(b, c.patch_nums[scale], c.patch_nums[scale], c.codebook_size),
+            cache, [x.clone() for x in cache])
+    rows = {0: 2 * batch}
+    shapes = ({0: batch}, {0: batch}, {0: pn, 1: pn}, None, {0: pn}, {1: pn}, {0: batch}, None, None, {0: batch},
+              {0: batch, 1: pn, 2: pn}, [rows] * c.depth, [rows] * c.depth)
+    return {"var_step": GraphExport(VARScaleStepGraph(generator, vqvae), args, shapes),
+            "var_decoder": GraphExport(VARDecoderGraph(vqvae), (torch.zeros(b, c.vae_channels, size, size),),
+                                       ({0: batch},))}

@@ -57,9 +57,12 @@ class VARAttention(nn.Module):
             k = F.normalize(k, dim=-1)
         return q, k, v
 
+    @property
+    def softmax_scale(self) -> float:
+        return 1.0 if self.l2_norm else 0.25 / self.head_dim**0.5
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        scale = 1.0 if self.l2_norm else 0.25 / self.head_dim**0.5
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale)
         b, _, n, _ = out.shape
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 

@@ -50,6 +50,18 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.T
     return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
 
 
+def scale_attention(q, k, v, k_cache, v_cache, valid, scale: float) -> torch.Tensor:
+    """A scale's n queries over the earlier scales in the static cache (slots where `valid`) and the scale's own
+    n keys, without copying the cache: the two score blocks share one softmax. q, k, v [R, H, n, Dh];
+    caches [R, H, L, Dh] -> [R, n, H * Dh]."""
+    cache_scores = (q @ k_cache.transpose(-1, -2) * scale).masked_fill(~valid, float("-inf"))
+    own_scores = q @ k.transpose(-1, -2) * scale
+    probs = torch.cat((cache_scores, own_scores), dim=-1).softmax(dim=-1)
+    seq = k_cache.shape[-2]
+    out = probs[..., :seq] @ v_cache + probs[..., seq:] @ v
+    return out.transpose(1, 2).flatten(2)
+
+
 class VARScaleStepGraph(nn.Module):
     """One scale for B images (guided: 2B rows, conditional then unconditional):
     class_labels [B], f_hat [B, Cvae, P, P], positions [pn, pn] (the scale's n = pn^2 sequence positions),
@@ -91,10 +103,8 @@ class VARScaleStepGraph(nn.Module):
             q, k, v = block.attn.qkv(layer_norm(x) * (1 + scale1) + shift1)
             keys.append(k)
             values.append(v)
-            all_k = torch.cat((k_cache[layer], k), dim=2)
-            all_v = torch.cat((v_cache[layer], v), dim=2)
-            mask = torch.cat((valid, torch.ones(n, dtype=torch.bool)))
-            x = x + block.attn.attend(q, all_k, all_v, mask[None, None, None, :]) * gamma1
+            x = x + block.attn.proj(scale_attention(q, k, v, k_cache[layer], v_cache[layer], valid,
+                                                    block.attn.softmax_scale)) * gamma1
             x = x + block.ffn(layer_norm(x) * (1 + scale2) + shift2) * gamma2
         logits = g.logits(x, cond)
         guided = (1 + guidance[:, None, None]) * logits[:batch] - guidance[:, None, None] * logits[batch:]

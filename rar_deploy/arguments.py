@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,6 +38,9 @@ def check_class_labels(labels: Any, num_classes: int) -> np.ndarray:
         if wrong:
             raise RARDeployError(f"class labels must be integer class ids, got {wrong[0]!r} "
                                  f"({type(wrong[0]).__name__})")
+        outside = [int(label) for label in labels if not 0 <= label < num_classes]  # before int64 can overflow
+        if outside:
+            raise RARDeployError(f"class id {outside[0]} is out of range: class ids must lie in [0, {num_classes})")
         array = np.array([int(label) for label in labels], dtype=np.int64)
     if array.size == 0:
         raise RARDeployError("no class labels given: pass at least one ImageNet class id")
@@ -46,12 +50,20 @@ def check_class_labels(labels: Any, num_classes: int) -> np.ndarray:
     return array
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite(name: str, value: Any) -> float:
+    """A real number that stays finite as the float32 the graphs compute with."""
     if not _is_real(value):
         raise RARDeployError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(float(value)):
-        raise RARDeployError(f"{name} must be a finite number, got {float(value)}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise RARDeployError(f"{name} must be a finite number within float32's range, got {value!r}"[:200])
+    return number
 
 
 def check_sampling(guidance_scale: Any, guidance_pow: Any, temperature: Any) -> tuple[float, float, float]:
@@ -72,6 +84,13 @@ def check_seed(seed: Any) -> int:
     if not 0 <= int(seed) <= MAX_SEED:
         raise RARDeployError(f"seed must lie in [0, 2**63), got {int(seed)}")
     return int(seed)
+
+
+def check_device(device: Any) -> str | None:
+    """None (the backend's default), 'cpu', 'cuda' or 'cuda:N'."""
+    if device is not None and (not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device)):
+        raise RARDeployError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return device
 
 
 def check_count(name: str, value: Any, low: int = 1, high: int | None = None) -> int:

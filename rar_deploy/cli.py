@@ -359,7 +359,7 @@ def serve_command(artifacts_dir, backend, device, threads, replicas, max_replica
     """Serve an artifact folder over HTTP with Ray Serve: POST /generate, GET /healthz, GET /ready.
     Runs until interrupted (Ctrl-C or SIGTERM), then stops its replicas."""
     from .runtime import Artifacts
-    from .serving.server import ServeOptions, serve_until_stopped
+    from .serving.server import ServeOptions, check_before_start, serve_until_stopped
 
     artifacts = Artifacts.load(artifacts_dir)
     artifacts.check_batch_size(max_batch_size)
@@ -369,6 +369,7 @@ def serve_command(artifacts_dir, backend, device, threads, replicas, max_replica
         raise RARDeployError("--backend tensorrt runs on a GPU: give each replica one with --num-gpus 1")
     options = ServeOptions(str(artifacts.directory.resolve()), backend, device, threads, replicas, max_replicas,
                            num_cpus, num_gpus, max_batch_size, batch_wait_ms / 1000, host, port, address)
+    check_before_start(options)
     serve_until_stopped(options, echo=lambda message: click.echo(message, err=True))
 
 
@@ -376,7 +377,8 @@ def serve_command(artifacts_dir, backend, device, threads, replicas, max_replica
 @click.option("--artifacts", "artifacts_dir", required=True, type=PATH_TYPE,
               help="Artifact directory (the server reads it at this absolute path).")
 @click.option("--out", required=True, type=PATH_TYPE,
-              help="Model repository to write (tritonserver --model-repository).")
+              help="Model repository (tritonserver --model-repository), new or holding other models: only its "
+                   "'rar' model folder is written.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
 @click.option("--device", help="cpu, cuda or cuda:N [default: the backend's].")
 @THREADS_OPTION
@@ -386,23 +388,27 @@ def serve_command(artifacts_dir, backend, device, threads, replicas, max_replica
 @click.option("--instances", type=click.IntRange(1), default=1, show_default=True, help="Model instances.")
 @click.option("--queue-delay-us", type=click.IntRange(0), default=5000, show_default=True,
               help="Dynamic batching: how long a request may wait for others.")
-@click.option("--force", is_flag=True, help="Replace a repository this command wrote earlier.")
+@click.option("--force", is_flag=True, help="Replace the 'rar' model this command wrote earlier.")
 @friendly_errors
 def triton_repo_command(artifacts_dir, out, backend, device, threads, max_batch_size, instances, queue_delay_us,
                         force) -> None:
     """Write a Triton Inference Server model repository that serves an artifact folder (Python backend,
     the whole loop in one model instance, dynamic batching)."""
+    from .arguments import check_device
     from .files import Output, atomic_directory
     from .runtime import Artifacts
-    from .serving.triton import MODEL_NAME, is_model_repository, write_model_repository
+    from .serving.triton import MODEL_NAME, is_our_model, write_model
 
     artifacts = Artifacts.load(artifacts_dir)
     artifacts.check_batch_size(max_batch_size)
-    output = Output(out, "--out", force, owned=is_model_repository, owner="rar-deploy triton-repo",
+    check_device(device)
+    if out.exists() and not out.is_dir():
+        raise RARDeployError(f"--out {out} is a file: give a model repository folder (new or existing)")
+    output = Output(out / MODEL_NAME, "--out", force, owned=is_our_model, owner="rar-deploy triton-repo",
                     inputs=(artifacts.directory,))
     with atomic_directory(output) as folder:
-        write_model_repository(folder, artifacts, backend, device, threads, max_batch_size, instances, queue_delay_us)
-    click.echo(f"wrote {out}: tritonserver --model-repository {out} (model {MODEL_NAME!r})")
+        write_model(folder, artifacts, backend, device, threads, max_batch_size, instances, queue_delay_us)
+    click.echo(f"wrote {out / MODEL_NAME}: tritonserver --model-repository {out} (model {MODEL_NAME!r})")
 
 
 main.add_command(export_command, name="export")

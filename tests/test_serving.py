@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from rar_deploy.cli import generate_command, serve_command
+from rar_deploy.gpu import cuda_capability
 
 SERVE_START_TIMEOUT = 240  # Ray and one replica on 2 busy cores
 
@@ -56,7 +57,7 @@ def server(artifacts, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve-log") / "rar-serve.log"
     command = [str(Path(sys.executable).with_name("rar-serve")), "--artifacts", str(artifacts), "--port", str(port),
-               "--threads", "1", "--batch-wait-ms", "20"]
+               "--threads", "1", "--batch-wait-ms", "20", "--max-batch-size", "3"]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
@@ -82,6 +83,7 @@ def test_ready_and_health_routes(server):
     assert get(url, "/healthz") == (200, {"status": "ok"})
     status, ready = get(url, "/ready")
     assert status == 200 and ready["model"] == "tiny" and ready["backend"] == "onnxruntime"
+    assert ready["max_batch_size"] == 3  # the setting, not the artifacts' profile
 
 
 def test_concurrent_requests_give_the_images_rar_generate_writes(server, artifacts, tmp_path):
@@ -126,10 +128,26 @@ def test_tokens_output_and_per_request_sampling_values(server, artifacts):
     ({"class_labels": [1], "seed": -3}, "seed must lie in"),
     ({"class_labels": [1], "output": "jpeg"}, "output must be one of"),
     ({"class_labels": [1], "labels": [2]}, "unknown field 'labels'"),
+    ({"class_labels": [2**64]}, "out of range"),  # beyond int64
+    ({"class_labels": [1], "guidance_scale": 1e39}, "within float32's range"),
+    (b'{"class_labels": [1], "guidance_scale": 1' + b"0" * 400 + b"}", "within float32's range"),  # an int
+    (b'{"class_labels": [1], "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", "not JSON"),  # too deep to decode
 ])
 def test_invalid_requests_get_400_with_one_line(server, body, phrase):
     status, reply = post(server[1], body)
     assert status == 400 and phrase in reply["error"] and "\n" not in reply["error"], reply
+
+
+def test_other_routes_and_methods_answer_in_the_same_shape(server):
+    for method, route, code in (("GET", "/generate", 405), ("POST", "/nope", 404)):
+        request = urllib.request.Request(server[1] + route, method=method, data=b"{}" if method == "POST" else None)
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(request, timeout=10)
+        assert error.value.code == code and "routes: POST /generate" in json.loads(error.value.read())["error"]
+
+
+def test_null_seed_is_the_default_seed(server):
+    assert post(server[1], {"class_labels": [5], "seed": None}) == post(server[1], {"class_labels": [5], "seed": 0})
 
 
 def test_non_finite_json_values_are_refused(server):
@@ -151,8 +169,22 @@ def test_app_builder_for_serve_config_files(artifacts):
         app_builder({"replicas": "1"})
 
 
+def test_rar_serve_refuses_a_port_in_use_before_starting_ray(artifacts):
+    """Ray's proxy would share the port (SO_REUSEPORT) with whatever listens there: refused, one line."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = CliRunner().invoke(serve_command, ["--artifacts", str(artifacts), "--port", str(port)])
+    assert result.exit_code == 1 and f"127.0.0.1:{port} is in use" in result.output, result.output
+
+
 @pytest.mark.parametrize("args, phrase", [
     (["--artifacts", "/nonexistent"], "artifact directory not found"),
+    (["--device", "banana"], "device must be"),
+    pytest.param(["--num-gpus", "1"], "no CUDA GPU is visible here",
+                 marks=pytest.mark.skipif(cuda_capability() is not None, reason="a GPU is visible here")),
+    (["--host", "no.such.host.invalid"], "not an address of this machine"),
     (["--replicas", "3", "--max-replicas", "2"], "below --replicas"),
     (["--backend", "tensorrt"], "--num-gpus 1"),
     (["--max-batch-size", "1000"], "outside the artifacts' profile"),

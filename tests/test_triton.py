@@ -48,16 +48,37 @@ def test_output_rules(artifacts, tmp_path):
     assert triton_repo("--artifacts", artifacts, "--out", repo).exit_code == 0
     refused = triton_repo("--artifacts", artifacts, "--out", repo)
     assert refused.exit_code == 1 and "--force" in refused.output
+    other_model = repo / "other" / "config.pbtxt"  # a repository holds other models: they are never touched
+    other_model.parent.mkdir()
+    other_model.write_text('name: "other"')
+    (repo / "notes.txt").write_text("mine")
     assert triton_repo("--artifacts", artifacts, "--out", repo, "--force").exit_code == 0
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "keep.txt").write_text("mine")
-    refused = triton_repo("--artifacts", artifacts, "--out", other, "--force")
-    assert "was not written by rar-deploy triton-repo" in refused.output and (other / "keep.txt").exists()
-    refused = triton_repo("--artifacts", artifacts, "--out", artifacts / "repo")
-    assert refused.exit_code == 1 and "input" in refused.output
+    assert other_model.read_text() == 'name: "other"' and (repo / "notes.txt").read_text() == "mine"
+    foreign = tmp_path / "foreign" / "rar"  # a model named rar that this tool did not write
+    foreign.mkdir(parents=True)
+    (foreign / "config.pbtxt").write_text('name: "rar"')
+    refused = triton_repo("--artifacts", artifacts, "--out", foreign.parent, "--force")
+    assert "was not written by rar-deploy triton-repo" in refused.output
+    assert (foreign / "config.pbtxt").read_text() == 'name: "rar"'
+    for out, phrase in ((artifacts, "input"), (artifacts / "notes.txt", "input"), (tmp_path / "file", "is a file")):
+        if phrase == "is a file":
+            out.write_text("x")
+        refused = triton_repo("--artifacts", artifacts, "--out", out)
+        assert refused.exit_code == 1 and phrase in refused.output, refused.output
     refused = triton_repo("--artifacts", artifacts, "--out", tmp_path / "big", "--max-batch-size", "1000")
     assert refused.exit_code == 1 and "outside the artifacts' profile" in refused.output
+    refused = triton_repo("--artifacts", artifacts, "--out", tmp_path / "dev", "--device", "banana")
+    assert refused.exit_code == 1 and "device must be" in refused.output
+
+
+def test_config_strings_are_escaped(artifacts, tmp_path):
+    """A quote in the artifacts' path must not break config.pbtxt (Triton's text format)."""
+    import shutil
+
+    odd = Path(shutil.copytree(artifacts, tmp_path / 'we"ird dir' / "art"))
+    assert triton_repo("--artifacts", odd, "--out", tmp_path / "repo").exit_code == 0
+    config = (tmp_path / "repo" / "rar" / "config.pbtxt").read_text()
+    assert 'string_value: "' + str(odd.resolve()).replace('"', '\\"') + '"' in config
 
 
 @pytest.fixture(scope="session")

@@ -174,7 +174,7 @@ def _quiet_logger(name: str):
 
 def check_onnx(path: Path, static: set[str] = frozenset()) -> None:
     """onnx.checker with full_check (which includes strict shape inference); every input but the `static`
-    ones (per-call constants such as VAR's resize matrices' companions) keeps a symbolic dim."""
+    ones (those exported without a dynamic axis, such as VAR's top_k) keeps a symbolic dim."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:

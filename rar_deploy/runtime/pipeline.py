@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..arguments import check_class_labels, check_count, check_seed, check_tokens
+from ..arguments import check_class_labels, check_count, check_device, check_seed, check_tokens
 from ..errors import RARDeployError
 from ..gpu import cuda_capability
 from ..sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
@@ -76,13 +75,12 @@ class RARPipeline:
             raise RARDeployError(f"the artifact directory must be a path, got {directory!r}")
         if backend not in BACKENDS:
             raise RARDeployError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        if device is not None and (not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device)):
-            raise RARDeployError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        check_device(device)
         if threads is not None:
             threads = check_count("threads", threads)
         artifacts = Artifacts.load(directory, verify="sha256" if verify_files else "fingerprint")
         if backend == "onnxruntime":
-            return cls(artifacts, OnnxRuntimeBackend(artifacts, _cuda_present(device or "cpu"), threads))
+            return cls(artifacts, OnnxRuntimeBackend(artifacts, check_cuda_present(device or "cpu"), threads))
         if backend == "tensorrt":
             if device == "cpu":
                 raise RARDeployError("the tensorrt backend runs on a CUDA GPU: drop --device cpu")
@@ -98,7 +96,7 @@ class RARPipeline:
                                  "--backend onnxruntime or tensorrt") from None
         if threads is not None:
             torch.set_num_threads(threads)
-        device = _cuda_present(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = check_cuda_present(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return cls(artifacts, TorchBackend(artifacts, device, ckpt=ckpt, tokenizer=tokenizer))
 
     def generate_tokens(self, class_labels: Sequence[int], guidance_scale: float | None = None,
@@ -177,7 +175,7 @@ class RARPipeline:
             return [Image.fromarray(image) for image in self.decode(tokens, batch_size)]
 
 
-def _cuda_present(device: str) -> str:
+def check_cuda_present(device: str) -> str:
     """`device`, refused with one line when it names a GPU this machine does not have."""
     if device != "cpu" and cuda_capability(int(device.partition(":")[2] or 0)) is None:
         raise RARDeployError(f"device {device}, but no CUDA GPU is visible here (or cuda-python is not installed): "

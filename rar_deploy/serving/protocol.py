@@ -1,6 +1,7 @@
 """The HTTP request and response of `POST /generate`, shared by every server (no Ray, no Triton here).
 
-Request (JSON object; only class_labels is required, null means the model size's published default):
+Request (JSON object; only class_labels is required; absent or null: seed 0, the model size's published
+sampling values):
     {"class_labels": [207, 360], "seed": 0, "guidance_scale": 4.0, "guidance_pow": 1.0, "temperature": 1.0,
      "output": "png" | "tokens"}
 Response: {"model": ..., "seed": ..., "class_labels": [...], "images": [base64 PNG, ...]} (or "tokens": [[...]]).
@@ -49,7 +50,7 @@ def parse_generate_request(body: Any, pipeline: RARPipeline,
     output = body.get("output", "png")
     if output not in OUTPUTS:
         raise RARDeployError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-    seed = body.get("seed", 0)
+    seed = 0 if body.get("seed") is None else body["seed"]
     sampling = {name: body.get(name) for name in ("guidance_scale", "guidance_pow", "temperature")}
     samples = [pipeline.check_sample(Sample(int(label), seed, index, **sampling)) for index, label in enumerate(labels)]
     return GenerateRequest(samples, samples[0].seed, output)

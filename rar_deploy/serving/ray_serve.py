@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import RARDeployError
 from ..runtime import RARPipeline, Sample
@@ -21,8 +22,15 @@ from .protocol import generate_response, model_description, parse_generate_reque
 api = FastAPI(title="rar-deploy", docs_url=None, redoc_url=None)
 
 
-def error_response(message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=400)
+def error_response(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """404 / 405 in the same shape as every other error: {"error": one line}."""
+    return error_response(f"{exc.detail}: {request.method} {request.url.path} (routes: POST /generate, "
+                          "GET /healthz, GET /ready)", exc.status_code)
 
 
 @serve.deployment(name="rar")
@@ -32,7 +40,7 @@ class RARDeployment:
                  max_batch_size: int | None, batch_wait_s: float) -> None:
         self.pipeline = RARPipeline.from_artifacts(artifacts, backend, device, threads=threads)
         self.batch_size = self.pipeline.artifacts.check_batch_size(max_batch_size)
-        self.description = model_description(self.pipeline)
+        self.description = {**model_description(self.pipeline), "max_batch_size": self.batch_size}
         self.generate_batch.set_max_batch_size(self.batch_size)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_s)
 
@@ -49,7 +57,7 @@ class RARDeployment:
     async def generate(self, request: Request) -> JSONResponse:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep for the decoder
             return error_response("the request body is not JSON")
         try:
             parsed = parse_generate_request(body, self.pipeline)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -39,25 +40,56 @@ def import_ray():
     return ray, serve
 
 
+def check_before_start(options: ServeOptions) -> None:
+    """What can be known before Ray starts: the device, this machine's GPUs (when Ray runs here only), and
+    whether host:port can be listened on (another server there would silently share it with Ray's proxy)."""
+    from ..arguments import check_device
+    from ..gpu import cuda_capability
+    from ..runtime.pipeline import check_cuda_present
+
+    check_device(options.device)
+    if options.address is None:
+        if options.num_gpus > 0 and cuda_capability(0) is None:
+            raise RARDeployError(f"--num-gpus {options.num_gpus:g}, but no CUDA GPU is visible here: the replicas "
+                                 "would wait for one forever; use --num-gpus 0 (and a CPU backend) or a GPU machine")
+        if options.backend == "tensorrt" or (options.device or "").startswith("cuda"):
+            check_cuda_present(options.device or "cuda")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a just-closed server's TIME_WAIT is fine
+        try:
+            probe.bind((options.host, options.port))
+        except socket.gaierror:
+            raise RARDeployError(f"--host {options.host} is not an address of this machine") from None
+        except OSError as exc:
+            raise RARDeployError(f"{options.host}:{options.port} is in use ({exc.strerror}): stop what listens "
+                                 "there or choose another --port") from None
+
+
 def serve_until_stopped(options: ServeOptions, echo: Callable[[str], None] = print) -> None:
+    stop = threading.Event()
+
+    def catch_signals() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+
+    catch_signals()  # a stop while Ray loads and starts is kept, and honoured once Ray can be shut down cleanly
     ray, serve = import_ray()
     from .ray_serve import build_app
 
-    if options.address:
-        ray.init(address=options.address, logging_level="ERROR")
-    else:  # a one-machine cluster of this process, on loopback
-        ray.init(include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own (fatal) handlers
-        signal.signal(signum, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": options.host, "port": options.port})
-        app = build_app(options.artifacts, options.backend, options.device, options.threads, options.replicas,
-                        options.max_replicas, options.num_cpus, options.num_gpus, options.max_batch_size,
-                        options.batch_wait_s)
-        serve.run(app, name="rar", route_prefix="/")
-        echo(f"serving {options.artifacts} ({options.backend}, {options.replicas} replica(s)) at "
-             f"http://{options.host}:{options.port}: POST /generate, GET /healthz, GET /ready; Ctrl-C stops")
+        if options.address:
+            ray.init(address=options.address, logging_level="ERROR")
+        else:  # a one-machine cluster of this process, on loopback
+            ray.init(include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
+        catch_signals()  # again: ray.init installs its own (fatal) handlers
+        if not stop.is_set():
+            serve.start(http_options={"host": options.host, "port": options.port})
+            app = build_app(options.artifacts, options.backend, options.device, options.threads, options.replicas,
+                            options.max_replicas, options.num_cpus, options.num_gpus, options.max_batch_size,
+                            options.batch_wait_s)
+            serve.run(app, name="rar", route_prefix="/")
+            echo(f"serving {options.artifacts} ({options.backend}, {options.replicas} replica(s)) at "
+                 f"http://{options.host}:{options.port}: POST /generate, GET /healthz, GET /ready; Ctrl-C stops")
         stop.wait()
         echo("stopping")
     finally:

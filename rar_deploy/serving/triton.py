@@ -4,6 +4,7 @@ dynamic batching in front.
 
     REPO/rar/config.pbtxt      inputs, outputs and sizes from the manifest; the runtime's settings as parameters
     REPO/rar/1/model.py        triton_model.py: RARPipeline over ONNX Runtime or TensorRT
+(REPO may hold other models: only REPO/rar is written, and replaced with --force only if this tool wrote it.)
 
 One request row is one image: class_label (required), seed, image_index, guidance_scale, guidance_pow,
 temperature (optional; image_index defaults to the row within its request, so a request of labels
@@ -48,27 +49,32 @@ def model_config(artifacts: Artifacts, backend: str, device: str | None, threads
     lines.append(",\n".join(tensor(name, dtype, dims) for name, (dtype, dims) in output_dims(artifacts).items()))
     lines += ["]", f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}",
               f"instance_group [ {{ count: {instances} kind: {kind} }} ]", "parameters ["]
-    lines.append(",\n".join(f'  {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+    lines.append(",\n".join(f'  {{ key: "{key}" value: {{ string_value: {pbtxt_string(value)} }} }}'
                             for key, value in parameters.items()))
     lines.append("]")
     return "\n".join(lines) + "\n"
 
 
-def write_model_repository(folder: Path, artifacts: Artifacts, backend: str = "onnxruntime",
-                           device: str | None = None, threads: int | None = None, max_batch_size: int | None = None,
-                           instances: int = 1, queue_delay_us: int = 5000) -> None:
-    """Write the repository into `folder` (an empty, temporary folder the caller publishes)."""
+def write_model(folder: Path, artifacts: Artifacts, backend: str = "onnxruntime", device: str | None = None,
+                threads: int | None = None, max_batch_size: int | None = None, instances: int = 1,
+                queue_delay_us: int = 5000) -> None:
+    """Write the model (config.pbtxt, 1/model.py) into `folder`: an empty, temporary folder the caller
+    publishes as REPO/rar, so the repository's other models are never touched."""
     batch = artifacts.check_batch_size(max_batch_size)
-    model = folder / MODEL_NAME
-    (model / "1").mkdir(parents=True)
-    (model / "config.pbtxt").write_text(model_config(artifacts, backend, device, threads, batch, instances,
-                                                      queue_delay_us))
-    shutil.copyfile(Path(__file__).with_name("triton_model.py"), model / "1" / "model.py")
+    (folder / "1").mkdir()
+    (folder / "config.pbtxt").write_text(model_config(artifacts, backend, device, threads, batch, instances,
+                                                       queue_delay_us))
+    shutil.copyfile(Path(__file__).with_name("triton_model.py"), folder / "1" / "model.py")
 
 
-def is_model_repository(path: Path) -> bool:
-    """A repository this tool wrote (the only kind its --force replaces)."""
+def is_our_model(path: Path) -> bool:
+    """A model folder this tool wrote (the only kind its --force replaces)."""
     try:
-        return (path / MODEL_NAME / "config.pbtxt").read_text().startswith(MARKER)
+        return (path / "config.pbtxt").read_text().startswith(MARKER)
     except OSError:
         return False
+
+
+def pbtxt_string(value: str) -> str:
+    """A protobuf text-format string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'

@@ -114,16 +114,11 @@ class TokenizerConfig:
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any], path: object = "the checkpoint") -> "TokenizerConfig":
         shapes = _Shapes(state, "tokenizer", path)
-        levels = shapes.count("decoder.up.", 2)
-        blocks = shapes.count("decoder.up.0.block.", 4)
-        widths = [shapes.dim(f"decoder.up.{i}.block.0.conv1.weight", 0, rank=4) for i in range(levels)]
-        base = widths[0]
-        if any(w % base for w in widths):
-            raise CheckpointError(f"{path}: decoder level widths {widths} are not multiples of level 0's")
+        base, channel_mult = shapes.decoder_widths()
         return cls(
             hidden_channels=base,
-            channel_mult=tuple(w // base for w in widths),
-            num_res_blocks=blocks,
+            channel_mult=channel_mult,
+            num_res_blocks=shapes.count("decoder.up.0.block.", 4),
             z_channels=shapes.dim("decoder.conv_in.weight", 1, rank=4),
             codebook_size=shapes.dim("quantize.embedding.weight", 0, rank=2),
             num_channels=shapes.dim("decoder.conv_out.weight", 0, rank=4),
@@ -146,6 +141,16 @@ class _Shapes:
             raise CheckpointError(f"{self.path}: {key} has shape {shape}, expected {expected}: not an official "
                                   f"RAR {self.what} checkpoint")
         return int(shape[axis] - offset)
+
+    def decoder_widths(self, base: int | None = None) -> tuple[int, tuple[int, ...]]:
+        """(base channels, channel_mult) of a decoder's up levels (`decoder.up.i.block.0.conv1`); base:
+        level 0's width unless given."""
+        levels = self.count("decoder.up.", 2)
+        widths = [self.dim(f"decoder.up.{i}.block.0.conv1.weight", 0, rank=4) for i in range(levels)]
+        base = base or widths[0]
+        if any(w % base for w in widths):
+            raise CheckpointError(f"{self.path}: decoder level widths {widths} are not multiples of {base}")
+        return base, tuple(w // base for w in widths)
 
     def count(self, prefix: str, field: int) -> int:
         """1 + the largest index at dot-separated `field` of the keys starting with `prefix` (blocks, levels)."""
@@ -280,14 +285,10 @@ class VARTokenizerConfig:
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any], path: object = "the checkpoint") -> "VARTokenizerConfig":
         shapes = _Shapes(state, "VAR VQVAE", path)
-        levels = shapes.count("decoder.up.", 2)
-        widths = [shapes.dim(f"decoder.up.{i}.block.0.conv1.weight", 0, rank=4) for i in range(levels)]
-        base = shapes.dim("decoder.conv_out.weight", 1, rank=4)
-        if any(w % base for w in widths):
-            raise CheckpointError(f"{path}: decoder level widths {widths} are not multiples of {base}")
+        base, channel_mult = shapes.decoder_widths(shapes.dim("decoder.conv_out.weight", 1, rank=4))
         return cls(
             hidden_channels=base,
-            channel_mult=tuple(w // base for w in widths),
+            channel_mult=channel_mult,
             num_res_blocks=shapes.count("decoder.up.0.block.", 4) - 1,
             vae_channels=shapes.dim("quantize.embedding.weight", 1, rank=2),
             codebook_size=shapes.dim("quantize.embedding.weight", 0, rank=2),

@@ -15,7 +15,7 @@ from .errors import RARDeployError
 from .model.generator import RARGenerator
 from .model.guidance import apply_guidance, gumbel_max
 from .model.kv_cache import StaticKVCache
-from .model.var import VARCache
+from .model.var import VARCache, guided_logits
 from .sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 
 
@@ -135,12 +135,6 @@ def reference_record(generator: RARGenerator, tokenizer, float_dtype: str, batch
     return record
 
 
-def var_guidance(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, scale: int, num_scales: int) -> torch.Tensor:
-    """VAR's schedule: at scale si, t = cfg * si / (K - 1) and logits = (1 + t) cond - t uncond."""
-    t = cfg * scale / (num_scales - 1)
-    return (1 + t) * cond - t * uncond
-
-
 def var_filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """The official top-k then top-p filtering (removed logits become -inf)."""
     if top_k > 0:
@@ -180,7 +174,7 @@ def var_reference_generate(generator, vqvae, class_labels: Sequence[int], cfg: f
     tokens, guided = [], []
     for scale, (begin, end) in enumerate(c.scale_ranges()):
         logits = generator.run(x, both, cache, None)
-        logits = var_guidance(logits[:b], logits[b:], cfg, scale, c.num_scales)
+        logits = guided_logits(logits, cfg * scale / (c.num_scales - 1))
         filtered = var_filter(logits, top_k, top_p)
         chosen = (filtered.argmax(dim=-1) if uniform is None else
                   gumbel_max(filtered.flatten(0, 1), uniform[:, begin:end].flatten(0, 1), temperature).view(b, -1))

@@ -102,10 +102,14 @@ class VQDecoderGraph(nn.Module):
 
     def forward(self, tokens):
         images = self.tokenizer(tokens).clamp(0.0, 1.0)
-        # floor, then cast: the official truncation whatever rounding a backend's cast uses. The cast is
-        # the last op because TensorRT accepts uint8 only at the network's edges.
-        images_uint8 = torch.floor(images.permute(0, 2, 3, 1) * 255).to(torch.uint8)
-        return images, images_uint8
+        return images, uint8_images(images)
+
+
+def uint8_images(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> [B, H, W, 3] uint8. Floor, then cast: the official truncation whatever
+    rounding a backend's cast uses; the cast is the last op because TensorRT accepts uint8 only at the
+    network's edges."""
+    return torch.floor(images.permute(0, 2, 3, 1) * 255).to(torch.uint8)
 
 
 GRAPH_MODULES = {"condition": ConditionGraph, "decode_step": DecodeStepGraph, "vq_decoder": VQDecoderGraph}

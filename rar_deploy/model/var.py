@@ -11,6 +11,8 @@ embedding: gamma1, gamma2, scale1, scale2, shift1, shift2) with L2-normalised q 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -61,10 +63,10 @@ class VARAttention(nn.Module):
     def softmax_scale(self) -> float:
         return 1.0 if self.l2_norm else 0.25 / self.head_dim**0.5
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q [B, H, n, Dh] over k, v [B, H, S, Dh] -> heads joined [B, n, C], before `proj`."""
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale)
-        b, _, n, _ = out.shape
-        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+        return out.transpose(1, 2).flatten(2)
 
 
 class VARFeedForward(nn.Module):
@@ -75,6 +77,14 @@ class VARFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def guided_logits(logits: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """Rows [cond; uncond] of [2B, ...] logits -> (1 + t) cond - t uncond; t a number or [B] (VAR's schedule
+    gives t = cfg * scale / (K - 1))."""
+    batch = logits.shape[0] // 2
+    t = torch.as_tensor(t, dtype=logits.dtype).reshape(-1, *[1] * (logits.dim() - 1))
+    return (1 + t) * logits[:batch] - t * logits[batch:]
 
 
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
@@ -93,13 +103,11 @@ class VARBlock(nn.Module):
         """cond [B, C] -> gamma1, gamma2, scale1, scale2, shift1, shift2, each [B, 1, C]."""
         return self.ada_lin(cond).view(cond.shape[0], 1, 6, -1).unbind(2)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, cache: "VARCache | None", layer: int,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, attend: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """attend(q, k, v) -> [B, n, C] before `proj`: the caller's attention (full, growing or static cache)."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond)
         q, k, v = self.attn.qkv(layer_norm(x) * (1 + scale1) + shift1)
-        if cache is not None:
-            k, v = cache.append(layer, k, v)
-        x = x + self.attn.attend(q, k, v, mask) * gamma1
+        x = x + self.attn.proj(attend(q, k, v)) * gamma1
         return x + self.ffn(layer_norm(x) * (1 + scale2) + shift2) * gamma2
 
 
@@ -168,7 +176,13 @@ class VARGenerator(nn.Module):
             mask: torch.Tensor | None) -> torch.Tensor:
         cond = self.class_emb(class_labels)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cond, cache, layer, mask)
+
+            def attend(q, k, v, layer=layer, block=block):
+                if cache is not None:
+                    k, v = cache.append(layer, k, v)
+                return block.attn.attention(q, k, v, mask)
+
+            x = block(x, cond, attend)
         return self.logits(x, cond)
 
     def forward(self, class_labels: torch.Tensor, scale_inputs: torch.Tensor) -> torch.Tensor:

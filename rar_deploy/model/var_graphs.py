@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VARConfig
+from .graphs import uint8_images
 from .guidance import gumbel_max
-from .var import VARVQVAE, VARGenerator, VARQuantizer, layer_norm
+from .var import VARVQVAE, VARGenerator, VARQuantizer, guided_logits
 
 
 def resize_matrix(size_in: int, size_out: int, mode: str) -> torch.Tensor:
@@ -99,15 +100,14 @@ class VARScaleStepGraph(nn.Module):
         valid = torch.arange(k_cache[0].shape[-2]) < positions[0]  # cache slots of earlier scales
         keys, values = [], []
         for layer, block in enumerate(g.blocks):
-            gamma1, gamma2, scale1, scale2, shift1, shift2 = block.modulation(cond)
-            q, k, v = block.attn.qkv(layer_norm(x) * (1 + scale1) + shift1)
-            keys.append(k)
-            values.append(v)
-            x = x + block.attn.proj(scale_attention(q, k, v, k_cache[layer], v_cache[layer], valid,
-                                                    block.attn.softmax_scale)) * gamma1
-            x = x + block.ffn(layer_norm(x) * (1 + scale2) + shift2) * gamma2
-        logits = g.logits(x, cond)
-        guided = (1 + guidance[:, None, None]) * logits[:batch] - guidance[:, None, None] * logits[batch:]
+
+            def attend(q, k, v, layer=layer, block=block):
+                keys.append(k)
+                values.append(v)
+                return scale_attention(q, k, v, k_cache[layer], v_cache[layer], valid, block.attn.softmax_scale)
+
+            x = block(x, cond, attend)
+        guided = guided_logits(g.logits(x, cond), guidance)
         filtered = filter_top_k_top_p(guided, top_k, top_p)
         vocab = guided.shape[-1]
         tokens = gumbel_max(filtered.reshape(-1, vocab), noise.reshape(-1, vocab),
@@ -132,7 +132,7 @@ class VARDecoderGraph(nn.Module):
 
     def forward(self, f_hat):
         images = self.vqvae.decode_fhat(f_hat)
-        return images, torch.floor(images.permute(0, 2, 3, 1) * 255).to(torch.uint8)
+        return images, uint8_images(images)
 
 
 def generate_with_steps(step, config: VARConfig, constants: list[dict], class_labels, cfg: float, top_k: int = 0,

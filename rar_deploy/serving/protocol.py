@@ -66,9 +66,8 @@ def generate_response(request: GenerateRequest, tokens: np.ndarray, images: np.n
     return reply
 
 
-def model_description(pipeline: RARPipeline) -> dict:
+def model_description(pipeline: RARPipeline, max_batch_size: int) -> dict:
     """What /ready reports: which model this server runs, and how."""
-    artifacts = pipeline.artifacts
-    return {"model": pipeline.config.preset_name or "custom", "precision": artifacts.manifest["precision"],
+    return {"model": pipeline.config.preset_name or "custom", "precision": pipeline.artifacts.manifest["precision"],
             "backend": pipeline.backend.name, "device": pipeline.backend.device,
-            "max_batch_size": artifacts.max_batch, "image_seq_len": pipeline.config.image_seq_len}
+            "max_batch_size": max_batch_size, "image_seq_len": pipeline.config.image_seq_len}

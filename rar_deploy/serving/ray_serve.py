@@ -40,7 +40,7 @@ class RARDeployment:
                  max_batch_size: int | None, batch_wait_s: float) -> None:
         self.pipeline = RARPipeline.from_artifacts(artifacts, backend, device, threads=threads)
         self.batch_size = self.pipeline.artifacts.check_batch_size(max_batch_size)
-        self.description = {**model_description(self.pipeline), "max_batch_size": self.batch_size}
+        self.description = model_description(self.pipeline, self.batch_size)
         self.generate_batch.set_max_batch_size(self.batch_size)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_s)
 

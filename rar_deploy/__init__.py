@@ -8,21 +8,22 @@ from importlib import import_module
 
 from .config import GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, SamplingDefaults, TokenizerConfig
 from .errors import CheckpointError, RARDeployError
-from .runtime import RARPipeline
+from .runtime import RARPipeline, VARPipeline, open_pipeline
 from .sampling import guidance_schedule, sampling_noise
 from .version import __version__
 
 _NEED_TORCH = {
-    "load_generator": "checkpoint", "load_tokenizer": "checkpoint",
+    "load_generator": "checkpoint", "load_tokenizer": "checkpoint", "load_models": "checkpoint",
+    "load_var_generator": "checkpoint", "load_var_tokenizer": "checkpoint",
     "RARGenerator": "model", "StaticKVCache": "model", "VQDecoder": "model", "images_to_uint8": "model",
-    "Generation": "reference", "reference_generate": "reference",
+    "Generation": "reference", "reference_generate": "reference", "var_reference_generate": "reference",
 }
 
 __all__ = [
     "GENERATOR_PRESETS", "TOKENIZER_PRESETS", "CheckpointError", "Generation", "GeneratorConfig", "RARPipeline",
     "RARDeployError", "RARGenerator", "SamplingDefaults", "StaticKVCache", "TokenizerConfig", "VQDecoder",
-    "__version__", "guidance_schedule", "images_to_uint8", "load_generator", "load_tokenizer", "reference_generate",
-    "sampling_noise",
+    "VARPipeline", "__version__", "guidance_schedule", "images_to_uint8", "load_generator", "load_models",
+    "load_tokenizer", "load_var_generator", "load_var_tokenizer", "open_pipeline", "reference_generate", "sampling_noise", "var_reference_generate",
 ]
 
 

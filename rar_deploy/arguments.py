@@ -78,6 +78,22 @@ def check_sampling(guidance_scale: Any, guidance_pow: Any, temperature: Any) -> 
     return scale, pow_, temperature
 
 
+def check_var_sampling(guidance_scale: Any, top_k: Any, top_p: Any, temperature: Any
+                       ) -> tuple[float, int, float, float]:
+    """VAR: guidance scale (cfg) >= 0, top-k >= 0 (0: off), top-p in [0, 1) (0: off), temperature >= 0 (0: greedy)."""
+    scale = check_finite("guidance scale", guidance_scale)
+    if scale < 0:
+        raise RARDeployError(f"guidance scale must be >= 0 (0 is the conditional logits alone), got {scale}")
+    top_k = check_count("top-k", top_k, 0, MAX_SEED)
+    top_p = check_finite("top-p", top_p)
+    if not 0 <= top_p < 1:
+        raise RARDeployError(f"top-p must lie in [0, 1) (0 turns it off), got {top_p}")
+    temperature = check_finite("temperature", temperature)
+    if temperature < 0:
+        raise RARDeployError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    return scale, top_k, top_p, temperature
+
+
 def check_seed(seed: Any) -> int:
     if not _is_integer(seed):
         raise RARDeployError(f"seed must be an integer, got {seed!r}")

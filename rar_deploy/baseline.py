@@ -1,6 +1,7 @@
 """The baseline of rar-bench: the official `generate()` loop's cost structure on our reference modules (the
 prefix re-embedded and the KV cache grown by torch.cat every step), same guidance and the same noise as
-the pipelines. Needs torch (the export extra)."""
+the pipelines; for VAR, the official `autoregressive_infer_cfg` loop (reference.var_reference_generate: the
+cache grown by torch.cat, F.interpolate between scales). Needs torch (the export extra)."""
 
 from __future__ import annotations
 
@@ -104,16 +105,48 @@ def baseline_checkpoints(artifacts, ckpt: str | None, tokenizer: str | None) -> 
 def bench_baselines(artifacts, checkpoints: tuple[Path, Path], batch_sizes: list[int], device: str | None,
                     warmup_steps: int, progress: Callable[[str], None]) -> list[dict]:
     """The baseline at every batch size, fp16 on CUDA for fp16 artifacts, else float32."""
-    from .checkpoint import load_generator, load_tokenizer
+    from .checkpoint import load_generator, load_tokenizer, load_var_generator, load_var_tokenizer
     from .model.layers import cast_for_inference
 
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.float16 if target.type == "cuda" and artifacts.precision == "fp16" else torch.float32
+    memory, runs = TorchMemory(target), []
+    if artifacts.family == "var":  # float32 weights under autocast, as the official demo runs VAR
+        generator, vqvae = load_var_generator(checkpoints[0]).to(target), load_var_tokenizer(checkpoints[1]).to(target)
+        for batch in batch_sizes:
+            progress(f"baseline (official autoregressive_infer_cfg loop), batch {batch}")
+            with torch.autocast(target.type, dtype=dtype, enabled=dtype == torch.float16):
+                runs.append({"backend": "baseline", "device": str(target), "dtype": str(dtype),
+                             **bench_var_baseline(generator, vqvae, artifacts, batch, memory)})
+        return runs
     generator = cast_for_inference(load_generator(checkpoints[0]), dtype).to(target)
     decoder = cast_for_inference(load_tokenizer(checkpoints[1]), dtype).to(target)
-    loop, memory, runs = OfficialStyleLoop(generator, decoder), TorchMemory(target), []
+    loop = OfficialStyleLoop(generator, decoder)
     for batch in batch_sizes:
         progress(f"baseline (official-style eager loop), batch {batch}")
         runs.append({"backend": "baseline", "device": str(target), "dtype": str(dtype),
                      **bench_baseline(loop, artifacts, batch, memory, warmup_steps)})
     return runs
+
+
+def bench_var_baseline(generator, vqvae, artifacts, batch: int, memory: TorchMemory, seed: int = 0) -> dict:
+    """The measurement of benchmark.bench_var_pipeline, of the official loop: one warm-up generation, then one
+    timed (scale 0 as the prefill, scales 1 .. K-1 as the steps, the decoder)."""
+    from .benchmark import var_bench_inputs
+    from .reference import var_reference_generate
+
+    labels, guidance, top_k, top_p, temperature, noise = var_bench_inputs(
+        artifacts.config, artifacts.sampling_defaults, batch, seed)
+    args = (generator, vqvae, labels.tolist(), float(artifacts.sampling_defaults.guidance_scale), top_k, top_p,
+            float(temperature[0]), torch.from_numpy(noise).to(memory.device))
+    var_reference_generate(*args)
+    clock = StageClock(memory)
+    clock.mark()
+    var_reference_generate(*args, on_scale=clock.mark)
+    clock.mark()  # after the decoder
+    intervals = clock.intervals_ms()
+    summary = _summary(0.0, intervals[0], intervals[1:-1], intervals[-1], batch)
+    weights = sum(p.numel() * p.element_size() for name, p in generator.named_parameters()
+                  if name not in ("class_emb.weight", "pos_1LC", "lvl_embed.weight"))
+    return {**summary, "step_bytes": weights, "step_gb_per_s": weights / summary["step_p50_ms"] / 1e6,
+            **_memory(memory)}

@@ -11,7 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from .runtime.pipeline import RARPipeline
+from .runtime.pipeline import RARPipeline, open_pipeline
+from .runtime.var_pipeline import VARPipeline, var_guidance
 from .sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 
 DRIFT_WINDOW = 20  # step drift compares the last 20 decode steps with the first 20 (models of 40+ steps)
@@ -92,6 +93,43 @@ def bench_pipeline(pipeline: RARPipeline, batch: int, warmup_steps: int = 3, see
             "step_gb_per_s": bytes_per_step / summary["step_p50_ms"] / 1e6, **_memory(backend.memory)}
 
 
+def var_bench_inputs(config, defaults, batch: int, seed: int = 0) -> tuple:
+    """The VAR loop's inputs for a benchmark: labels 0 .. B-1, the published sampling values."""
+    labels = np.arange(batch) % config.num_classes
+    return (labels, np.repeat(var_guidance(config.num_scales, defaults.guidance_scale)[:, None], batch, axis=1),
+            defaults.top_k, defaults.top_p, np.full(batch, defaults.temperature, np.float32),
+            sampling_noise(seed, batch, config.seq_len, config.codebook_size))
+
+
+def bench_var_pipeline(pipeline: VARPipeline, batch: int, seed: int = 0) -> dict:
+    """One warm-up generation (every scale's shapes once), then one timed: the start, scale 0 (reported as the
+    prefill), scales 1 .. K-1 (the steps), the decoder."""
+    loop, c = pipeline.loop, pipeline.config
+    inputs = var_bench_inputs(c, pipeline.artifacts.sampling_defaults, batch, seed)
+    loop.start(*inputs)
+    for k in range(c.num_scales):
+        loop.step(k)
+    loop.tokens(), loop.decode()
+
+    clock = StageClock(loop.memory)
+    clock.mark()
+    loop.start(*inputs)
+    clock.mark()
+    for k in range(c.num_scales):
+        loop.step(k)
+        clock.mark()
+    loop.tokens()
+    decode_start = time.perf_counter()
+    loop.decode()
+    decoder_ms = (time.perf_counter() - decode_start) * 1e3  # includes the host copy of the images
+    intervals = clock.intervals_ms()
+    summary = _summary(intervals[0], intervals[1], intervals[2:], decoder_ms, batch)
+    graph = pipeline.artifacts.manifest["graphs"]["var_step"]
+    weights = graph["weight_bytes"] - graph["table_bytes"]
+    return {**summary, "scale_ms": intervals[1:], "step_bytes": weights,
+            "step_gb_per_s": weights / summary["step_p50_ms"] / 1e6, **_memory(loop.memory)}
+
+
 def step_bytes(artifacts, window: int, rows: int) -> int:
     """Bytes a decode step reads at least: the decode graph's weights (and the condition graph's, shared
     by the W positions of a condition window), this position's condition rows, and the KV cache's live half
@@ -126,18 +164,21 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
 
         reference = baseline_checkpoints(artifacts, ckpt, tokenizer)
     c = artifacts.config
-    results = {"model": {**c.to_dict(), "preset": c.preset_name}, "precision": artifacts.precision,
+    results = {"family": artifacts.family, "model": {**c.to_dict(), "preset": c.preset_name},
+               "precision": artifacts.precision,
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": device_name(),
                            "onnxruntime": _version("onnxruntime"), "torch": _version("torch")},
                "runs": []}
     for name in backends:
-        pipeline = RARPipeline.from_artifacts(artifacts.directory, backend=name, device=device, ckpt=ckpt,
-                                              tokenizer=tokenizer, threads=threads)
+        pipeline = open_pipeline(artifacts.directory, backend=name, device=device, ckpt=ckpt, tokenizer=tokenizer,
+                                 threads=threads)
         for batch, budget in itertools.product(batch_sizes, condition_budgets or [None]):
             progress(f"{name}, batch {batch}" + ("" if budget is None else f", condition budget {budget} bytes"))
             if budget is not None:
                 pipeline.backend.condition_table_budget = budget
-            run = {"backend": name, "device": pipeline.backend.device, **bench_pipeline(pipeline, batch, warmup_steps)}
+            measured = (bench_var_pipeline(pipeline, batch) if artifacts.family == "var"
+                        else bench_pipeline(pipeline, batch, warmup_steps))
+            run = {"backend": name, "device": pipeline.backend.device, **measured}
             if pipeline.backend.device != "cpu":
                 run["floor_step_ms"] = step_floor_ms(run["step_bytes"])
             results["runs"].append(run)
@@ -159,8 +200,10 @@ def _version(package: str) -> str | None:
 
 
 def format_results(results: dict) -> str:
-    m = results["model"]
-    lines = [f"rar-bench: {m['preset'] or 'custom'} (L={m['depth']}, D={m['hidden_size']}, N={m['image_seq_len']}), "
+    m, var = results["model"], results.get("family") == "var"
+    shape = (f"L={m['depth']}, D={m['embed_dim']}, {len(m['patch_nums'])} scales" if var
+             else f"L={m['depth']}, D={m['hidden_size']}, N={m['image_seq_len']}")
+    lines = [f"rar-bench: {m['preset'] or 'custom'} ({shape}), "
              f"{results['precision']} artifacts, onnxruntime {results['machine']['onnxruntime']}, "
              f"{results['machine']['gpu'] or str(results['machine']['cpus']) + ' CPUs'}",
              f"{'backend':<12} {'batch':>5} {'W':>4} {'start':>7} {'prefill':>9} {'step mean':>9} {'p50':>8} "
@@ -180,9 +223,15 @@ def format_results(results: dict) -> str:
                      f"{ratio:>8}")
         if "floor_step_ms" in r:
             lines[-1] += f"  step/floor {r['step_p50_ms'] / r['floor_step_ms']:.2f}"
-    lines.append("times in ms; W = positions of condition rows computed at a time (N + 1: the whole table, in "
-                 "the prefill); start = inputs uploaded; prefill = positions 0-1; "
-                 "GB/s = bytes a step reads (weights from the export, live KV cache) / p50; "
-                 "drift = mean of the last 20 steps / first 20 (- under 40 steps); vs base = baseline ms/image / "
-                 "this ms/image (speed-up over the official-style loop at the same batch)")
+    if var:
+        lines.append("times in ms; start = inputs uploaded; prefill = scale 0; steps = scales 1 .. K-1 (each a "
+                     "whole scale, so p50/p99 spread with the scale size); GB/s = the var_step's weights / p50; "
+                     "vs base = baseline ms/image / this ms/image (speed-up over the official "
+                     "autoregressive_infer_cfg loop, its growing cache and interpolations, at the same batch)")
+    else:
+        lines.append("times in ms; W = positions of condition rows computed at a time (N + 1: the whole table, in "
+                     "the prefill); start = inputs uploaded; prefill = positions 0-1; "
+                     "GB/s = bytes a step reads (weights from the export, live KV cache) / p50; "
+                     "drift = mean of the last 20 steps / first 20 (- under 40 steps); vs base = baseline ms/image / "
+                     "this ms/image (speed-up over the official-style loop at the same batch)")
     return "\n".join(lines)

@@ -23,14 +23,16 @@ _SHOWN = 5  # how many offending keys an error message lists
 RELEASED_CHECKPOINTS = {
     **{name: ("yucornetto/RAR", f"{name}.bin") for name in ("rar_b", "rar_l", "rar_xl", "rar_xxl")},
     "maskgit-vqgan-imagenet-f16-256": ("fun-research/TiTok", "maskgit-vqgan-imagenet-f16-256.bin"),
+    **{name: ("FoundationVision/var", f"{name}.pth") for name in ("var_d16", "var_d20", "var_d24", "var_d30",
+                                                                  "vae_ch160v4096z32")},
 }
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
     """A local path as is; a released name (`rar_l`, ...) downloaded from the hub where reachable."""
     path = Path(name_or_path)
-    key = path.name.removesuffix(".bin")
-    if path.exists() or str(name_or_path) not in (key, f"{key}.bin") or key not in RELEASED_CHECKPOINTS:
+    key = path.name.removesuffix(".bin").removesuffix(".pth")
+    if path.exists() or str(name_or_path) not in (key, f"{key}.bin", f"{key}.pth") or key not in RELEASED_CHECKPOINTS:
         return path
     repo, filename = RELEASED_CHECKPOINTS[key]
     try:
@@ -126,15 +128,20 @@ def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[i
 
 
 def _wrong_kind_message(path: Path, state: StateDict, wanted: str) -> str:
+    """Why the file at `path` is not the `wanted` ("generator", "tokenizer", "VAR VQVAE") and what to pass."""
     kind = checkpoint_kind(state)
-    if kind.startswith("VAR"):
-        return (f"{path} is a {kind} checkpoint: rar-deploy exports RAR models so far; VAR has a reference only "
-                "(rar_deploy.checkpoint.load_var_generator / load_var_tokenizer)")
-    if kind == "tokenizer":
-        return f"{path} is a tokenizer checkpoint, not a RAR generator: pass it as --tokenizer"
-    if kind == "generator":
-        return f"{path} is a RAR generator checkpoint, not a tokenizer: pass it as --ckpt"
-    return f"{path} is not a RAR {wanted} checkpoint (its first keys: {', '.join(list(state)[:3])})"
+    if kind in ("tokenizer", "VAR VQVAE") and wanted == "generator":
+        return f"{path} is a {kind} checkpoint, not a generator: pass it as --tokenizer"
+    if kind in ("generator", "VAR generator") and wanted != "generator":
+        return f"{path} is a {kind} checkpoint, not a tokenizer: pass it as --ckpt"
+    if kind == "VAR VQVAE":
+        return (f"{path} is a VAR VQVAE checkpoint: a RAR generator decodes with the MaskGIT-VQGAN tokenizer "
+                "(maskgit-vqgan-imagenet-f16-256.bin)")
+    if kind == "tokenizer" and wanted == "VAR VQVAE":
+        return (f"{path} is a RAR (MaskGIT-VQGAN) tokenizer: a VAR generator decodes with its multi-scale VQVAE "
+                "(vae_ch160v4096z32.pth)")
+    label = {"generator": "RAR or VAR generator", "tokenizer": "RAR tokenizer"}.get(wanted, wanted)
+    return f"{path} is not a {label} checkpoint (its first keys: {', '.join(list(state)[:3])})"
 
 
 def _build(module_type: type[nn.Module], config, state: StateDict, path: Path,
@@ -151,11 +158,23 @@ def _build(module_type: type[nn.Module], config, state: StateDict, path: Path,
 def load_generator(path: str | Path) -> RARGenerator:
     """Load a RAR generator in eval mode; its `.config` is read off the tensors."""
     path = resolve_checkpoint(path)
-    state = read_state_dict(path)
+    return _rar_generator(path, read_state_dict(path))
+
+
+def _rar_generator(path: Path, state: StateDict) -> RARGenerator:
     if checkpoint_kind(state) != "generator":
         raise CheckpointError(_wrong_kind_message(path, state, "generator"))
-    config = GeneratorConfig.from_state_dict(state, path)
-    return _build(RARGenerator, config, state, path)
+    return _build(RARGenerator, GeneratorConfig.from_state_dict(state, path), state, path)
+
+
+def load_models(ckpt: str | Path, tokenizer: str | Path) -> tuple[RARGenerator, VQDecoder] | tuple[VARGenerator,
+                                                                                                   VARVQVAE]:
+    """A generator and its tokenizer, RAR or VAR as the generator checkpoint's keys say (read once)."""
+    ckpt = resolve_checkpoint(ckpt)
+    state = read_state_dict(ckpt)
+    if checkpoint_kind(state) == "VAR generator":
+        return _var_generator(ckpt, state), load_var_tokenizer(tokenizer)
+    return _rar_generator(ckpt, state), load_tokenizer(tokenizer)
 
 
 def load_tokenizer(path: str | Path) -> VQDecoder:
@@ -180,7 +199,10 @@ def is_var_generator(state: Mapping[str, torch.Tensor]) -> bool:
 def load_var_generator(path: str | Path) -> VARGenerator:
     """Load a VAR generator (`var_d16.pth` ...) in eval mode; its `.config` is read off the tensors."""
     path = resolve_checkpoint(path)
-    state = read_state_dict(path)
+    return _var_generator(path, read_state_dict(path))
+
+
+def _var_generator(path: Path, state: StateDict) -> VARGenerator:
     if not is_var_generator(state):
         raise CheckpointError(f"{path} is not a VAR generator checkpoint (no lvl_1L / class_emb.weight; its first "
                               f"keys: {', '.join(list(state)[:3])})")
@@ -196,8 +218,7 @@ def load_var_tokenizer(path: str | Path) -> VARVQVAE:
     path = resolve_checkpoint(path)
     state = read_state_dict(path)
     if checkpoint_kind(state) != "VAR VQVAE":
-        raise CheckpointError(f"{path} is not a VAR VQVAE checkpoint (no quantize.quant_resi.*; its first keys: "
-                              f"{', '.join(list(state)[:3])})")
+        raise CheckpointError(_wrong_kind_message(path, state, "VAR VQVAE"))
     state = {k: v for k, v in state.items() if not k.startswith(VAR_VQVAE_UNUSED)}
     return _build(VARVQVAE, VARTokenizerConfig.from_state_dict(state, path), state, path)
 
@@ -220,4 +241,6 @@ def exported_checkpoint(manifest: dict, kind: str, path: str | Path | None = Non
 def load_exported_from(manifest: dict, kind: str, path: str | Path | None = None) -> nn.Module:
     """Load what `exported_checkpoint` finds."""
     path = exported_checkpoint(manifest, kind, path)
+    if manifest.get("family") == "var":
+        return load_var_generator(path) if kind == "generator" else load_var_tokenizer(path)
     return load_generator(path) if kind == "generator" else load_tokenizer(path)

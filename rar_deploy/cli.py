@@ -37,8 +37,9 @@ def main() -> None:
 
 @main.command("make-checkpoint")
 @click.option("--preset", default="tiny", show_default=True,
-              type=click.Choice(["tiny", "rar_b", "rar_l", "rar_xl", "rar_xxl"]),
-              help="Model size; rar_* presets get the released tokenizer's shape.")
+              type=click.Choice(["tiny", "rar_b", "rar_l", "rar_xl", "rar_xxl", "var_tiny", "var_d16", "var_d20",
+                                 "var_d24", "var_d30"]),
+              help="Model size; rar_* / var_d* presets get the released tokenizer's / VQVAE's shape.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder to write into; identical files already there are kept, others are never replaced.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the random weights.")
@@ -58,14 +59,16 @@ def _progress_printer() -> Callable[[str], None]:
 
 
 def _default_tokenizer(ckpt: str) -> str:
-    """The released tokenizer beside the checkpoint, else its released name (hub)."""
-    beside = Path(ckpt).parent / "maskgit-vqgan-imagenet-f16-256.bin"
-    return str(beside) if beside.exists() else "maskgit-vqgan-imagenet-f16-256"
+    """The released tokenizer (a VAR generator's: its VQVAE) beside the checkpoint, else its released name (hub)."""
+    name = "vae_ch160v4096z32.pth" if Path(ckpt).name.startswith("var_") else "maskgit-vqgan-imagenet-f16-256.bin"
+    beside = Path(ckpt).parent / name
+    return str(beside) if beside.exists() else name.rpartition(".")[0]
 
 
 @click.command("rar-export")
 @click.option("--ckpt", required=True, help="Generator checkpoint (.bin/.safetensors) or a released name (rar_l).")
-@click.option("--tokenizer", help="Tokenizer checkpoint [default: maskgit-vqgan-imagenet-f16-256.bin beside --ckpt].")
+@click.option("--tokenizer", help="Tokenizer checkpoint [default: maskgit-vqgan-imagenet-f16-256.bin beside --ckpt; "
+                                  "for var_*: vae_ch160v4096z32.pth].")
 @click.option("--out", type=PATH_TYPE, help="Artifact directory [default: <ckpt>-<precision>].")
 @click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Precision the graphs carry.")
 @click.option("--engine/--no-engine", default=None,
@@ -86,7 +89,7 @@ def _default_tokenizer(ckpt: str) -> str:
 @friendly_errors
 def export_command(ckpt, tokenizer, out, fp16, engine, min_batch, opt_batch, max_batch, opt_level, capabilities,
                    timing_cache, verify, external_data, force) -> None:
-    """Export a RAR generator and its tokenizer to ONNX graphs, TensorRT engines and a manifest."""
+    """Export a RAR (or VAR) generator and its tokenizer to ONNX graphs, TensorRT engines and a manifest."""
     from .engines import RTX_DEFAULT_CAPABILITIES, BatchProfile
     from .export.exporter import ExportRequest, export_artifacts
 
@@ -121,8 +124,8 @@ def export_summary(result) -> str:
         checks = [s for g in parity["graphs"].values() for s in g.values()]
         checks += [mode["logits"] for mode in parity["teacher_forced"].values()]
         worst = max(stats["max_rel_to_peak"] for stats in checks)
-        logits = parity["teacher_forced"]["table"]["logits"]
-        tokens = parity["free_running"]["guided"]["token_agreement"]
+        logits = next(iter(parity["teacher_forced"].values()))["logits"]  # RAR: the table; VAR: every scale
+        tokens = next(iter(parity["free_running"].values()))["token_agreement"]  # guided (RAR), sampled (VAR)
         lines.append(f"parity vs float32 reference (ONNX Runtime CPU): worst error {worst:.2e} of peak, teacher-forced "
                      f"logits max abs {logits['max_abs']:.2e}, top-1 {logits['top1_agreement']:.3f}, free-running "
                      f"tokens {tokens:.3f} equal: PASSED")
@@ -151,8 +154,10 @@ def export_summary(result) -> str:
               help="[default: cuda where available, cpu for onnxruntime]")
 @click.option("--out", required=True, type=PATH_TYPE, help="Folder for the PNGs, grid.png and samples.json.")
 @click.option("--guidance-scale", type=float, help="0 is no guidance [default: the model size's published value]")
-@click.option("--guidance-pow", type=float, help="[default: the model size's published value]")
+@click.option("--guidance-pow", type=float, help="RAR: [default: the model size's published value]")
 @click.option("--temperature", type=float, help="0 is greedy [default: the model size's published value]")
+@click.option("--top-k", type=int, help="VAR: keep the k most likely tokens, 0 all [default: 900].")
+@click.option("--top-p", type=float, help="VAR: nucleus of mass p, 0 off [default: 0.96].")
 @click.option("--batch-size", type=int, help="Images per batch [default: the artifacts' max batch].")
 @click.option("--save-tokens", type=PATH_TYPE, help="Also save the tokens (.npy).")
 @click.option("--ckpt", help="torch backend: generator checkpoint, if it moved since export.")
@@ -165,24 +170,33 @@ def export_summary(result) -> str:
 @THREADS_OPTION
 @friendly_errors
 def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, device, out, guidance_scale,
-                     guidance_pow, temperature, batch_size, save_tokens, ckpt, tokenizer, force, verify_files,
-                     condition_budget, threads) -> None:
-    """Generate images from exported artifacts: one PNG per image, grid.png and samples.json."""
+                     guidance_pow, temperature, top_k, top_p, batch_size, save_tokens, ckpt, tokenizer, force,
+                     verify_files, condition_budget, threads) -> None:
+    """Generate images from exported artifacts (RAR or VAR): one PNG per image, grid.png and samples.json."""
     import numpy as np
     from tqdm import tqdm
 
     from .arguments import check_class_labels, check_seed, parse_integers
     from .files import Output, atomic_directory, atomic_file
-    from .runtime import Artifacts, RARPipeline
+    from .runtime import Artifacts, open_pipeline
     from .samples import is_numpy_file, is_samples_folder, save_samples
     from .version import __version__
 
     # Every check before any heavy work: the manifest, the values, both outputs.
     artifacts = Artifacts.load(artifacts_dir, verify="sha256" if verify_files else "fingerprint")
+    var = artifacts.family == "var"
     per_class = parse_integers(class_labels, "--class-labels")
     labels = check_class_labels([label for label in per_class for _ in range(num_per_class)],
                                 artifacts.config.num_classes)
-    scale, pow_, temperature = artifacts.sampling_values(guidance_scale, guidance_pow, temperature)
+    family_options = (("--top-k", top_k), ("--top-p", top_p)) if not var else (
+        ("--guidance-pow", guidance_pow), ("--condition-budget", condition_budget))
+    artifacts.refuse_options(family_options)
+    if var:
+        values = artifacts.var_sampling_values(guidance_scale, top_k, top_p, temperature)
+        sampling = dict(zip(("guidance_scale", "top_k", "top_p", "temperature"), values))
+    else:
+        values = artifacts.sampling_values(guidance_scale, guidance_pow, temperature)
+        sampling = dict(zip(("guidance_scale", "guidance_pow", "temperature"), values))
     seed, batch_size = check_seed(seed), artifacts.check_batch_size(batch_size)
     inputs = (artifacts.directory, *artifacts.checkpoint_paths(), *filter(None, [ckpt, tokenizer]))
     images_out = Output(out, "--out", force, owned=is_samples_folder, owner="rar-generate", inputs=inputs)
@@ -191,20 +205,27 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     tokens_out and tokens_out.check()
 
     with atomic_directory(images_out) as folder:
-        pipeline = RARPipeline.from_artifacts(artifacts_dir, backend=backend, device=device, ckpt=ckpt,
-                                              tokenizer=tokenizer, threads=threads)
+        pipeline = open_pipeline(artifacts_dir, backend=backend, device=device, ckpt=ckpt, tokenizer=tokenizer,
+                                 threads=threads)
         if condition_budget is not None:
             pipeline.backend.condition_table_budget = condition_budget
-        with tqdm(total=len(labels) * pipeline.config.image_seq_len, unit="step", desc="generating") as bar:
-            tokens = pipeline.generate_tokens(labels, scale, pow_, temperature, seed, batch_size,
-                                              progress=lambda done, total: bar.update(done - bar.n))
+        per_image, unit = (pipeline.config.seq_len, "token") if var else (pipeline.config.image_seq_len, "step")
+        with tqdm(total=len(labels) * per_image, unit=unit, desc="generating") as bar:
+            def progress(done: int, total: int) -> None:
+                bar.update(done - bar.n)
+
+            if var:
+                tokens, images = pipeline.generate_images(labels, *values, seed, batch_size, progress)
+            else:
+                tokens = pipeline.generate_tokens(labels, *values, seed, batch_size, progress)
+        if not var:
+            images = pipeline.decode(tokens, batch_size)
         record = {"rar_deploy_version": __version__, "artifacts": str(artifacts.directory.resolve()),
-                  "backend": backend, "device": str(pipeline.backend.device), "seed": seed,
-                  "guidance_scale": scale, "guidance_pow": pow_, "temperature": temperature,
-                  "batch_size": batch_size, "num_per_class": num_per_class,
-                  "condition_window": pipeline.backend.window,
+                  "family": artifacts.family, "backend": backend, "device": str(pipeline.backend.device),
+                  "seed": seed, **sampling, "batch_size": batch_size, "num_per_class": num_per_class,
+                  **({} if var else {"condition_window": pipeline.backend.window}),
                   "tokens": str(save_tokens) if save_tokens else None}
-        save_samples(folder, pipeline.decode(tokens, batch_size), labels, num_per_class, record)
+        save_samples(folder, images, labels, num_per_class, record)
     if tokens_out:
         with atomic_file(tokens_out) as tmp:
             with open(tmp, "wb") as f:
@@ -234,7 +255,7 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
     from .arguments import check_finite, check_seed
     from .errors import RARDeployError
     from .parity import format_report, load_record, run_parity
-    from .runtime import Artifacts, RARPipeline
+    from .runtime import Artifacts, open_pipeline
 
     if seed is not None:
         check_seed(seed)
@@ -245,8 +266,8 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
         record = _recompute_record(artifacts, ckpt, tokenizer, 2 if batch is None else batch, seed or 0)
     else:
         record = load_record(artifacts.directory)
-    pipeline = RARPipeline.from_artifacts(artifacts_dir, backend=backend, device=device, ckpt=ckpt,
-                                          tokenizer=tokenizer, threads=threads)
+    pipeline = open_pipeline(artifacts_dir, backend=backend, device=device, ckpt=ckpt, tokenizer=tokenizer,
+                             threads=threads)
     report = run_parity(pipeline, record, rel_tol=tolerance, progress=_progress_printer())
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
     if report["failures"]:
@@ -259,13 +280,14 @@ def _recompute_record(artifacts, ckpt: str | None, tokenizer: str | None, batch:
 
     try:
         from .checkpoint import load_exported_from
-        from .reference import reference_record
+        from .reference import reference_record, var_reference_record
     except ImportError as exc:
         raise RARDeployError(f"recomputing the reference needs torch ({exc.name} is not installed): install "
                              "rar-deploy[export], or drop --ckpt/--tokenizer/--batch/--seed to use the stored record")
     generator = load_exported_from(artifacts.manifest, "generator", ckpt)
     decoder = load_exported_from(artifacts.manifest, "tokenizer", tokenizer)
-    return reference_record(generator, decoder, str(artifacts.cache_dtype), batch, seed)
+    make_record = var_reference_record if artifacts.family == "var" else reference_record
+    return make_record(generator, decoder, str(artifacts.cache_dtype), batch, seed)
 
 
 @click.command("rar-bench")
@@ -296,6 +318,8 @@ def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, 
     from .runtime import Artifacts
 
     artifacts = Artifacts.load(artifacts_dir)
+    if artifacts.family == "var":
+        artifacts.refuse_options((("--condition-budget", condition_budgets or None),))
     sizes = [artifacts.check_batch_size(b) for b in parse_integers(batch_sizes, "--batch-sizes")]
     if not sizes:
         raise RARDeployError("--batch-sizes is empty: give at least one batch size, e.g. 1,8")
@@ -362,6 +386,7 @@ def serve_command(artifacts_dir, backend, device, threads, replicas, max_replica
     from .serving.server import ServeOptions, check_before_start, serve_until_stopped
 
     artifacts = Artifacts.load(artifacts_dir)
+    artifacts.require_family("rar", "rar-serve")
     artifacts.check_batch_size(max_batch_size)
     if max_replicas is not None and max_replicas < replicas:
         raise RARDeployError(f"--max-replicas {max_replicas} is below --replicas {replicas}")
@@ -400,6 +425,7 @@ def triton_repo_command(artifacts_dir, out, backend, device, threads, max_batch_
     from .serving.triton import MODEL_NAME, is_our_model, write_model
 
     artifacts = Artifacts.load(artifacts_dir)
+    artifacts.require_family("rar", "rar-deploy triton-repo")
     artifacts.check_batch_size(max_batch_size)
     check_device(device)
     if out.exists() and not out.is_dir():

@@ -20,6 +20,20 @@ class SamplingDefaults:
 
 
 @dataclass(frozen=True)
+class VARSamplingDefaults:
+    """VAR's published sampling settings (its FID evaluation: cfg 1.5, top-k 900, top-p 0.96; the official demo
+    draws with cfg 4): t = cfg * scale / (K - 1) at scale `scale` of K."""
+
+    guidance_scale: float = 1.5
+    top_k: int = 900
+    top_p: float = 0.96
+    temperature: float = 1.0
+
+
+VAR_DEMO_GUIDANCE_SCALE = 4.0
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     """Shape of a RAR generator. Everything here can be read off the official state dict."""
 
@@ -220,6 +234,10 @@ class VARConfig:
         return len(self.patch_nums)
 
     @property
+    def preset_name(self) -> str | None:
+        return next((name for name, preset in VAR_PRESETS.items() if preset == self), None)
+
+    @property
     def null_class(self) -> int:
         return self.num_classes
 
@@ -297,6 +315,12 @@ class VARTokenizerConfig:
 
 
 VAR_PRESETS: dict[str, VARConfig] = {
-    f"var_d{d}": VARConfig(depth=d, embed_dim=64 * d, num_heads=d, mlp_size=256 * d) for d in (16, 20, 24, 30)
+    # the shape of the official code's golden tiny model (tests/data/official_var_tiny): 4 scales, 30 tokens
+    "var_tiny": VARConfig(depth=2, embed_dim=64, num_heads=2, mlp_size=256, patch_nums=(1, 2, 3, 4), codebook_size=64,
+                          vae_channels=8),
+    **{f"var_d{d}": VARConfig(depth=d, embed_dim=64 * d, num_heads=d, mlp_size=256 * d) for d in (16, 20, 24, 30)},
 }
-VAR_TOKENIZER_PRESETS: dict[str, VARTokenizerConfig] = {"vae_ch160v4096z32": VARTokenizerConfig()}
+VAR_TOKENIZER_PRESETS: dict[str, VARTokenizerConfig] = {
+    "var_tiny": VARTokenizerConfig(hidden_channels=32, vae_channels=8, codebook_size=64),
+    "vae_ch160v4096z32": VARTokenizerConfig(),
+}

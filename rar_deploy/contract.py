@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import GeneratorConfig, TokenizerConfig
+from .config import GeneratorConfig, TokenizerConfig, VARConfig, VARTokenizerConfig
 
 GRAPH_NAMES = ("condition", "decode_step", "vq_decoder")
-SYMBOLIC_DIMS = ("batch", "rows", "positions")
+VAR_GRAPH_NAMES = ("var_step", "var_decoder")
+FAMILY_GRAPHS = {"rar": GRAPH_NAMES, "var": VAR_GRAPH_NAMES}
+# VAR adds `side` (pn, the scale's token grid side) and `tokens` (n = pn * pn, the scale's tokens)
+SYMBOLIC_DIMS = ("batch", "rows", "positions", "side", "tokens")
+# what parity compares of one var_step call (its tokens and f_hat_out follow from sampling: the free-running
+# checks cover them)
+VAR_STEP_COMPARED = ("logits", "keys", "values")
 # Chunks of one block's adaLN output (D each), and of the head's, in the order of the official Linear.
 BLOCK_MODULATION = ("shift1", "scale1", "gate1", "shift2", "scale2", "gate2")
 HEAD_MODULATION = ("scale", "shift")
@@ -90,6 +96,59 @@ def graph_specs(config: GeneratorConfig, tokenizer: TokenizerConfig, dtype: str)
                         TensorSpec("images_uint8", "uint8", ("batch", side, side, channels))],
         },
     }
+
+
+def var_cache_layout(config: VARConfig, dtype: str) -> dict:
+    """Per layer one keys and one values buffer [2B, H, L, Dh]: the var_step's k_cache.i / v_cache.i."""
+    return {
+        "shape": [config.depth, "rows", config.num_heads, config.seq_len, config.head_dim],
+        "dtype": dtype,
+        "layer_input_names": {"keys": "k_cache.%d", "values": "v_cache.%d"},
+        "write_offset": 0,  # scale [begin, end) returns keys/values written at sequence indices begin .. end - 1
+    }
+
+
+def var_graph_specs(config: VARConfig, tokenizer: VARTokenizerConfig, dtype: str) -> dict[str, dict]:
+    """Inputs and outputs of VAR's two graphs; `dtype` is the precision's float type (the cache's)."""
+    vocab, side_max, channels = config.codebook_size, config.patch_nums[-1], config.vae_channels
+    image = side_max * tokenizer.upsample_factor
+    f_hat = ("batch", channels, side_max, side_max)
+    cache_view = ("rows", config.num_heads, config.seq_len, config.head_dim)
+    scale_kv = (config.depth, "rows", config.num_heads, "tokens", config.head_dim)
+    layers = range(config.depth)
+    return {
+        "var_step": {
+            "inputs": [TensorSpec("class_labels", "int64", ("batch",)),
+                       TensorSpec("f_hat", "float32", f_hat),
+                       TensorSpec("positions", "int64", ("side", "side")),
+                       TensorSpec("phi_index", "int64", (1,)),
+                       TensorSpec("down", "float32", ("side", side_max)),
+                       TensorSpec("up", "float32", (side_max, "side")),
+                       TensorSpec("guidance", "float32", ("batch",)),
+                       TensorSpec("top_k", "int64", (1,)),
+                       TensorSpec("top_p", "float32", (1,)),
+                       TensorSpec("temperature", "float32", ("batch",)),
+                       TensorSpec("noise", "float32", ("batch", "side", "side", vocab)),
+                       *(TensorSpec(f"k_cache.{i}", dtype, cache_view) for i in layers),
+                       *(TensorSpec(f"v_cache.{i}", dtype, cache_view) for i in layers)],
+            "outputs": [TensorSpec("tokens", "int64", ("batch", "tokens")),
+                        TensorSpec("f_hat_out", "float32", f_hat),
+                        TensorSpec("logits", "float32", ("batch", "tokens", vocab)),
+                        TensorSpec("keys", dtype, scale_kv),
+                        TensorSpec("values", dtype, scale_kv)],
+        },
+        "var_decoder": {
+            "inputs": [TensorSpec("f_hat", "float32", f_hat)],
+            "outputs": [TensorSpec("images", "float32", ("batch", 3, image, image)),
+                        TensorSpec("images_uint8", "uint8", ("batch", image, image, 3))],
+        },
+    }
+
+
+def var_profile_dims(min_batch: int, opt_batch: int, max_batch: int, max_side: int) -> list[dict[str, int]]:
+    """The [min, opt, max] dims a VAR engine profile covers: every scale (side 1 .. pn_K), 2B rows."""
+    return [{"batch": b, "rows": 2 * b, "side": side, "tokens": side * side}
+            for b, side in ((min_batch, 1), (opt_batch, max_side), (max_batch, max_side))]
 
 
 def resolve_shape(shape: list, dims: dict[str, int]) -> list[int]:

@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, TokenizerConfig
+from .config import (
+    GENERATOR_PRESETS,
+    TOKENIZER_PRESETS,
+    VAR_PRESETS,
+    VAR_TOKENIZER_PRESETS,
+    GeneratorConfig,
+    TokenizerConfig,
+)
 from .errors import RARDeployError
 from .files import Output, atomic_file
 from .model.generator import RARGenerator
@@ -76,9 +83,13 @@ def save_state_dict(module: nn.Module, path: Path) -> Path:
 
 
 def make_demo_checkpoints(preset: str, out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write `<out>/rar_<preset>.bin` and its tokenizer; returns both paths."""
+    """Write `<out>/rar_<preset>.bin` and its tokenizer (or, for VAR presets, `<out>/<preset>.pth` and its
+    VQVAE); returns both paths."""
+    if preset in VAR_PRESETS:
+        return _make_var_checkpoints(preset, Path(out_dir), seed)
     if preset not in GENERATOR_PRESETS:
-        raise RARDeployError(f"unknown preset {preset!r}: choose one of {', '.join(GENERATOR_PRESETS)}")
+        raise RARDeployError(f"unknown preset {preset!r}: choose one of {', '.join(GENERATOR_PRESETS)}, "
+                             f"{', '.join(VAR_PRESETS)}")
     out_dir = Path(out_dir)
     tokenizer_name = _TOKENIZER_FOR.get(preset, _DEFAULT_TOKENIZER)
     generator_path = out_dir / (f"{preset}.bin" if preset.startswith("rar_") else f"rar_{preset}.bin")
@@ -86,3 +97,20 @@ def make_demo_checkpoints(preset: str, out_dir: str | Path, seed: int = 0) -> tu
     save_state_dict(random_generator(GENERATOR_PRESETS[preset], seed), generator_path)
     save_state_dict(random_tokenizer(TOKENIZER_PRESETS[tokenizer_name], seed + 1), tokenizer_path)
     return generator_path, tokenizer_path
+
+
+def _make_var_checkpoints(preset: str, out_dir: Path, seed: int) -> tuple[Path, Path]:
+    """A random VAR generator in the official format (`var_d16.pth` layout) and its VQVAE: the released one's
+    shape (`vae_ch160v4096z32.pth`), or the tiny one's (`vae_tiny.pth`) for var_tiny."""
+    from .model.var import VARVQVAE, VARGenerator, block_causal_mask, scale_levels
+
+    vae_name = "var_tiny" if preset == "var_tiny" else "vae_ch160v4096z32"
+    generator_path = out_dir / f"{preset}.pth"
+    vae_path = out_dir / ("vae_tiny.pth" if preset == "var_tiny" else "vae_ch160v4096z32.pth")
+    generator = randomize(VARGenerator(VAR_PRESETS[preset]), seed).eval().requires_grad_(False)
+    generator.lvl_1L.copy_(scale_levels(generator.config).view(1, -1))  # buffers the official code derives
+    generator.attn_bias_for_masking.copy_(block_causal_mask(generator.config))
+    vqvae = randomize(VARVQVAE(VAR_TOKENIZER_PRESETS[vae_name]), seed + 1).eval().requires_grad_(False)
+    save_state_dict(generator, generator_path)
+    save_state_dict(vqvae, vae_path)
+    return generator_path, vae_path

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from .contract import profile_dims, resolve_shape
+from .contract import profile_dims, resolve_shape, var_profile_dims
 from .errors import ExportError, RARDeployError
 from .files import atomic_file
 from .gpu import cuda_capability, device_name
@@ -47,9 +47,11 @@ class BatchProfile:
     opt: int
     max: int
 
-    def dims(self, cache_len: int) -> list[dict[str, int]]:
-        """The [min, opt, max] symbolic dims of this profile for a model of cache length N + 1."""
-        return profile_dims(self.min, self.opt, self.max, cache_len)
+    def dims(self, model: dict) -> list[dict[str, int]]:
+        """The [min, opt, max] symbolic dims of this profile for a manifest's `model` (RAR's or VAR's)."""
+        if "patch_nums" in model:
+            return var_profile_dims(self.min, self.opt, self.max, model["patch_nums"][-1])
+        return profile_dims(self.min, self.opt, self.max, model["image_seq_len"] + 1)
 
     def validate(self) -> "BatchProfile":
         if not 1 <= self.min <= self.opt <= self.max:
@@ -99,11 +101,12 @@ def describe_targets(capabilities: list[str]) -> str:
 
 def check_engines(manifest: dict, directory: Path, trt_version: str, flavour: str, capability: str | None) -> None:
     """Refuse engines that this machine cannot run, with what to rebuild."""
-    from .contract import GRAPH_NAMES
+    from .contract import FAMILY_GRAPHS
+    from .manifest import manifest_family
 
     engines = manifest.get("engines") or {}
     rebuild = f"rebuild them here: rar-build --artifacts {directory}"
-    if set(engines) != set(GRAPH_NAMES):
+    if set(engines) != set(FAMILY_GRAPHS[manifest_family(manifest)]):
         raise RARDeployError(f"{directory} has no TensorRT engines: build them on this machine with rar-build "
                              f"--artifacts {directory}, or use --backend onnxruntime")
     for name, engine in engines.items():
@@ -126,7 +129,7 @@ def build_engine(
     plan_path: Path,
     inputs: list[dict],
     profile: BatchProfile,
-    cache_len: int,
+    model: dict,
     timing_cache: Path,
     opt_level: int = 3,
     compute_capabilities: tuple[str, ...] = RTX_DEFAULT_CAPABILITIES,
@@ -146,7 +149,7 @@ def build_engine(
     config.builder_optimization_level = opt_level
     trt_profile = builder.create_optimization_profile()
     for spec in inputs:
-        trt_profile.set_shape(spec["name"], *(resolve_shape(spec["shape"], dims) for dims in profile.dims(cache_len)))
+        trt_profile.set_shape(spec["name"], *(resolve_shape(spec["shape"], dims) for dims in profile.dims(model)))
     config.add_optimization_profile(trt_profile)
     capabilities = _set_compute_capabilities(trt, config, compute_capabilities)
     uses_timing_cache = trt.flavour != "tensorrt-rtx"  # RTX tunes at runtime; its timing cache is a no-op
@@ -172,7 +175,7 @@ def build_engine(
         "flavour": trt.flavour,
         "device": device_name(),
         "compute_capabilities": capabilities,
-        "profile": {"batch": [profile.min, profile.opt, profile.max], "dims": profile.dims(cache_len)},
+        "profile": {"batch": [profile.min, profile.opt, profile.max], "dims": profile.dims(model)},
         "opt_level": opt_level,
         "timing_cache": f"engines/{timing_cache.name}" if uses_timing_cache else None,
         "build_seconds": round(time.perf_counter() - start, 2),
@@ -221,11 +224,10 @@ def build_engines(trt: TensorRT, directory: Path, manifest: dict, options: Build
     timing_cache = engines_dir / "timing.cache"
     if options.timing_cache and options.timing_cache.is_file():
         shutil.copyfile(options.timing_cache, timing_cache)
-    cache_len = manifest["model"]["image_seq_len"] + 1
     engines = {}
     for name, graph in manifest["graphs"].items():
         engines[name] = build_engine(trt, directory / graph["file"], engines_dir / f"{name}.plan", graph["inputs"],
-                                     options.profile, cache_len, timing_cache, options.opt_level,
+                                     options.profile, manifest["model"], timing_cache, options.opt_level,
                                      options.compute_capabilities, progress)
     if options.timing_cache and timing_cache.exists():
         with atomic_file(Output(options.timing_cache, "--timing-cache", force=True,

@@ -15,8 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import GeneratorConfig, TokenizerConfig
-from .contract import GRAPH_NAMES, cache_layout, condition_layout, graph_specs
+from .config import (
+    VAR_DEMO_GUIDANCE_SCALE,
+    GeneratorConfig,
+    TokenizerConfig,
+    VARConfig,
+    VARSamplingDefaults,
+    VARTokenizerConfig,
+)
+from .contract import (
+    FAMILY_GRAPHS,
+    cache_layout,
+    condition_layout,
+    graph_specs,
+    var_cache_layout,
+    var_graph_specs,
+)
 from .errors import RARDeployError
 from .version import __version__
 
@@ -25,23 +39,45 @@ SCHEMA_VERSION = 3
 FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 
-def build_manifest(*, generator: GeneratorConfig, tokenizer: TokenizerConfig, checkpoints: dict, precision: str,
-                   graphs: dict, files: dict, tools: dict, engines: dict, batch_profile: list[int]) -> dict:
-    """graphs: name -> {"file", "external_data"}; files: relative path -> integrity.file_record."""
-    defaults = generator.sampling_defaults
+NOISE = {"generator": "splitmix64", "bits": 23,
+         "key": "splitmix64(splitmix64(seed) ^ image)",
+         "value": "u[image][t][v] = ((splitmix64(key + (t * V + v) * 0x9E3779B97F4A7C15) >> 41) + 0.5) "
+                  "/ 2**23, splitmix64(x) = mix(x + 0x9E3779B97F4A7C15), uint64 arithmetic"}
+
+
+def build_manifest(*, generator: GeneratorConfig | VARConfig, tokenizer: TokenizerConfig | VARTokenizerConfig,
+                   checkpoints: dict, precision: str, graphs: dict, files: dict, tools: dict, engines: dict,
+                   batch_profile: list[int], scales: list[dict] | None = None) -> dict:
+    """graphs: name -> {"file", "external_data", ...}; files: relative path -> integrity.file_record; scales: VAR's
+    per-scale constants (var_scales)."""
     dtype = FLOAT_DTYPES[precision]
-    specs = graph_specs(generator, tokenizer, dtype)
-    return {
+    family = "var" if isinstance(generator, VARConfig) else "rar"
+    specs = (var_graph_specs if family == "var" else graph_specs)(generator, tokenizer, dtype)
+    manifest = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
+        "family": family,
         "rar_deploy_version": __version__,
         "model": {**generator.to_dict(), "preset": generator.preset_name},
         "tokenizer": tokenizer.to_dict(),
         "checkpoints": checkpoints,
         "precision": precision,
         "graphs": {name: {**graphs[name], "inputs": [s.to_dict() for s in specs[name]["inputs"]],
-                          "outputs": [s.to_dict() for s in specs[name]["outputs"]]} for name in GRAPH_NAMES},
+                          "outputs": [s.to_dict() for s in specs[name]["outputs"]]} for name in FAMILY_GRAPHS[family]},
         "files": files,
+    }
+    manifest.update(_var_sections(generator, dtype, scales) if family == "var" else _rar_sections(generator, dtype))
+    manifest.update({
+        "batch_profile": {"min": batch_profile[0], "opt": batch_profile[1], "max": batch_profile[2]},
+        "tools": {**tools, "python": platform.python_version(), "numpy": np.__version__},
+        "engines": engines,
+    })
+    return manifest
+
+
+def _rar_sections(generator: GeneratorConfig, dtype: str) -> dict:
+    defaults = generator.sampling_defaults
+    return {
         "kv_cache": cache_layout(generator, dtype),
         "condition": condition_layout(generator),
         "guidance": {
@@ -55,19 +91,42 @@ def build_manifest(*, generator: GeneratorConfig, tokenizer: TokenizerConfig, ch
         "sampling": {
             "defaults": {"temperature": defaults.temperature, "guidance_scale": defaults.guidance_scale,
                          "guidance_pow": defaults.guidance_pow},
-            "noise": {"generator": "splitmix64", "bits": 23,
-                      "key": "splitmix64(splitmix64(seed) ^ image)",
-                      "value": "u[image][t][v] = ((splitmix64(key + (t * V + v) * 0x9E3779B97F4A7C15) >> 41) + 0.5) "
-                               "/ 2**23, splitmix64(x) = mix(x + 0x9E3779B97F4A7C15), uint64 arithmetic"},
+            "noise": NOISE,
             "gumbel_max": "token = argmax(logits / T - log(-log(u)))",
             "temperature_zero": "greedy argmax",
         },
         "loop": {"first_position": 0, "last_position": generator.image_seq_len, "token_input_offset": -2,
                  "sample_offset": -1, "first_sampling_position": 1,
                  "condition_row": "position mod P (P positions of condition rows: 1 .. N + 1)"},
-        "batch_profile": {"min": batch_profile[0], "opt": batch_profile[1], "max": batch_profile[2]},
-        "tools": {**tools, "python": platform.python_version(), "numpy": np.__version__},
-        "engines": engines,
+    }
+
+
+def _var_sections(generator: VARConfig, dtype: str, scales: list[dict] | None) -> dict:
+    defaults = VARSamplingDefaults()
+    return {
+        "kv_cache": var_cache_layout(generator, dtype),
+        "scales": scales,
+        "guidance": {
+            "rows": "rows = class_labels, then as many null_class rows (always: guidance scale 0 is t = 0)",
+            "null_class": generator.null_class,
+            "schedule": {"formula": "t = cfg * k / (K - 1) at scale k of K; logits = (1 + t) * cond - t * uncond",
+                         "evaluation": "float64, rounded to float32 (the var_step's guidance input)"},
+        },
+        "sampling": {
+            "defaults": {"guidance_scale": defaults.guidance_scale, "top_k": defaults.top_k, "top_p": defaults.top_p,
+                         "temperature": defaults.temperature},
+            "demo_guidance_scale": VAR_DEMO_GUIDANCE_SCALE,
+            "noise": NOISE,
+            "filter": "top-k (k > 0: logits below the k-th largest -> -inf), then top-p (p > 0: ascending softmax "
+                      "cumsum <= 1 - p -> -inf, the largest always kept)",
+            "gumbel_max": "token = argmax(filtered / T - log(-log(u))), t in u[image][t][v] the sequence position",
+            "temperature_zero": "greedy argmax (as top_k 1)",
+        },
+        "loop": {"order": "scales k = 0 .. K-1, one var_step each (tokens begin .. end - 1 of `scales`)",
+                 "f_hat": "zeros [B, Cvae, P, P] before scale 0; f_hat_out is the next scale's f_hat and the "
+                          "var_decoder's input after the last",
+                 "cache": "keys/values of scale k written at sequence indices begin .. end - 1; the step reads "
+                          "indices < begin (zeros elsewhere)"},
     }
 
 
@@ -114,24 +173,38 @@ def read_manifest(directory: str | Path) -> dict:
     return manifest
 
 
+def manifest_family(manifest: dict) -> str:
+    """"rar" or "var" (manifests written before VAR had no family: RAR's)."""
+    return manifest.get("family", "rar")
+
+
 def _check_consistent(manifest: dict, path: Path) -> None:
     """The manifest's contract must be the one its own model configuration gives."""
     def refuse(what: str) -> RARDeployError:
         return RARDeployError(f"{path}: {what}; the manifest was edited or is damaged: export the artifacts again")
 
+    family = manifest_family(manifest)
     try:
         generator = manifest_generator_config(manifest)
         tokenizer = manifest_tokenizer_config(manifest)
     except (TypeError, ValueError) as exc:
         raise refuse(f"its model configuration is invalid ({exc})") from None
-    if generator.hidden_size % generator.num_heads or generator.grid_size ** 2 != generator.image_seq_len:
-        raise refuse("its model configuration is not a RAR generator (heads or token grid)")
+    dtype = FLOAT_DTYPES[manifest["precision"]]
+    if family == "var":
+        if generator.embed_dim % generator.num_heads or tokenizer.vae_channels != generator.vae_channels:
+            raise refuse("its model configuration is not a VAR generator and its VQVAE (heads or channels)")
+        specs, layout = var_graph_specs(generator, tokenizer, dtype), var_cache_layout(generator, dtype)
+        _check_scales(manifest["scales"], generator, refuse)
+    else:
+        if generator.hidden_size % generator.num_heads or generator.grid_size ** 2 != generator.image_seq_len:
+            raise refuse("its model configuration is not a RAR generator (heads or token grid)")
+        specs, layout = graph_specs(generator, tokenizer, dtype), cache_layout(generator, dtype)
+        if manifest["condition"] != condition_layout(generator):
+            raise refuse("its condition layout is not the one its model gives")
     if tokenizer.codebook_size != generator.codebook_size:
         raise refuse(f"the tokenizer's codebook ({tokenizer.codebook_size}) does not match the generator's vocabulary "
                      f"({generator.codebook_size}): it mixes two models")
-    dtype = FLOAT_DTYPES[manifest["precision"]]
-    specs = graph_specs(generator, tokenizer, dtype)
-    for name in GRAPH_NAMES:
+    for name in FAMILY_GRAPHS[family]:
         for kind in ("inputs", "outputs"):
             expected = [s.to_dict() for s in specs[name][kind]]
             for recorded, wanted in zip(manifest["graphs"][name][kind], expected):
@@ -141,10 +214,8 @@ def _check_consistent(manifest: dict, path: Path) -> None:
             if len(manifest["graphs"][name][kind]) != len(expected):
                 raise refuse(f"graph {name} lists {len(manifest['graphs'][name][kind])} {kind}, its model gives "
                              f"{len(expected)}")
-    if manifest["kv_cache"] != cache_layout(generator, dtype):
+    if manifest["kv_cache"] != layout:
         raise refuse("its kv_cache layout is not the one its model gives")
-    if manifest["condition"] != condition_layout(generator):
-        raise refuse("its condition layout is not the one its model gives")
     profile = manifest["batch_profile"]
     if not profile["min"] <= profile["opt"] <= profile["max"]:
         raise refuse(f"its batch profile {profile} does not satisfy min <= opt <= max")
@@ -156,9 +227,35 @@ def _check_consistent(manifest: dict, path: Path) -> None:
         raise refuse(f"{missing[0]} has no size and hashes in its files list")
 
 
-def manifest_generator_config(manifest: dict) -> GeneratorConfig:
-    return GeneratorConfig(**{k: v for k, v in manifest["model"].items() if k != "preset"})
+def _check_scales(scales: list[dict], config: VARConfig, refuse) -> None:
+    """VAR's per-scale constants: one per scale of the model, in order, of the shapes its var_step takes."""
+    size = config.patch_nums[-1]
+    if len(scales) != config.num_scales:
+        raise refuse(f"it lists {len(scales)} scales, its model has {config.num_scales}")
+    for k, (scale, side, (begin, end)) in enumerate(zip(scales, config.patch_nums, config.scale_ranges())):
+        if (scale["side"], scale["begin"], scale["end"]) != (side, begin, end):
+            raise refuse(f"scale {k} is side {scale['side']} at [{scale['begin']}, {scale['end']}), its model gives "
+                         f"side {side} at [{begin}, {end})")
+        down, up = np.asarray(scale["down"], np.float64), np.asarray(scale["up"], np.float64)
+        if down.shape != (side, size) or up.shape != (size, side) or not np.isfinite(down).all() \
+                or not np.isfinite(up).all():
+            raise refuse(f"scale {k}'s down/up matrices are not finite [{side}, {size}] / [{size}, {side}]")
 
 
-def manifest_tokenizer_config(manifest: dict) -> TokenizerConfig:
-    return TokenizerConfig(**{**manifest["tokenizer"], "channel_mult": tuple(manifest["tokenizer"]["channel_mult"])})
+def var_scales(constants: list[dict]) -> list[dict]:
+    """scale_constants (torch tensors) as the manifest's `scales` entries."""
+    return [{"side": int(c["down"].shape[0]), "begin": int(c["positions"].min()), "end": int(c["positions"].max()) + 1,
+             "phi_index": int(c["phi_index"][0]), "down": c["down"].tolist(), "up": c["up"].tolist()}
+            for c in constants]
+
+
+def manifest_generator_config(manifest: dict) -> GeneratorConfig | VARConfig:
+    model = {k: v for k, v in manifest["model"].items() if k != "preset"}
+    if manifest_family(manifest) == "var":
+        return VARConfig(**{**model, "patch_nums": tuple(model["patch_nums"])})
+    return GeneratorConfig(**model)
+
+
+def manifest_tokenizer_config(manifest: dict) -> TokenizerConfig | VARTokenizerConfig:
+    config = VARTokenizerConfig if manifest_family(manifest) == "var" else TokenizerConfig
+    return config(**{**manifest["tokenizer"], "channel_mult": tuple(manifest["tokenizer"]["channel_mult"])})

@@ -15,9 +15,11 @@ from typing import Callable
 
 import numpy as np
 
+from .contract import VAR_STEP_COMPARED
 from .errors import RARDeployError
 from .metrics import TOLERANCES, error_stats, failures, top1_agreement
 from .runtime.pipeline import RARPipeline
+from .runtime.var_pipeline import var_guidance
 from .sampling import guidance_rows, guidance_schedule, sampling_noise
 
 RECORD_FILE = "reference.npz"
@@ -132,32 +134,32 @@ def free_running(pipeline: RARPipeline, record: dict[str, np.ndarray], guided: b
     scale = float(record["guidance_scale"]) if guided else 0.0
     tokens = pipeline.generate_tokens(record["labels"], scale, float(record["guidance_pow"]),
                                       float(record["temperature"]), seed=int(record["seed"]))
-    equal = tokens == record["tokens" if guided else "unguided_tokens"]
-    diverged = [int(np.argmin(row)) for row in equal if not row.all()]
-    return {"token_agreement": float(equal.mean()), "first_divergent_step": min(diverged) if diverged else None,
-            "images_identical": int(equal.all(axis=1).sum()), "images": int(equal.shape[0])}
+    return _token_agreement(tokens, record["tokens" if guided else "unguided_tokens"])
 
 
 def decoder_psnr(pipeline: RARPipeline, record: dict[str, np.ndarray]) -> dict:
-    actual = pipeline.decode(record["tokens"]).astype(np.float64)
-    expected = record["images_uint8"].astype(np.float64)
-    mse = float(np.mean((actual - expected) ** 2))
-    return {"psnr_db": math.inf if mse == 0 else 10 * math.log10(255**2 / mse),
-            "max_levels": int(np.abs(actual - expected).max())}
+    return _uint8_psnr(pipeline.decode(record["tokens"]), record["images_uint8"])
 
 
-def run_parity(pipeline: RARPipeline, record: dict[str, np.ndarray], rel_tol: float | None = None,
+def run_parity(pipeline, record: dict[str, np.ndarray], rel_tol: float | None = None,
                progress: Callable[[str], None] = lambda message: None, per_step_teacher_forcing: bool = True) -> dict:
     """The whole report; `failures` lists each metric over its tolerance, with its value and the allowed one.
     per_step_teacher_forcing: also force the reference's tokens with the condition computed in every step
-    (the per-graph decode_step check always runs with a per-step condition)."""
+    (the per-graph decode_step check always runs with a per-step condition). RAR or VAR, as the pipeline."""
     precision = pipeline.artifacts.precision
     tolerances = {**TOLERANCES[precision], **({} if rel_tol is None else {"max_rel_to_peak": rel_tol})}
     report = {"precision": precision, "backend": pipeline.backend.name, "batch": int(len(record["labels"])),
               "seed": int(record["seed"]),
-              "guidance": {"scale": float(record["guidance_scale"]), "pow": float(record["guidance_pow"]),
-                           "temperature": float(record["temperature"])},
+              "guidance": {name: float(record[key]) for name, key in (
+                  ("scale", "guidance_scale"), ("pow", "guidance_pow"), ("top_k", "top_k"), ("top_p", "top_p"),
+                  ("temperature", "temperature")) if key in record},
               "tolerances": tolerances}
+    if pipeline.artifacts.family == "var":
+        results = var_parity_results(pipeline, record, tolerances["max_rel_to_peak"], progress)
+        report.update(results)
+        report["failures"] = failures(results, tolerances)
+        return report
+    _check_record_family(record, "rar")
     results = {}
     progress("per graph, the record's inputs")
     results["graphs"] = compare_graphs(pipeline, record, tolerances["max_rel_to_peak"])
@@ -173,6 +175,75 @@ def run_parity(pipeline: RARPipeline, record: dict[str, np.ndarray], rel_tol: fl
     report.update(results)
     report["failures"] = failures(results, tolerances)
     return report
+
+
+def _check_record_family(record: dict[str, np.ndarray], family: str) -> None:
+    if ("greedy_tokens" in record) != (family == "var"):
+        raise RARDeployError(f"the reference record is not a {family.upper()} record: it belongs to another export")
+
+
+def var_parity_results(pipeline, record: dict[str, np.ndarray], rel_tol: float,
+                       progress: Callable[[str], None]) -> dict:
+    """VAR's checks: each graph once; every scale's guided logits with the reference's f_hat forced; free-running
+    tokens, sampled from the record's noise and greedy; the decoder on the reference's last f_hat."""
+    _check_record_family(record, "var")
+    backend, loop, c, name = pipeline.backend, pipeline.loop, pipeline.config, pipeline.backend.name
+    progress("per graph, the record's inputs")
+    feeds = {key.removeprefix("var_step."): value for key, value in record.items()
+             if key.startswith("var_step.") and not key.startswith(("var_step.expected.", "var_step.k_prefix",
+                                                                     "var_step.v_prefix"))}
+    for kv in ("k", "v"):
+        prefix = record[f"var_step.{kv}_prefix"]
+        cache = np.zeros(prefix.shape[:3] + (c.seq_len, prefix.shape[-1]), prefix.dtype)
+        cache[..., : prefix.shape[3], :] = prefix
+        feeds.update({f"{kv}_cache.{i}": layer for i, layer in enumerate(cache)})
+    step = backend.run_host("var_step", feeds)
+    images = backend.run_host("var_decoder", {"f_hat": record["var_decoder.f_hat"]})
+    results = {"graphs": {
+        "var_step": polygraphy_compare({k: record[f"var_step.expected.{k}"] for k in VAR_STEP_COMPARED}, step,
+                                       rel_tol, name),
+        "var_decoder": polygraphy_compare({"images": record["var_decoder.images"]}, images, rel_tol, name)}}
+
+    progress(f"teacher-forced, {c.num_scales} scales")
+    labels = record["labels"]
+    batch, scale = len(labels), float(record["guidance_scale"])
+    loop.start(labels, np.repeat(var_guidance(c.num_scales, scale)[:, None], batch, axis=1), int(record["top_k"]),
+               float(record["top_p"]), np.full(batch, record["temperature"], np.float32),
+               sampling_noise(int(record["seed"]), batch, c.seq_len, c.codebook_size))
+    logits = []
+    for k in range(c.num_scales):
+        loop.step(k, forced_f_hat=record["f_hats"][k])
+        logits.append(loop.logits(k))
+    actual, expected = np.concatenate(logits, axis=1), record["guided_logits"]
+    stats = error_stats(actual, expected)
+    stats.update(top1_agreement=top1_agreement(actual, expected), steps=int(actual.shape[1]))
+    results["teacher_forced"] = {"scales": {"logits": stats}}
+
+    progress("free-running with the reference's noise, and greedy")
+    results["free_running"] = {}
+    for mode, temperature, key in (("sampled", float(record["temperature"]), "tokens"),
+                                   ("greedy", 0.0, "greedy_tokens")):
+        tokens = pipeline.generate_tokens(labels, scale, int(record["top_k"]), float(record["top_p"]), temperature,
+                                          seed=int(record["seed"]))
+        results["free_running"][mode] = _token_agreement(tokens, record[key])
+    progress("decoder on the reference's f_hat")
+    results["decoder"] = _uint8_psnr(backend.run_host("var_decoder", {"f_hat": record["f_hats"][-1]})["images_uint8"],
+                                     record["images_uint8"])
+    return results
+
+
+def _token_agreement(tokens: np.ndarray, expected: np.ndarray) -> dict:
+    equal = tokens == expected
+    diverged = [int(np.argmin(row)) for row in equal if not row.all()]
+    return {"token_agreement": float(equal.mean()), "first_divergent_step": min(diverged) if diverged else None,
+            "images_identical": int(equal.all(axis=1).sum()), "images": int(equal.shape[0])}
+
+
+def _uint8_psnr(actual: np.ndarray, expected: np.ndarray) -> dict:
+    actual, expected = actual.astype(np.float64), expected.astype(np.float64)
+    mse = float(np.mean((actual - expected) ** 2))
+    return {"psnr_db": math.inf if mse == 0 else 10 * math.log10(255**2 / mse),
+            "max_levels": int(np.abs(actual - expected).max())}
 
 
 def format_report(report: dict) -> str:
@@ -192,6 +263,6 @@ def format_report(report: dict) -> str:
                      f"{fr['images_identical']}/{fr['images']} images identical, "
                      f"first divergent step {fr['first_divergent_step']}")
     dec = report["decoder"]
-    lines.append(f"decoder on identical tokens: PSNR {dec['psnr_db']:.1f} dB, max {dec['max_levels']} levels")
+    lines.append(f"decoder on the reference's input: PSNR {dec['psnr_db']:.1f} dB, max {dec['max_levels']} levels")
     lines.append("PASSED" if not report["failures"] else "FAILED:\n  " + "\n  ".join(report["failures"]))
     return "\n".join(lines)

@@ -5,7 +5,7 @@ official implementation's golden outputs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -153,25 +153,28 @@ class VARGeneration:
     tokens: torch.Tensor  # [B, L], all scales
     guided_logits: torch.Tensor  # [B, L, V]
     images: torch.Tensor  # [B, 3, H, W] in [0, 1]
+    f_hats: torch.Tensor  # [K + 1, B, Cvae, P, P]: f_hat before each scale, and after the last
+    cache: VARCache  # keys and values of every scale, 2B rows
 
 
 @torch.no_grad()
 def var_reference_generate(generator, vqvae, class_labels: Sequence[int], cfg: float, top_k: int = 0,
-                           top_p: float = 0.0, temperature: float = 1.0,
-                           uniform: torch.Tensor | None = None) -> VARGeneration:
+                           top_p: float = 0.0, temperature: float = 1.0, uniform: torch.Tensor | None = None,
+                           on_scale: Callable[[], None] = lambda: None) -> VARGeneration:
     """The official `autoregressive_infer_cfg` loop with the sampler made explicit: Gumbel-max over the
     filtered guided logits from caller noise `uniform` [B, L, V] in (0, 1), as RAR's (`gumbel_max`; the
     official draws from the same distribution with torch.multinomial). uniform None or temperature 0:
-    greedy (the official top_k=1)."""
+    greedy (the official top_k=1). on_scale: called after each scale (rar-bench's baseline times them)."""
     c = generator.config
-    labels = torch.as_tensor(check_class_labels(class_labels, c.num_classes))
+    device = generator.class_emb.weight.device
+    labels = torch.as_tensor(check_class_labels(class_labels, c.num_classes), device=device)
     b = len(labels)
     both = torch.cat((labels, torch.full_like(labels, c.null_class)))
     cache = VARCache(c.depth)
     size = c.patch_nums[-1]
-    f_hat = torch.zeros(b, c.vae_channels, size, size)
+    f_hat = torch.zeros(b, c.vae_channels, size, size, device=device)
     x = generator.first_scale_input(both)
-    tokens, guided = [], []
+    tokens, guided, f_hats = [], [], [f_hat]
     for scale, (begin, end) in enumerate(c.scale_ranges()):
         logits = generator.run(x, both, cache, None)
         logits = guided_logits(logits, cfg * scale / (c.num_scales - 1))
@@ -181,8 +184,68 @@ def var_reference_generate(generator, vqvae, class_labels: Sequence[int], cfg: f
         tokens.append(chosen)
         guided.append(logits)
         f_hat = vqvae.quantize.add_scale(f_hat, chosen, scale, c.patch_nums)
+        f_hats.append(f_hat)
+        on_scale()
         if scale + 1 < c.num_scales:
             nxt = c.patch_nums[scale + 1]
             x = generator.scale_input(torch.nn.functional.interpolate(f_hat, size=(nxt, nxt), mode="area"),
                                       scale + 1).repeat(2, 1, 1)
-    return VARGeneration(torch.cat(tokens, dim=1), torch.cat(guided, dim=1), vqvae.decode_fhat(f_hat))
+    return VARGeneration(torch.cat(tokens, dim=1), torch.cat(guided, dim=1), vqvae.decode_fhat(f_hat),
+                         torch.stack(f_hats), cache)
+
+
+@torch.no_grad()
+def var_reference_record(generator, vqvae, float_dtype: str, batch: int = 2, seed: int = 0,
+                         guidance_scale: float | None = None) -> dict[str, np.ndarray]:
+    """VAR's reference record (reference.npz), float32, at the published sampling defaults (cfg 1.5, top-k 900,
+    top-p 0.96, T 1) from (seed, image) noise:
+
+    - var_step once: image 0 at the middle scale over the reference's own cache prefix (inputs stored in the
+      graph's dtype `float_dtype`, expected outputs from the graph module on them in float32);
+    - var_decoder once on the generation's last f_hat;
+    - the sampled generation: tokens, guided logits of every scale and f_hat before each scale (teacher forcing);
+    - a greedy generation (temperature 0) from the same labels: its tokens.
+    """
+    from .config import VARSamplingDefaults
+    from .contract import VAR_STEP_COMPARED
+    from .model.var_graphs import VARDecoderGraph, VARScaleStepGraph, scale_constants
+    from .runtime.var_pipeline import var_guidance
+
+    c, defaults = generator.config, VARSamplingDefaults()
+    scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c.num_classes, batch)
+    noise = torch.from_numpy(sampling_noise(seed, batch, c.seq_len, c.codebook_size))
+    run = var_reference_generate(generator, vqvae, labels.tolist(), scale, defaults.top_k, defaults.top_p,
+                                 defaults.temperature, noise)
+    greedy = var_reference_generate(generator, vqvae, labels.tolist(), scale, defaults.top_k, defaults.top_p, 0.0)
+    record: dict[str, np.ndarray] = {
+        "seed": np.int64(seed), "labels": labels, "guidance_scale": np.float32(scale),
+        "top_k": np.int64(defaults.top_k), "top_p": np.float32(defaults.top_p),
+        "temperature": np.float32(defaults.temperature), "tokens": run.tokens.numpy(),
+        "guided_logits": run.guided_logits.numpy(), "f_hats": run.f_hats.numpy(),
+        "greedy_tokens": greedy.tokens.numpy(),
+        "images_uint8": VARDecoderGraph(vqvae)(run.f_hats[-1])[1].numpy(),
+    }
+
+    k = c.num_scales // 2
+    (begin, end), const = c.scale_ranges()[k], scale_constants(c, vqvae.quantize)[k]
+    dtype = getattr(torch, float_dtype)
+    rows = torch.tensor([0, batch])  # image 0's conditional and unconditional rows
+    prefix = {kv: torch.stack([layer[rows, :, :begin] for layer in getattr(run.cache, kv)]).to(dtype)
+              for kv in ("keys", "values")}
+    step_inputs = {"class_labels": torch.from_numpy(labels[:1]), "f_hat": run.f_hats[k, :1], **const,
+                   "guidance": torch.from_numpy(var_guidance(c.num_scales, scale)[k:k + 1]),
+                   "top_k": torch.tensor([defaults.top_k]), "top_p": torch.tensor([defaults.top_p]),
+                   "temperature": torch.ones(1), "noise": noise[:1, begin:end].reshape(1, *const["positions"].shape, -1)}
+    record.update({f"var_step.{name}": value.numpy() for name, value in step_inputs.items()})
+    record.update({"var_step.k_prefix": prefix["keys"].numpy(), "var_step.v_prefix": prefix["values"].numpy()})
+    cache = {kv: torch.zeros(c.depth, 2, c.num_heads, c.seq_len, c.head_dim) for kv in prefix}
+    for kv in cache:
+        cache[kv][..., :begin, :] = prefix[kv].float()
+    outputs = VARScaleStepGraph(generator, vqvae)(*step_inputs.values(), list(cache["keys"]), list(cache["values"]))
+    record.update({f"var_step.expected.{name}": out.float().numpy()
+                   for name, out in zip(VARScaleStepGraph.output_names, outputs) if name in VAR_STEP_COMPARED})
+    record["var_decoder.f_hat"] = run.f_hats[-1, :1].numpy()
+    record["var_decoder.images"] = VARDecoderGraph(vqvae)(run.f_hats[-1, :1])[0].numpy()
+    return record

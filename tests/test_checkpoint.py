@@ -56,7 +56,7 @@ def test_wrong_file_type(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_generator(tmp_path / "notes.bin")
     _save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.bin")
-    with pytest.raises(CheckpointError, match="not a RAR generator checkpoint.*fc.weight"):
+    with pytest.raises(CheckpointError, match="not a RAR or VAR generator checkpoint.*fc.weight"):
         load_generator(tmp_path / "other.bin")
 
 

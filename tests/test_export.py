@@ -276,7 +276,7 @@ def test_not_a_rar_checkpoint(official_dir, tmp_path):
     out = tmp_path / "out"
     result = _run_cli(["--ckpt", str(tmp_path / "other.bin"), "--tokenizer", str(official_dir / "tiny_vq.bin"),
                        "--out", str(out), "--no-engine"])
-    _assert_clean_failure(result, out, "not a RAR generator checkpoint")
+    _assert_clean_failure(result, out, "not a RAR or VAR generator checkpoint")
 
 
 def test_tokenizer_codebook_mismatch(official_dir, tmp_path):

@@ -77,6 +77,9 @@ def test_released_sizes_build_with_the_official_key_layout(var):
     official = set(torch.load(DATA / "var_tiny_var.pth", map_location="cpu", weights_only=True))
     assert set(generator.state_dict()) == official
     for name, config in VAR_PRESETS.items():
+        if name == "var_tiny":
+            assert config == generator.config  # make-checkpoint's tiny VAR has the official tiny model's shape
+            continue
         with torch.device("meta"):
             model = VARGenerator(config)
         params = sum(p.numel() for p in model.parameters())
@@ -86,20 +89,28 @@ def test_released_sizes_build_with_the_official_key_layout(var):
 def test_a_rar_checkpoint_is_not_a_var_generator(official_dir):
     with pytest.raises(CheckpointError, match="not a VAR generator"):
         load_var_generator(official_dir / "tiny_rar.bin")
-    with pytest.raises(CheckpointError, match="not a VAR VQVAE"):
+    with pytest.raises(CheckpointError, match="is a RAR .MaskGIT-VQGAN. tokenizer: a VAR generator decodes with"):
         load_var_tokenizer(official_dir / "tiny_vq.bin")
 
 
-def test_rar_export_names_a_var_checkpoint(demo_checkpoints, tmp_path):
+def test_rar_export_refuses_a_mixed_pair(demo_checkpoints, tmp_path):
+    """A VAR generator with RAR's tokenizer, a RAR generator with VAR's VQVAE, or the two swapped: one line
+    naming what the file is and what to pass, nothing written."""
     from click.testing import CliRunner
 
     from rar_deploy.cli import export_command
 
-    for args, kind in ((["--ckpt", DATA / "var_tiny_var.pth", "--tokenizer", demo_checkpoints[1]], "VAR generator"),
-                       (["--ckpt", demo_checkpoints[0], "--tokenizer", DATA / "var_tiny_vae.pth"], "VAR VQVAE")):
-        result = CliRunner().invoke(export_command, [*map(str, args), "--out", str(tmp_path / "out")])
+    var_ckpt, var_vae = DATA / "var_tiny_var.pth", DATA / "var_tiny_vae.pth"
+    for ckpt, tokenizer, message in (
+            (var_ckpt, demo_checkpoints[1], "is a RAR (MaskGIT-VQGAN) tokenizer: a VAR generator decodes with its "
+                                            "multi-scale VQVAE"),
+            (demo_checkpoints[0], var_vae, "is a VAR VQVAE checkpoint: a RAR generator decodes with the MaskGIT"),
+            (var_vae, var_ckpt, "is a VAR VQVAE checkpoint, not a generator: pass it as --tokenizer"),
+            (var_ckpt, var_ckpt, "is a VAR generator checkpoint, not a tokenizer: pass it as --ckpt")):
+        args = ["--ckpt", str(ckpt), "--tokenizer", str(tokenizer), "--out", str(tmp_path / "out"), "--no-engine"]
+        result = CliRunner().invoke(export_command, args)
         assert result.exit_code == 1, result.output
-        assert f"is a {kind} checkpoint: rar-deploy exports RAR models so far" in result.output
+        assert message in result.output
         assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 

@@ -12,8 +12,8 @@ import onnx
 import onnxruntime
 import torch
 
-from ..checkpoint import load_generator, load_tokenizer, require_file, resolve_checkpoint
-from ..contract import GRAPH_NAMES
+from ..checkpoint import load_models, require_file, resolve_checkpoint
+from ..contract import FAMILY_GRAPHS
 from ..engines import (
     RTX_DEFAULT_CAPABILITIES,
     BatchProfile,
@@ -26,7 +26,8 @@ from ..engines import (
 from ..errors import ExportError
 from ..files import Output, atomic_directory
 from ..integrity import file_record, sha256_of
-from ..manifest import build_manifest, is_artifact_directory, write_manifest
+from ..manifest import build_manifest, is_artifact_directory, var_scales, write_manifest
+from ..model.var import VARGenerator
 from ..parity import RECORD_FILE
 from .onnx_export import OPSET, cast_models, export_graph, graph_exports, release_cast_copy, release_memory
 from .verify import reference_for_export, verify_export
@@ -72,9 +73,14 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
 
     with atomic_directory(output, report=progress) as tmp:
         progress(f"loading {ckpt} and {tokenizer_path}")
-        generator, tokenizer = load_generator(ckpt), load_tokenizer(tokenizer_path)
+        generator, tokenizer = load_models(ckpt, tokenizer_path)
         _check_compatible(generator.config, tokenizer.config, tokenizer_path)
         configs = generator.config, tokenizer.config
+        scales = None
+        if isinstance(generator, VARGenerator):
+            from ..model.var_graphs import scale_constants
+
+            scales = var_scales(scale_constants(generator.config, tokenizer.quantize))
         graphs = _export_graphs(generator, tokenizer, tmp, request, progress)
         checkpoints = {kind: {"file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
                        for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))}
@@ -90,7 +96,8 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
             manifest = build_manifest(
                 generator=configs[0], tokenizer=configs[1], precision=request.precision, checkpoints=checkpoints,
                 graphs=graphs, files={name: file_record(tmp / name) for name in listed}, engines={},
-                batch_profile=[request.profile.min, request.profile.opt, request.profile.max], tools=tools)
+                batch_profile=[request.profile.min, request.profile.opt, request.profile.max], tools=tools,
+                scales=scales)
             write_manifest(manifest, tmp)
             return manifest
 
@@ -119,9 +126,14 @@ def _export_graphs(generator, tokenizer, directory: Path, request: ExportRequest
                    progress: Callable[[str], None]) -> dict[str, dict]:
     """Every graph in the export precision, one at a time; the manifest's entry of each."""
     cast_gen, cast_tok = cast_models(generator, tokenizer, request.precision)
-    exports = graph_exports(cast_gen, cast_tok, request.profile.max)
+    if isinstance(generator, VARGenerator):
+        from ..model.var_graphs import var_graph_exports
+
+        exports, names = var_graph_exports(cast_gen, cast_tok, request.profile.max), FAMILY_GRAPHS["var"]
+    else:
+        exports, names = graph_exports(cast_gen, cast_tok, request.profile.max), FAMILY_GRAPHS["rar"]
     graphs = {}
-    for name in GRAPH_NAMES:
+    for name in names:
         progress(f"exporting {name}.onnx ({request.precision})")
         exported = export_graph(exports.pop(name), directory / f"{name}.onnx", request.external_data)
         external = f"{name}.onnx.data" if exported.external_data else None
@@ -137,7 +149,9 @@ def _check_compatible(generator, tokenizer, tokenizer_path: Path) -> None:
         raise ExportError(f"tokenizer {tokenizer_path} has a codebook of {tokenizer.codebook_size} entries but "
                           f"the generator predicts {generator.codebook_size} tokens: pass the tokenizer it was "
                           "trained with")
-    if generator.grid_size ** 2 != generator.image_seq_len:
+    if hasattr(generator, "patch_nums"):  # VAR
+        if tokenizer.vae_channels != generator.vae_channels:
+            raise ExportError(f"VQVAE {tokenizer_path} has {tokenizer.vae_channels} latent channels but the generator "
+                              f"reads {generator.vae_channels}: pass the VQVAE it was trained with")
+    elif generator.grid_size ** 2 != generator.image_seq_len:
         raise ExportError(f"image_seq_len {generator.image_seq_len} is not a square token grid")
-
-

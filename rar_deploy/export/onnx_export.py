@@ -42,6 +42,7 @@ class GraphExport:
     module: nn.Module
     args: tuple
     dynamic_shapes: tuple
+    dim_names: dict[str, str] | None = None  # torch's names of derived dims (2*batch) -> the contract's (rows)
 
 
 def cast_models(generator: RARGenerator, tokenizer: VQDecoder, precision: str) -> tuple[RARGenerator, VQDecoder]:
@@ -78,7 +79,7 @@ def _cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     with torch.device("meta"):
         copy = type(model)(model.config)
     norms = {name for name, module in copy.named_modules() if isinstance(module, NORM_TYPES)}
-    state = {name: value if name.rpartition(".")[0] in norms else value.to(dtype)
+    state = {name: value if name.rpartition(".")[0] in norms or not value.is_floating_point() else value.to(dtype)
              for name, value in model.state_dict().items()}
     copy.load_state_dict(state, assign=True)
     return copy.eval().requires_grad_(False)
@@ -151,6 +152,8 @@ def export_graph(graph: GraphExport, path: Path, external_data: bool) -> Exporte
     weights = sum(value.const_value.nbytes for value in initializers)
     tables = sum(value.const_value.nbytes for value in initializers
                  if {use.node.op_type for use in value.uses()} <= {"Gather", "GatherND"})
+    if graph.dim_names:
+        _rename_dims(program.model.graph, graph.dim_names)
     program.save(str(path), external_data=external_data or weights > PROTOBUF_LIMIT - (64 << 20))
     del program, initializers
     # what was written, not what was asked: torch also moves weights out above its own threshold (1.5 GiB)
@@ -158,6 +161,17 @@ def export_graph(graph: GraphExport, path: Path, external_data: bool) -> Exporte
     flat = [shape for spec in graph.dynamic_shapes for shape in (spec if isinstance(spec, list) else [spec])]
     check_onnx(path, static={name for name, shape in zip(module.input_names, flat) if shape is None})
     return ExportedGraph(external, weights, tables)
+
+
+def _rename_dims(graph, names: dict[str, str]) -> None:
+    """Rename symbolic dims everywhere in an onnx_ir graph (its inputs, outputs and every value)."""
+    import onnx_ir
+
+    values = [*graph.inputs, *graph.outputs, *(out for node in graph.all_nodes() for out in node.outputs)]
+    for value in values:
+        if value.shape is not None and any(str(d) in names for d in value.shape):
+            value.shape = onnx_ir.Shape([onnx_ir.SymbolicDim(names[str(d)]) if str(d) in names else d
+                                         for d in value.shape])
 
 
 @contextlib.contextmanager

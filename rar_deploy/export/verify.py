@@ -12,26 +12,28 @@ import torch
 from ..manifest import FLOAT_DTYPES
 from ..model.generator import RARGenerator
 from ..model.tokenizer import VQDecoder
+from ..model.var import VARVQVAE, VARGenerator
 from ..parity import run_parity, save_record
-from ..reference import reference_record
-from ..runtime import RARPipeline
+from ..reference import reference_record, var_reference_record
+from ..runtime import open_pipeline
 
 VERIFY_BATCH = 2  # the graphs were traced at batch 2 and must hold at any batch: the per-graph checks run at 1
 VERIFY_SEED = 0
 
 
-def reference_for_export(directory: Path, generator: RARGenerator, tokenizer: VQDecoder, precision: str,
-                         progress: Callable[[str], None]) -> dict:
+def reference_for_export(directory: Path, generator: RARGenerator | VARGenerator, tokenizer: VQDecoder | VARVQVAE,
+                         precision: str, progress: Callable[[str], None]) -> dict:
     """The reference record of the export, written into `directory`; the torch models are then no longer needed."""
     progress(f"reference record (float32, batch {VERIFY_BATCH}, seed {VERIFY_SEED})")
+    make_record = var_reference_record if isinstance(generator, VARGenerator) else reference_record
     with torch.no_grad():
-        record = reference_record(generator, tokenizer, FLOAT_DTYPES[precision], VERIFY_BATCH, VERIFY_SEED)
+        record = make_record(generator, tokenizer, FLOAT_DTYPES[precision], VERIFY_BATCH, VERIFY_SEED)
     save_record(record, directory)
     return record
 
 
 def verify_export(directory: Path, record: dict, progress: Callable[[str], None]) -> dict:
     """The exported folder through the runtime's ONNX Runtime backend on the CPU, against the record."""
-    pipeline = RARPipeline.from_artifacts(directory, backend="onnxruntime", device="cpu")
+    pipeline = open_pipeline(directory, backend="onnxruntime", device="cpu")
     # the per-step condition is checked per graph here; rar-parity also forces every step with it
     return run_parity(pipeline, record, progress=progress, per_step_teacher_forcing=False)

@@ -47,7 +47,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.T
     logits = logits.masked_fill(logits < kth, float("-inf"))
     ascending, order = logits.sort(dim=-1)
     remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
-    remove = remove & (top_p > 0) & (torch.arange(vocab) < vocab - 1)  # the largest is always kept
+    remove = remove & (top_p > 0) & (torch.arange(vocab, device=logits.device) < vocab - 1)  # the largest is kept
     return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
 
 
@@ -55,9 +55,9 @@ def scale_attention(q, k, v, k_cache, v_cache, valid, scale: float) -> torch.Ten
     """A scale's n queries over the earlier scales in the static cache (slots where `valid`) and the scale's own
     n keys, without copying the cache: the two score blocks share one softmax. q, k, v [R, H, n, Dh];
     caches [R, H, L, Dh] -> [R, n, H * Dh]."""
-    cache_scores = (q @ k_cache.transpose(-1, -2) * scale).masked_fill(~valid, float("-inf"))
-    own_scores = q @ k.transpose(-1, -2) * scale
-    probs = torch.cat((cache_scores, own_scores), dim=-1).softmax(dim=-1)
+    cache_scores = ((q @ k_cache.transpose(-1, -2)).float() * scale).masked_fill(~valid, float("-inf"))
+    own_scores = (q @ k.transpose(-1, -2)).float() * scale
+    probs = torch.cat((cache_scores, own_scores), dim=-1).softmax(dim=-1).to(v.dtype)  # softmax in float32
     seq = k_cache.shape[-2]
     out = probs[..., :seq] @ v_cache + probs[..., seq:] @ v
     return out.transpose(1, 2).flatten(2)
@@ -76,9 +76,9 @@ class VARScaleStepGraph(nn.Module):
     def __init__(self, generator: VARGenerator, vqvae: VARVQVAE) -> None:
         super().__init__()
         self.generator, self.quantizer = generator, vqvae.quantize
-        phis = self.quantizer.quant_resi.qresi_ls
-        self.phi_weight = nn.Parameter(torch.stack([phi.weight for phi in phis]), requires_grad=False)
-        self.phi_bias = nn.Parameter(torch.stack([phi.bias for phi in phis]), requires_grad=False)
+        phis = self.quantizer.quant_resi.qresi_ls  # float32 in every precision, as f_hat (a small convolution)
+        self.phi_weight = nn.Parameter(torch.stack([phi.weight for phi in phis]).float(), requires_grad=False)
+        self.phi_bias = nn.Parameter(torch.stack([phi.bias for phi in phis]).float(), requires_grad=False)
         self.phi_ratio = phis[0].ratio
         layers = range(generator.config.depth)
         self.input_names = ("class_labels", "f_hat", "positions", "phi_index", "down", "up", "guidance", "top_k",
@@ -88,16 +88,17 @@ class VARScaleStepGraph(nn.Module):
     def forward(self, class_labels, f_hat, positions, phi_index, down, up, guidance, top_k, top_p, temperature,
                 noise, k_cache: list, v_cache: list):
         g, c = self.generator, self.generator.config
+        dtype = g.class_emb.weight.dtype  # the precision's: f_hat and the resize matrices stay float32
         positions, noise = positions.flatten(), noise.flatten(1, 2)
         batch, n = class_labels.shape[0], positions.shape[0]
         rows = torch.cat((class_labels, torch.full_like(class_labels, c.null_class)))
         level_positions = g.level_positions()[0, positions]  # [n, C]
         first = g.class_emb(rows)[:, None] + g.pos_start[:, :1]  # scale 0: one token (pn0 = 1)
-        scale_input = (down @ f_hat @ down.t()).flatten(2).transpose(1, 2)  # [B, n, Cvae]
+        scale_input = (down @ f_hat @ down.t()).flatten(2).transpose(1, 2).to(dtype)  # [B, n, Cvae]
         later = g.word_embed(scale_input).repeat(2, 1, 1)
         x = torch.where(positions[0] == 0, first.expand(-1, n, -1), later) + level_positions
         cond = g.class_emb(rows)
-        valid = torch.arange(k_cache[0].shape[-2]) < positions[0]  # cache slots of earlier scales
+        valid = torch.arange(k_cache[0].shape[-2], device=positions.device) < positions[0]  # earlier scales' slots
         keys, values = [], []
         for layer, block in enumerate(g.blocks):
 
@@ -113,7 +114,7 @@ class VARScaleStepGraph(nn.Module):
         tokens = gumbel_max(filtered.reshape(-1, vocab), noise.reshape(-1, vocab),
                             temperature[:, None].expand(batch, n).reshape(-1)).view(batch, n)
         pn = down.shape[0]
-        h = self.quantizer.embedding(tokens).transpose(1, 2).reshape(batch, -1, pn, pn)
+        h = self.quantizer.embedding(tokens).float().transpose(1, 2).reshape(batch, -1, pn, pn)
         h = up @ h @ up.t()
         weight, bias = self.phi_weight[phi_index[0]], self.phi_bias[phi_index[0]]
         h = h * (1 - self.phi_ratio) + F.conv2d(h, weight, bias, padding=1) * self.phi_ratio
@@ -131,7 +132,7 @@ class VARDecoderGraph(nn.Module):
         self.vqvae = vqvae
 
     def forward(self, f_hat):
-        images = self.vqvae.decode_fhat(f_hat)
+        images = self.vqvae.decode_fhat(f_hat.to(self.vqvae.post_quant_conv.weight.dtype)).float()
         return images, uint8_images(images)
 
 
@@ -174,11 +175,12 @@ def var_graph_exports(generator: VARGenerator, vqvae: VARVQVAE, max_batch: int):
     from ..export.onnx_export import GraphExport
 
     c, b = generator.config, 2
+    dtype = generator.class_emb.weight.dtype
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, b + 1))
-    pn = torch.export.Dim("pn", min=1, max=c.patch_nums[-1])
+    pn = torch.export.Dim("side", min=1, max=c.patch_nums[-1])
     size, scale = c.patch_nums[-1], 2  # an example scale with pn > 1
     const = scale_constants(c, vqvae.quantize)[scale]
-    cache = [torch.zeros(2 * b, c.num_heads, c.seq_len, c.head_dim) for _ in range(c.depth)]
+    cache = [torch.zeros(2 * b, c.num_heads, c.seq_len, c.head_dim, dtype=dtype) for _ in range(c.depth)]
     args = (torch.arange(b), torch.zeros(b, c.vae_channels, size, size), const["positions"], const["phi_index"],
             const["down"], const["up"], torch.full((b,), 1.0), torch.tensor([0]), torch.tensor([0.0]), torch.ones(b),
             torch.rand(b, c.patch_nums[scale], c.patch_nums[scale], c.codebook_size),
@@ -186,6 +188,7 @@ def var_graph_exports(generator: VARGenerator, vqvae: VARVQVAE, max_batch: int):
     rows = {0: 2 * batch}
     shapes = ({0: batch}, {0: batch}, {0: pn, 1: pn}, None, {0: pn}, {1: pn}, {0: batch}, None, None, {0: batch},
               {0: batch, 1: pn, 2: pn}, [rows] * c.depth, [rows] * c.depth)
-    return {"var_step": GraphExport(VARScaleStepGraph(generator, vqvae), args, shapes),
+    names = {"2*batch": "rows", "side**2": "tokens"}  # torch's derived dims, named as the contract names them
+    return {"var_step": GraphExport(VARScaleStepGraph(generator, vqvae), args, shapes, names),
             "var_decoder": GraphExport(VARDecoderGraph(vqvae), (torch.zeros(b, c.vae_channels, size, size),),
                                        ({0: batch},))}

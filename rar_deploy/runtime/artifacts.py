@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arguments import check_sampling
-from ..config import GeneratorConfig, SamplingDefaults, TokenizerConfig
-from ..contract import GRAPH_NAMES
+from ..arguments import check_sampling, check_var_sampling
+from ..config import GeneratorConfig, SamplingDefaults, TokenizerConfig, VARConfig, VARSamplingDefaults
+from ..contract import FAMILY_GRAPHS
 from ..errors import RARDeployError
 from ..integrity import check_file
-from ..manifest import manifest_generator_config, manifest_tokenizer_config, read_manifest
+from ..manifest import manifest_family, manifest_generator_config, manifest_tokenizer_config, read_manifest
 
 # ONNX Runtime's type strings for the manifest's dtypes
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
@@ -33,9 +33,36 @@ class Artifacts:
         if not directory.is_dir():
             raise RARDeployError(f"artifact directory not found: {directory}")
         artifacts = cls(directory, read_manifest(directory))
-        for name in GRAPH_NAMES:
+        for name in artifacts.graph_names:
             artifacts.check_files(name, verify)
         return artifacts
+
+    @property
+    def family(self) -> str:
+        """"rar" (condition, decode_step, vq_decoder) or "var" (var_step, var_decoder)."""
+        return manifest_family(self.manifest)
+
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        return FAMILY_GRAPHS[self.family]
+
+    def require_family(self, family: str, tool: str) -> None:
+        """Refuse, in one line, a tool that runs one family on the other's artifacts."""
+        if self.family != family:
+            raise RARDeployError(f"{tool} runs {family.upper()} artifacts so far; {self.directory} holds a "
+                                 f"{self.family.upper()} export: use rar-generate or the Python API for it")
+
+    def refuse_options(self, options: tuple[tuple[str, object], ...]) -> None:
+        """Refuse options given (not None) that this family's models do not have."""
+        given = [name for name, value in options if value is not None]
+        if given:
+            raise RARDeployError(f"{given[0]} does not apply to a {self.family.upper()} model ({self.directory}): "
+                                 "drop it")
+
+    @property
+    def step_graph(self) -> str:
+        """The graph the loop runs over and over (its ONNX Runtime threads may spin)."""
+        return "var_step" if self.family == "var" else "decode_step"
 
     def check_files(self, graph: str, verify: str = "fingerprint", engine: bool = False) -> Path:
         """Check a graph's files (or its engine's) against the manifest; returns the graph or engine path."""
@@ -52,7 +79,7 @@ class Artifacts:
         return sorted(self.manifest["files"])
 
     @property
-    def config(self) -> GeneratorConfig:
+    def config(self) -> GeneratorConfig | VARConfig:
         return manifest_generator_config(self.manifest)
 
     @property
@@ -76,8 +103,17 @@ class Artifacts:
         return self.manifest["batch_profile"]["max"]
 
     @property
-    def sampling_defaults(self) -> SamplingDefaults:
-        return SamplingDefaults(**self.manifest["sampling"]["defaults"])
+    def sampling_defaults(self) -> SamplingDefaults | VARSamplingDefaults:
+        defaults = VARSamplingDefaults if self.family == "var" else SamplingDefaults
+        return defaults(**self.manifest["sampling"]["defaults"])
+
+    def var_sampling_values(self, guidance_scale: float | None, top_k: int | None, top_p: float | None,
+                            temperature: float | None) -> tuple[float, int, float, float]:
+        """VAR's sampling values, checked, with None replaced by the published defaults."""
+        d = self.sampling_defaults
+        return check_var_sampling(d.guidance_scale if guidance_scale is None else guidance_scale,
+                                  d.top_k if top_k is None else top_k, d.top_p if top_p is None else top_p,
+                                  d.temperature if temperature is None else temperature)
 
     def sampling_values(self, guidance_scale: float | None, guidance_pow: float | None,
                         temperature: float | None) -> tuple[float, float, float]:
@@ -133,6 +169,8 @@ class Artifacts:
                 if size != dim_size:
                     raise RARDeployError(f"{graph} input {spec['name']} has shape {list(shape)}, the manifest says "
                                          f"{spec['shape']} ({dim} = {dim_size} from the other inputs)")
+        if "side" in dims:  # VAR's outputs have one token per cell of the scale's grid
+            dims["tokens"] = dims["side"] ** 2
         return dims
 
     def onnxruntime_session(self, graph: str, options, providers: list[str]):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import GRAPH_NAMES, resolve_shape
+from ..contract import resolve_shape
 from ..errors import RARDeployError
 from .artifacts import Artifacts
 from .memory import CudaMemory, HostMemory, Memory, address
@@ -23,7 +23,8 @@ Buffers = dict[str, Any]
 
 
 class Backend(ABC):
-    """One artifact directory's graphs on one device. Subclasses run a graph on buffers of `memory`.
+    """One artifact directory's graphs on one device. Subclasses run a graph on buffers of `memory`; the
+    methods below `run_host` are RAR's loop (VAR's is var_pipeline.VARLoop, over `run` and `memory`).
 
     The condition rows (everything that depends on class and position) are computed for a window of W
     consecutive positions at a time, the largest W whose rows (W x R x C) fit `condition_table_budget`:
@@ -219,8 +220,8 @@ class OnnxRuntimeBackend(Backend):
                                                     "user_compute_stream": str(memory.stream_handle)})]
         super().__init__(artifacts, memory)
         self.sessions = {}
-        for name in GRAPH_NAMES:
-            if name != "decode_step":
+        for name in artifacts.graph_names:
+            if name != artifacts.step_graph:
                 # the other graphs run between steps: their idle threads must not spin against the step's
                 options = _copy_options(options, {"session.intra_op.allow_spinning": "0"})
             self.sessions[name] = artifacts.onnxruntime_session(name, options, providers)

@@ -27,7 +27,7 @@ class Memory(Protocol):
     def upload(self, array: np.ndarray, buffer: Any) -> None: ...
     def download(self, buffer: Any) -> np.ndarray: ...
     def copy(self, destination: Any, source: Any) -> None: ...
-    def write_position(self, cache: Any, new: Any, position: int) -> None: ...
+    def write_position(self, cache: Any, new: Any, position: int) -> None: ...  # new's n positions from `position`
     def capture(self, body: Callable[[], None]) -> Callable[[], None] | None: ...
     def synchronize(self) -> None: ...
     def mark(self) -> Any: ...  # a point in the device's work, for timing
@@ -62,8 +62,8 @@ class HostMemory:
         destination[...] = source
 
     def write_position(self, cache: np.ndarray, new: np.ndarray, position: int) -> None:
-        """cache [L, R, H, S, Dh] <- new [L, R, H, 1, Dh] at sequence index `position`."""
-        cache[:, :, :, position] = new[:, :, :, 0]
+        """cache [L, R, H, S, Dh] <- new [L, R, H, n, Dh] at sequence indices position .. position + n - 1."""
+        cache[:, :, :, position:position + new.shape[3]] = new
 
     def capture(self, body: Callable[[], None]) -> None:
         return None  # nothing to capture on the host: the loop runs its steps directly
@@ -159,12 +159,13 @@ class CudaMemory:
         self._memcpy(destination.address, source.address, source.nbytes, self.kinds.cudaMemcpyDeviceToDevice)
 
     def write_position(self, cache: DeviceArray, new: DeviceArray, position: int) -> None:
-        """cache [L, R, H, S, Dh] <- new [L, R, H, 1, Dh] at sequence index `position`: one 2-D copy of
-        L*R*H rows of Dh elements, source pitch Dh, destination pitch S*Dh."""
+        """cache [L, R, H, S, Dh] <- new [L, R, H, n, Dh] at sequence indices position .. position + n - 1: one
+        2-D copy of L*R*H rows of n*Dh elements, source pitch n*Dh, destination pitch S*Dh."""
         *rows, seq, head_dim = cache.shape
-        width = head_dim * cache.dtype.itemsize
+        step = head_dim * cache.dtype.itemsize
+        width = new.shape[3] * step
         _check(self.runtime, self.runtime.cudaMemcpy2DAsync(
-            cache.address + position * width, seq * width, new.address, width, width, int(np.prod(rows)),
+            cache.address + position * step, seq * step, new.address, width, width, int(np.prod(rows)),
             self.kinds.cudaMemcpyDeviceToDevice, self.stream), "writing the KV cache")
 
     def capture(self, body: Callable[[], None]) -> Callable[[], None]:

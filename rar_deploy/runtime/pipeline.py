@@ -58,6 +58,8 @@ class RARPipeline:
     """
 
     def __init__(self, artifacts: Artifacts, backend: Backend) -> None:
+        if artifacts.family != "rar":
+            raise RARDeployError(f"{artifacts.directory} holds a VAR export: use VARPipeline (or open_pipeline)")
         self.artifacts = artifacts
         self.backend = backend
         self.config = artifacts.config
@@ -71,33 +73,7 @@ class RARPipeline:
         cuda for tensorrt, cuda where torch sees one for torch). ckpt/tokenizer: for torch, when the
         checkpoints moved since export. verify_files: check every byte of the graphs (SHA-256) instead of
         their size and fingerprint. threads: CPU threads of onnxruntime's and torch's pools."""
-        if not isinstance(directory, (str, os.PathLike)):
-            raise RARDeployError(f"the artifact directory must be a path, got {directory!r}")
-        if backend not in BACKENDS:
-            raise RARDeployError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        check_device(device)
-        if threads is not None:
-            threads = check_count("threads", threads)
-        artifacts = Artifacts.load(directory, verify="sha256" if verify_files else "fingerprint")
-        if backend == "onnxruntime":
-            return cls(artifacts, OnnxRuntimeBackend(artifacts, check_cuda_present(device or "cpu"), threads))
-        if backend == "tensorrt":
-            if device == "cpu":
-                raise RARDeployError("the tensorrt backend runs on a CUDA GPU: drop --device cpu")
-            from .tensorrt_backend import TensorRTBackend
-
-            return cls(artifacts, TensorRTBackend(artifacts, device or "cuda"))
-        try:
-            import torch
-
-            from .torch_backend import TorchBackend
-        except ImportError:
-            raise RARDeployError("the torch backend needs torch: pip install 'rar-deploy[export]', or use "
-                                 "--backend onnxruntime or tensorrt") from None
-        if threads is not None:
-            torch.set_num_threads(threads)
-        device = check_cuda_present(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(artifacts, TorchBackend(artifacts, device, ckpt=ckpt, tokenizer=tokenizer))
+        return cls(*open_backend(directory, backend, device, ckpt, tokenizer, verify_files, threads))
 
     def generate_tokens(self, class_labels: Sequence[int], guidance_scale: float | None = None,
                         guidance_pow: float | None = None, temperature: float | None = None, seed: int = 0,
@@ -173,6 +149,47 @@ class RARPipeline:
             tokens = self.generate_tokens(class_labels, guidance_scale, guidance_pow, temperature, seed, batch_size,
                                           progress)
             return [Image.fromarray(image) for image in self.decode(tokens, batch_size)]
+
+
+def open_backend(directory: str | Path, backend: str = "onnxruntime", device: str | None = None,
+                 ckpt: str | None = None, tokenizer: str | None = None, verify_files: bool = False,
+                 threads: int | None = None) -> tuple[Artifacts, Backend]:
+    """An artifact directory (checked) and one backend on its graphs; the arguments of from_artifacts."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise RARDeployError(f"the artifact directory must be a path, got {directory!r}")
+    if backend not in BACKENDS:
+        raise RARDeployError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    check_device(device)
+    if threads is not None:
+        threads = check_count("threads", threads)
+    artifacts = Artifacts.load(directory, verify="sha256" if verify_files else "fingerprint")
+    if backend == "onnxruntime":
+        return artifacts, OnnxRuntimeBackend(artifacts, check_cuda_present(device or "cpu"), threads)
+    if backend == "tensorrt":
+        if device == "cpu":
+            raise RARDeployError("the tensorrt backend runs on a CUDA GPU: drop --device cpu")
+        from .tensorrt_backend import TensorRTBackend
+
+        return artifacts, TensorRTBackend(artifacts, device or "cuda")
+    try:
+        import torch
+
+        from .torch_backend import TorchBackend
+    except ImportError:
+        raise RARDeployError("the torch backend needs torch: pip install 'rar-deploy[export]', or use "
+                             "--backend onnxruntime or tensorrt") from None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = check_cuda_present(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return artifacts, TorchBackend(artifacts, device, ckpt=ckpt, tokenizer=tokenizer)
+
+
+def open_pipeline(directory: str | Path, backend: str = "onnxruntime", **options):
+    """RARPipeline or VARPipeline, as the artifact directory's family says; options of from_artifacts."""
+    from .var_pipeline import VARPipeline
+
+    artifacts, runner = open_backend(directory, backend, **options)
+    return (VARPipeline if artifacts.family == "var" else RARPipeline)(artifacts, runner)
 
 
 def check_cuda_present(device: str) -> str:

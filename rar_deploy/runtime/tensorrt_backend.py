@@ -5,7 +5,6 @@ scratch allocation (they never run at the same time); a step is captured in a CU
 
 from __future__ import annotations
 
-from ..contract import GRAPH_NAMES
 from ..engines import check_engines, find_tensorrt
 from ..errors import RARDeployError
 from ..gpu import cuda_capability
@@ -33,7 +32,7 @@ class TensorRTBackend(Backend):
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
         runtime = self.trt.Runtime(self.logger)
         self.engines = {}
-        for name in GRAPH_NAMES:
+        for name in artifacts.graph_names:
             engine = runtime.deserialize_cuda_engine(artifacts.check_files(name, engine=True).read_bytes())
             if engine is None:
                 raise RARDeployError(f"TensorRT could not load engine {name}: rebuild the engines (rar-build)")

@@ -10,7 +10,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..contract import GRAPH_NAMES
 from .artifacts import Artifacts
 from .backends import Backend, Buffers
 
@@ -41,7 +40,7 @@ class TorchMemory:
         destination.copy_(source)
 
     def write_position(self, cache: torch.Tensor, new: torch.Tensor, position: int) -> None:
-        cache[:, :, :, position] = new[:, :, :, 0]
+        cache[:, :, :, position:position + new.shape[3]] = new
 
     def capture(self, body: Callable[[], None]) -> Callable[[], None]:
         """torch's CUDA-graph capture on a side stream (after the loop's warm-up run)."""
@@ -80,7 +79,6 @@ class TorchBackend(Backend):
     def __init__(self, artifacts: Artifacts, device: str = "cpu", ckpt: str | None = None,
                  tokenizer: str | None = None, cuda_graphs: bool = True) -> None:
         from ..checkpoint import load_exported_from
-        from ..model.graphs import GRAPH_MODULES
         from ..model.layers import cast_for_inference
 
         target = torch.device(device)
@@ -90,20 +88,39 @@ class TorchBackend(Backend):
         decoder = load_exported_from(artifacts.manifest, "tokenizer", tokenizer)
         generator = cast_for_inference(generator, dtype).to(target)
         decoder = cast_for_inference(decoder, dtype).to(target)
-        self.modules = {name: GRAPH_MODULES[name](decoder if name == "vq_decoder" else generator)
-                        for name in GRAPH_NAMES}
+        if artifacts.family == "var":
+            from ..model.var_graphs import VARDecoderGraph, VARScaleStepGraph
+
+            self.modules = {"var_step": VARScaleStepGraph(generator, decoder), "var_decoder": VARDecoderGraph(decoder)}
+        else:
+            from ..model.graphs import GRAPH_MODULES
+
+            self.modules = {name: GRAPH_MODULES[name](decoder if name == "vq_decoder" else generator)
+                            for name in artifacts.graph_names}
         self.use_cuda_graph = cuda_graphs and target.type == "cuda"
 
     @torch.no_grad()
     def run(self, graph: str, feeds: Buffers, outputs: Buffers) -> None:
         module = self.modules[graph]
-        if graph == "decode_step":
-            layers = range(self.config.depth)
-            args = (feeds["tokens"], feeds["position"], feeds["condition"], [feeds[f"k_cache.{i}"] for i in layers],
-                    [feeds[f"v_cache.{i}"] for i in layers], feeds["guidance_scale"], feeds["temperature"],
-                    feeds["noise"])
+        if graph in ("vq_decoder", "var_decoder") and self.memory.device_type == "cpu":
+            # one image per call: torch's batched convolutions on the CPU round differently with the batch size
+            # (1 level in a few pixels), and an image must not depend on the batch it was made in
+            for i in range(next(iter(feeds.values())).shape[0]):
+                self._call(module, {k: v[i:i + 1] for k, v in feeds.items()},
+                           {k: v[i:i + 1] for k, v in outputs.items()})
         else:
-            args = tuple(feeds[name] for name in module.input_names)
+            self._call(module, feeds, outputs)
+
+    @staticmethod
+    def _call(module, feeds: Buffers, outputs: Buffers) -> None:
+        args, names = [], list(module.input_names)
+        for name in names:  # a graph's per-layer cache inputs k_cache.i / v_cache.i are one list argument each
+            kind, _, layer = name.rpartition(".")
+            if layer.isdigit():
+                if layer == "0":
+                    args.append([feeds[n] for n in names if n.rpartition(".")[0] == kind])
+            else:
+                args.append(feeds[name])
         results = module(*args)
         for name, tensor in zip(module.output_names, results if isinstance(results, tuple) else (results,)):
             outputs[name].copy_(tensor)
@@ -112,10 +129,3 @@ class TorchBackend(Backend):
         """Eager: the live prefix [0, p) only, a free view in torch (not in ONNX, where a slice is a copy),
         so attention reads what the official loop reads. CUDA graphs keep the full static length."""
         return layer if self.use_cuda_graph else layer[:, :, : max(p, 1)]
-
-    def decode_images(self, tokens: np.ndarray) -> np.ndarray:
-        """On CPU one image per call: torch's batched convolutions round differently with the batch size
-        (1 level in a few pixels), and an image must not depend on the batch it was made in."""
-        if self.memory.device_type != "cpu":
-            return super().decode_images(tokens)
-        return np.concatenate([super(TorchBackend, self).decode_images(tokens[i:i + 1]) for i in range(len(tokens))])

@@ -1,0 +1,199 @@
+"""VAR through the whole toolkit: rar-export (fp32/fp16, verification, TensorRT-RTX engines, manifest), the runtime
+loop on ONNX Runtime and torch, rar-generate, rar-parity, rar-bench --baseline, make-checkpoint's var_tiny.
+Expected tokens come from the OFFICIAL code (tests/data/official_var_tiny) or from our float32 reference sampler."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rar_deploy.checkpoint import load_var_generator, load_var_tokenizer
+from rar_deploy.engines import BatchProfile, find_tensorrt
+from rar_deploy.errors import RARDeployError
+from rar_deploy.export.exporter import ExportRequest, export_artifacts
+from rar_deploy.reference import var_reference_generate
+from rar_deploy.runtime import Artifacts, RARPipeline, VARPipeline, open_pipeline
+from rar_deploy.sampling import sampling_noise
+
+DATA = Path(__file__).parent / "data" / "official_var_tiny"
+OFFICIAL = (str(DATA / "var_tiny_var.pth"), str(DATA / "var_tiny_vae.pth"))
+
+
+def export_var(out: Path, precision: str, **options) -> Path:
+    options = {"engine": False, "profile": BatchProfile(1, 2, 4), **options}
+    export_artifacts(ExportRequest(*OFFICIAL, out=out, precision=precision, **options), progress=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def var_exports(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("var-exports")
+    return {precision: export_var(root / precision, precision) for precision in ("fp32", "fp16")}
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, np.ndarray]:
+    return dict(np.load(DATA / "var_tiny_golden.npz"))
+
+
+def test_export_writes_a_var_manifest(var_exports):
+    for precision, folder in var_exports.items():
+        artifacts = Artifacts.load(folder, verify="sha256")
+        m = artifacts.manifest
+        assert (m["family"], artifacts.graph_names, m["precision"]) == ("var", ("var_step", "var_decoder"), precision)
+        assert [s["side"] for s in m["scales"]] == [1, 2, 3, 4] and m["scales"][-1]["end"] == 30
+        assert m["sampling"]["defaults"] == {"guidance_scale": 1.5, "top_k": 900, "top_p": 0.96, "temperature": 1.0}
+        assert m["kv_cache"]["dtype"] == {"fp32": "float32", "fp16": "float16"}[precision]
+        parity = json.loads((folder / "parity.json").read_text())
+        assert parity["failures"] == [] and parity["free_running"]["greedy"]["token_agreement"] == 1.0
+        assert sorted(m["files"]) == sorted(p.name for p in folder.iterdir() if p.name not in ("manifest.json",
+                                                                                                "parity.json"))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("cfg, key", [(4.0, "cfg4"), (1.5, "cfg1_5")])
+def test_every_backend_reproduces_the_official_greedy_generation(var_exports, golden, backend, cfg, key):
+    pipeline = open_pipeline(var_exports["fp32"], backend=backend)
+    assert isinstance(pipeline, VARPipeline)
+    tokens, images = pipeline.generate_images(golden["labels"].tolist(), guidance_scale=cfg, temperature=0.0)
+    np.testing.assert_array_equal(tokens, golden[f"greedy_tokens_{key}"])
+    official = np.floor(golden[f"images_{key}"].transpose(0, 2, 3, 1) * 255)
+    assert np.abs(images.astype(np.int64) - official).max() <= 1
+
+
+def test_sampling_equals_the_reference_sampler_whatever_the_batch(var_exports):
+    generator, vqvae = load_var_generator(OFFICIAL[0]), load_var_tokenizer(OFFICIAL[1])
+    labels = [3, 141, 999]
+    noise = torch.from_numpy(sampling_noise(5, 3, generator.config.seq_len, generator.config.codebook_size))
+    reference = var_reference_generate(generator, vqvae, labels, 4.0, 32, 0.9, 1.0, noise)
+    pipeline = VARPipeline.from_artifacts(var_exports["fp32"])
+    tokens = pipeline.generate_tokens(labels, 4.0, 32, 0.9, 1.0, seed=5)
+    np.testing.assert_array_equal(tokens, reference.tokens.numpy())
+    one_at_a_time = pipeline.generate_tokens(labels, 4.0, 32, 0.9, 1.0, seed=5, batch_size=1)
+    np.testing.assert_array_equal(one_at_a_time, tokens)
+    assert (tokens[:, 1:] != pipeline.generate_tokens(labels, 4.0, 32, 0.9, 1.0, seed=6)[:, 1:]).any()
+
+
+def test_fp16_export_passes_rar_parity_on_every_backend(var_exports):
+    from rar_deploy.cli import parity_command
+
+    for folder, backend in ((var_exports["fp16"], "onnxruntime"), (var_exports["fp16"], "torch"),
+                            (var_exports["fp32"], "torch")):
+        result = CliRunner().invoke(parity_command, ["--artifacts", str(folder), "--backend", backend])
+        assert result.exit_code == 0, result.output
+        assert "teacher_forced.scales" in result.output and result.output.strip().endswith("PASSED")
+
+
+def test_a_graph_from_another_export_is_refused(var_exports, tmp_path):
+    """An fp32 folder whose var_step was replaced by the fp16 export's: refused before running, naming the file."""
+    from rar_deploy.cli import parity_command
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(var_exports["fp32"], folder)
+    shutil.copy(var_exports["fp16"] / "var_step.onnx", folder / "var_step.onnx")
+    result = CliRunner().invoke(parity_command, ["--artifacts", str(folder)])
+    assert result.exit_code == 1 and "var_step.onnx" in result.output and "Traceback" not in result.output
+
+
+def test_rar_generate_runs_var_artifacts(var_exports, tmp_path):
+    from rar_deploy.cli import generate_command
+
+    out, tokens = tmp_path / "images", tmp_path / "tokens.npy"
+    args = ["--artifacts", str(var_exports["fp16"]), "--class-labels", "7,8", "--num-per-class", "2", "--out",
+            str(out), "--save-tokens", str(tokens), "--top-k", "50", "--guidance-scale", "4", "--seed", "3"]
+    result = CliRunner().invoke(generate_command, args)
+    assert result.exit_code == 0, result.output
+    samples = json.loads((out / "samples.json").read_text())
+    assert (samples["family"], samples["top_k"], samples["top_p"], samples["guidance_scale"]) == ("var", 50, 0.96, 4.0)
+    assert len(list(out.glob("0*_class*.png"))) == 4 and (out / "grid.png").exists()
+    expected = VARPipeline.from_artifacts(var_exports["fp16"]).generate_tokens([7, 7, 8, 8], 4.0, 50, seed=3)
+    np.testing.assert_array_equal(np.load(tokens), expected)
+    for option, value in (("--guidance-pow", "2"), ("--condition-budget", "0")):
+        result = CliRunner().invoke(generate_command, [*args[:6], "--out", str(tmp_path / "x"), option, value])
+        assert result.exit_code == 1 and f"{option} does not apply to a VAR model" in result.output
+    for option, value, message in (("--top-p", "1.0", "top-p must lie in [0, 1)"), ("--top-k", "-1", "top-k must be"),
+                                   ("--guidance-scale", "-1", "guidance scale must be >= 0")):
+        result = CliRunner().invoke(generate_command, [*args[:6], "--out", str(tmp_path / "x"), option, value])
+        assert result.exit_code == 1 and message in result.output and not (tmp_path / "x").exists()
+
+
+def test_family_mismatches_are_one_line(var_exports, export_tiny, tmp_path):
+    from rar_deploy.cli import generate_command
+
+    rar = export_tiny(tmp_path / "rar", "fp32")
+    result = CliRunner().invoke(generate_command, ["--artifacts", str(rar), "--class-labels", "1", "--out",
+                                                   str(tmp_path / "x"), "--top-k", "5"])
+    assert result.exit_code == 1 and "--top-k does not apply to a RAR model" in result.output
+    with pytest.raises(RARDeployError, match="holds a VAR export: use VARPipeline"):
+        RARPipeline.from_artifacts(var_exports["fp32"])
+    with pytest.raises(RARDeployError, match="holds a RAR export: use RARPipeline"):
+        VARPipeline.from_artifacts(rar)
+    from rar_deploy.cli import serve_command
+
+    result = CliRunner().invoke(serve_command, ["--artifacts", str(var_exports["fp32"])])
+    assert result.exit_code == 1 and "rar-serve runs RAR artifacts so far" in result.output
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["scales"][1].update(side=3), "scale 1 is side 3"),
+    (lambda m: m["scales"].pop(), "it lists 3 scales, its model has 4"),
+    (lambda m: m.pop("family"), "is not a valid manifest"),
+    (lambda m: m["model"].update(vae_channels=16), "not a VAR generator and its VQVAE"),
+    (lambda m: m["sampling"]["defaults"].update(top_p=1.5), "is not a valid manifest at sampling.defaults.top_p"),
+])
+def test_an_edited_var_manifest_is_refused(var_exports, tmp_path, edit, message):
+    folder = tmp_path / "edited"
+    shutil.copytree(var_exports["fp32"], folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RARDeployError, match=message):
+        Artifacts.load(folder)
+
+
+def test_rar_bench_times_var_against_the_official_loop(var_exports):
+    from rar_deploy.cli import bench_command
+
+    result = CliRunner().invoke(bench_command, ["--artifacts", str(var_exports["fp32"]), "--batch-sizes", "1,2",
+                                                "--baseline", "--json"])
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert [(r["backend"], r["batch"]) for r in runs] == [("onnxruntime", 1), ("onnxruntime", 2), ("baseline", 1),
+                                                         ("baseline", 2)]
+    assert all(len(r.get("scale_ms", [0] * 4)) == 4 and r["total_ms_per_image"] > 0 for r in runs)
+
+
+@pytest.mark.skipif(find_tensorrt() is None, reason="needs TensorRT or TensorRT-RTX")
+def test_fp16_var_graphs_build_strongly_typed_engines(tmp_path):
+    folder = export_var(tmp_path / "engines", "fp16", engine=True, verify=False)
+    engines = Artifacts.load(folder, verify="sha256").manifest["engines"]
+    assert sorted(engines) == ["var_decoder", "var_step"]
+    step = {io["name"]: io for io in engines["var_step"]["io"]}
+    assert step["k_cache.0"]["dtype"] == "float16" and step["noise"]["profile"][0] == [1, 1, 1, 64]
+    assert step["noise"]["profile"][2] == [4, 4, 4, 64] and step["k_cache.0"]["profile"][2][0] == 8
+
+
+def test_make_checkpoint_var_tiny_exports_and_generates(tmp_path):
+    from rar_deploy.cli import generate_command, main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["make-checkpoint", "--preset", "var_tiny", "--out", str(tmp_path / "ckpt")])
+    assert result.exit_code == 0, result.output
+    ckpt, vae = tmp_path / "ckpt" / "var_tiny.pth", tmp_path / "ckpt" / "vae_tiny.pth"
+    first = ckpt.read_bytes()
+    again = runner.invoke(main, ["make-checkpoint", "--preset", "var_tiny", "--out", str(tmp_path / "ckpt")])
+    assert again.exit_code == 0
+    assert ckpt.read_bytes() == first  # same seed, same bytes
+    request = ExportRequest(str(ckpt), str(vae), out=tmp_path / "artifacts", precision="fp16", engine=False,
+                            profile=BatchProfile(1, 2, 4))
+    folder = export_artifacts(request, progress=lambda m: None).out
+    assert Artifacts.load(folder).manifest["model"]["preset"] == "var_tiny"
+    result = runner.invoke(generate_command, ["--artifacts", str(folder), "--class-labels", "1,2", "--out",
+                                              str(tmp_path / "images")])
+    assert result.exit_code == 0, result.output

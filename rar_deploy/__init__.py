@@ -20,10 +20,11 @@ _NEED_TORCH = {
 }
 
 __all__ = [
-    "GENERATOR_PRESETS", "TOKENIZER_PRESETS", "CheckpointError", "Generation", "GeneratorConfig", "RARPipeline",
-    "RARDeployError", "RARGenerator", "SamplingDefaults", "StaticKVCache", "TokenizerConfig", "VQDecoder",
-    "VARPipeline", "__version__", "guidance_schedule", "images_to_uint8", "load_generator", "load_models",
-    "load_tokenizer", "load_var_generator", "load_var_tokenizer", "open_pipeline", "reference_generate", "sampling_noise", "var_reference_generate",
+    "CheckpointError", "GENERATOR_PRESETS", "Generation", "GeneratorConfig", "RARDeployError", "RARGenerator",
+    "RARPipeline", "SamplingDefaults", "StaticKVCache", "TOKENIZER_PRESETS", "TokenizerConfig", "VARPipeline",
+    "VQDecoder", "__version__", "guidance_schedule", "images_to_uint8", "load_generator", "load_models",
+    "load_tokenizer", "load_var_generator", "load_var_tokenizer", "open_pipeline", "reference_generate",
+    "sampling_noise", "var_reference_generate",
 ]
 
 

@@ -237,7 +237,8 @@ def var_reference_record(generator, vqvae, float_dtype: str, batch: int = 2, see
     step_inputs = {"class_labels": torch.from_numpy(labels[:1]), "f_hat": run.f_hats[k, :1], **const,
                    "guidance": torch.from_numpy(var_guidance(c.num_scales, scale)[k:k + 1]),
                    "top_k": torch.tensor([defaults.top_k]), "top_p": torch.tensor([defaults.top_p]),
-                   "temperature": torch.ones(1), "noise": noise[:1, begin:end].reshape(1, *const["positions"].shape, -1)}
+                   "temperature": torch.ones(1),
+                   "noise": noise[:1, begin:end].reshape(1, *const["positions"].shape, -1)}
     record.update({f"var_step.{name}": value.numpy() for name, value in step_inputs.items()})
     record.update({"var_step.k_prefix": prefix["keys"].numpy(), "var_step.v_prefix": prefix["values"].numpy()})
     cache = {kv: torch.zeros(c.depth, 2, c.num_heads, c.seq_len, c.head_dim) for kv in prefix}

@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -47,6 +48,142 @@ std::string Hex(const unsigned char* digest, unsigned int length) {
     text += digits[digest[i] & 15];
   }
   return text;
+}
+
+// The recorded I/O of every graph of the family must be the one the contract gives for the model.
+void ReadGraphs(const json& manifest, const std::map<std::string, GraphInfo>& expected, const fs::path& path,
+                std::map<std::string, GraphInfo>& graphs) {
+  for (const auto& [name, wanted] : expected) {
+    const json& node = manifest.at("graphs").at(name);
+    GraphInfo graph{node.at("file").get<std::string>(), {}, {}};
+    for (const auto& spec : node.at("inputs")) graph.inputs.push_back(ParseSpec(spec));
+    for (const auto& spec : node.at("outputs")) graph.outputs.push_back(ParseSpec(spec));
+    if (graph.inputs != wanted.inputs || graph.outputs != wanted.outputs) {
+      Invalid(path, "graph " + name + "'s inputs or outputs are not the ones its model gives");
+    }
+    graphs[name] = graph;
+  }
+}
+
+// kv_cache: the layout the loop allocates (shape, the graphs' float dtype) and writes (at offset 0).
+void CheckCache(const json& cache, const std::vector<Dim>& shape, DType dtype, const fs::path& path) {
+  const TensorSpec recorded =
+      ParseSpec({{"name", "cache"}, {"dtype", cache.at("dtype")}, {"shape", cache.at("shape")}});
+  if (recorded.shape != shape || recorded.dtype != dtype || cache.at("write_offset").get<int64_t>() != 0) {
+    Invalid(path, "its kv_cache layout is not the one its model gives");
+  }
+}
+
+void LoadRar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
+  const json& model = manifest.at("model");
+  ModelConfig& m = artifacts.model;
+  m = {model.at("hidden_size").get<int64_t>(), model.at("depth").get<int64_t>(), model.at("num_heads").get<int64_t>(),
+       model.at("mlp_size").get<int64_t>(), model.at("image_seq_len").get<int64_t>(),
+       model.at("codebook_size").get<int64_t>(), model.at("num_classes").get<int64_t>()};
+  for (int64_t value : {m.hidden_size, m.depth, m.num_heads, m.mlp_size, m.image_seq_len, m.codebook_size,
+                        m.num_classes}) {
+    if (value < 1) Invalid(path, "a model dimension is not positive");
+  }
+  if (m.hidden_size % m.num_heads != 0) Invalid(path, "hidden_size is not a multiple of num_heads");
+  int64_t grid = 0;
+  while ((grid + 1) * (grid + 1) <= m.image_seq_len) ++grid;
+  if (grid * grid != m.image_seq_len) Invalid(path, "image_seq_len is not a square token grid");
+  const json& tokenizer = manifest.at("tokenizer");
+  if (tokenizer.at("codebook_size").get<int64_t>() != m.codebook_size) {
+    Invalid(path, "the tokenizer's codebook does not match the generator's vocabulary: it mixes two models");
+  }
+  artifacts.image_side = grid << (tokenizer.at("channel_mult").size() - 1);
+  artifacts.image_channels = tokenizer.at("num_channels").get<int64_t>();
+  artifacts.seq_len = m.image_seq_len, artifacts.codebook_size = m.codebook_size;
+  artifacts.num_classes = m.num_classes;
+  const json& defaults = manifest.at("sampling").at("defaults");
+  artifacts.defaults = {defaults.at("guidance_scale").get<double>(), defaults.at("guidance_pow").get<double>(),
+                        defaults.at("temperature").get<double>()};
+  ReadGraphs(manifest, ContractGraphs(m, artifacts.image_side, artifacts.image_channels, artifacts.float_dtype), path,
+             artifacts.graphs);
+  CheckCache(manifest.at("kv_cache"), {m.depth, "rows", m.num_heads, m.cache_len(), m.head_dim()},
+             artifacts.float_dtype, path);
+  if (manifest.at("condition").at("width").get<int64_t>() != m.condition_width()) {
+    Invalid(path, "its condition width is not the one its model gives");
+  }
+}
+
+// A scale's resize matrix: rows x columns finite numbers (they become float32 inputs of every var_step).
+std::vector<float> Matrix(const json& node, int64_t rows, int64_t columns, bool& ok) {
+  std::vector<float> values;
+  ok = ok && node.is_array() && static_cast<int64_t>(node.size()) == rows;
+  for (size_t r = 0; ok && r < node.size(); ++r) {
+    const json& row = node[r];
+    ok = row.is_array() && static_cast<int64_t>(row.size()) == columns;
+    for (size_t c = 0; ok && c < row.size(); ++c) {
+      values.push_back(static_cast<float>(row[c].get<double>()));
+      ok = std::isfinite(values.back());
+    }
+  }
+  return values;
+}
+
+void LoadVar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
+  const json& model = manifest.at("model");
+  VarConfig& m = artifacts.var;
+  m = {model.at("depth").get<int64_t>(), model.at("embed_dim").get<int64_t>(), model.at("num_heads").get<int64_t>(),
+       model.at("mlp_size").get<int64_t>(), model.at("codebook_size").get<int64_t>(),
+       model.at("vae_channels").get<int64_t>(), model.at("num_classes").get<int64_t>(),
+       model.at("patch_nums").get<std::vector<int64_t>>()};
+  for (int64_t value : {m.depth, m.embed_dim, m.num_heads, m.mlp_size, m.codebook_size, m.vae_channels,
+                        m.num_classes}) {
+    if (value < 1) Invalid(path, "a model dimension is not positive");
+  }
+  // two scales at least: the guidance schedule t = cfg * k / (K - 1) divides by K - 1
+  if (m.patch_nums.size() < 2 || *std::min_element(m.patch_nums.begin(), m.patch_nums.end()) < 1) {
+    Invalid(path, "patch_nums must list two or more positive scale sides");
+  }
+  if (m.embed_dim % m.num_heads != 0) Invalid(path, "embed_dim is not a multiple of num_heads");
+  const json& tokenizer = manifest.at("tokenizer");
+  if (tokenizer.at("codebook_size").get<int64_t>() != m.codebook_size ||
+      tokenizer.at("vae_channels").get<int64_t>() != m.vae_channels) {
+    Invalid(path, "the tokenizer's codebook or channels do not match the generator's: it mixes two models");
+  }
+  const int64_t num_phi = tokenizer.at("num_phi").get<int64_t>(), size = m.patch_nums.back();
+  artifacts.image_side = size << (tokenizer.at("channel_mult").size() - 1);
+  artifacts.image_channels = 3;
+  artifacts.seq_len = m.seq_len(), artifacts.codebook_size = m.codebook_size, artifacts.num_classes = m.num_classes;
+  const json& defaults = manifest.at("sampling").at("defaults");
+  artifacts.defaults = {defaults.at("guidance_scale").get<double>(), 0.0, defaults.at("temperature").get<double>(),
+                        defaults.at("top_k").get<int64_t>(), defaults.at("top_p").get<double>()};
+  ReadGraphs(manifest, VarContractGraphs(m, artifacts.image_side, artifacts.float_dtype), path, artifacts.graphs);
+  CheckCache(manifest.at("kv_cache"), {m.depth, "rows", m.num_heads, m.seq_len(), m.head_dim()}, artifacts.float_dtype,
+             path);
+  const json& scales = manifest.at("scales");
+  if (!scales.is_array() || static_cast<int64_t>(scales.size()) != m.num_scales()) {
+    Invalid(path, "it lists " + std::to_string(scales.is_array() ? scales.size() : 0) + " scales, its model has " +
+                      std::to_string(m.num_scales()));
+  }
+  int64_t begin = 0;
+  for (int64_t k = 0; k < m.num_scales(); ++k) {
+    const json& node = scales[static_cast<size_t>(k)];
+    const int64_t side = m.patch_nums[static_cast<size_t>(k)], end = begin + side * side;
+    VarScale scale{node.at("side").get<int64_t>(), node.at("begin").get<int64_t>(), node.at("end").get<int64_t>(),
+                   node.at("phi_index").get<int64_t>(), {}, {}};
+    const std::string which = "scale " + std::to_string(k);
+    if (scale.side != side || scale.begin != begin || scale.end != end) {
+      Invalid(path, which + " is not side " + std::to_string(side) + " at [" + std::to_string(begin) + ", " +
+                        std::to_string(end) + "), the one its model gives");
+    }
+    if (scale.phi_index < 0 || scale.phi_index >= num_phi) {
+      Invalid(path, which + "'s phi_index is not one of the tokenizer's " + std::to_string(num_phi) + " convolutions");
+    }
+    bool ok = true;
+    scale.down = Matrix(node.at("down"), side, size, ok);
+    scale.up = Matrix(node.at("up"), size, side, ok);
+    if (!ok) {
+      const std::string shape = std::to_string(side) + ", " + std::to_string(size);
+      Invalid(path, which + "'s down/up matrices are not finite [" + shape + "] / [" + std::to_string(size) + ", " +
+                        std::to_string(side) + "]");
+    }
+    artifacts.scales.push_back(std::move(scale));
+    begin = end;
+  }
 }
 
 }  // namespace
@@ -121,6 +258,41 @@ std::map<std::string, GraphInfo> ContractGraphs(const ModelConfig& m, int64_t si
   return graphs;
 }
 
+int64_t VarConfig::seq_len() const {
+  int64_t tokens = 0;
+  for (int64_t side : patch_nums) tokens += side * side;
+  return tokens;
+}
+
+std::map<std::string, GraphInfo> VarContractGraphs(const VarConfig& m, int64_t image, DType dtype) {
+  const int64_t vocab = m.codebook_size, size = m.patch_nums.back();
+  const DType i64 = DType::kInt64, f32 = DType::kFloat32;
+  const std::vector<Dim> f_hat{"batch", m.vae_channels, size, size};
+  const std::vector<Dim> cache_view{"rows", m.num_heads, m.seq_len(), m.head_dim()};
+  const std::vector<Dim> scale_kv{m.depth, "rows", m.num_heads, "tokens", m.head_dim()};
+  std::map<std::string, GraphInfo> graphs;
+  GraphInfo& step = graphs["var_step"];
+  step.file = "var_step.onnx";
+  step.inputs = {Spec("class_labels", i64, {"batch"}), Spec("f_hat", f32, f_hat),
+                 Spec("positions", i64, {"side", "side"}), Spec("phi_index", i64, {int64_t{1}}),
+                 Spec("down", f32, {"side", size}), Spec("up", f32, {size, "side"}), Spec("guidance", f32, {"batch"}),
+                 Spec("top_k", i64, {int64_t{1}}), Spec("top_p", f32, {int64_t{1}}),
+                 Spec("temperature", f32, {"batch"}), Spec("noise", f32, {"batch", "side", "side", vocab})};
+  for (const char* kv : {"k", "v"}) {
+    for (int64_t i = 0; i < m.depth; ++i) {
+      step.inputs.push_back(Spec(std::string(kv) + "_cache." + std::to_string(i), dtype, cache_view));
+    }
+  }
+  step.outputs = {Spec("tokens", i64, {"batch", "tokens"}), Spec("f_hat_out", f32, f_hat),
+                  Spec("logits", f32, {"batch", "tokens", vocab}), Spec("keys", dtype, scale_kv),
+                  Spec("values", dtype, scale_kv)};
+  graphs["var_decoder"] = {"var_decoder.onnx",
+                           {Spec("f_hat", f32, f_hat)},
+                           {Spec("images", f32, {"batch", int64_t{3}, image, image}),
+                            Spec("images_uint8", DType::kUint8, {"batch", image, image, int64_t{3}})}};
+  return graphs;
+}
+
 Artifacts Artifacts::Load(const fs::path& directory) {
   if (!fs::is_directory(directory)) Fail(RAR_ERROR_ARTIFACTS, "artifact directory not found: " + directory.string());
   const fs::path path = directory / "manifest.json";
@@ -146,25 +318,12 @@ Artifacts Artifacts::Load(const fs::path& directory) {
   Artifacts artifacts;
   artifacts.directory = directory;
   try {
-    const json& model = manifest.at("model");
-    ModelConfig& m = artifacts.model;
-    m = {model.at("hidden_size").get<int64_t>(), model.at("depth").get<int64_t>(), model.at("num_heads").get<int64_t>(),
-         model.at("mlp_size").get<int64_t>(), model.at("image_seq_len").get<int64_t>(),
-         model.at("codebook_size").get<int64_t>(), model.at("num_classes").get<int64_t>()};
-    for (int64_t value : {m.hidden_size, m.depth, m.num_heads, m.mlp_size, m.image_seq_len, m.codebook_size,
-                          m.num_classes}) {
-      if (value < 1) Invalid(path, "a model dimension is not positive");
+    artifacts.family = manifest.value("family", "rar");  // manifests written before VAR have none: RAR's
+    if (artifacts.family != "rar" && artifacts.family != "var") {
+      Fail(RAR_ERROR_ARTIFACTS, path.string() + " holds a model of family '" + artifacts.family + "', which this "
+                                "runtime does not know (it runs rar and var): use a rar-deploy runtime as new as "
+                                "the export");
     }
-    if (m.hidden_size % m.num_heads != 0) Invalid(path, "hidden_size is not a multiple of num_heads");
-    int64_t grid = 0;
-    while ((grid + 1) * (grid + 1) <= m.image_seq_len) ++grid;
-    if (grid * grid != m.image_seq_len) Invalid(path, "image_seq_len is not a square token grid");
-    const json& tokenizer = manifest.at("tokenizer");
-    if (tokenizer.at("codebook_size").get<int64_t>() != m.codebook_size) {
-      Invalid(path, "the tokenizer's codebook does not match the generator's vocabulary: it mixes two models");
-    }
-    artifacts.image_side = grid << (tokenizer.at("channel_mult").size() - 1);
-    artifacts.image_channels = tokenizer.at("num_channels").get<int64_t>();
     const std::string precision = manifest.at("precision").get<std::string>();
     if (precision != "fp16" && precision != "fp32") Invalid(path, "precision must be fp16 or fp32");
     artifacts.float_dtype = precision == "fp16" ? DType::kFloat16 : DType::kFloat32;
@@ -174,31 +333,13 @@ Artifacts Artifacts::Load(const fs::path& directory) {
     if (!(1 <= low && low <= opt && opt <= artifacts.max_batch)) {
       Invalid(path, "its batch profile does not satisfy 1 <= min <= opt <= max");
     }
-    const json& defaults = manifest.at("sampling").at("defaults");
-    artifacts.defaults = {defaults.at("guidance_scale").get<double>(), defaults.at("guidance_pow").get<double>(),
-                          defaults.at("temperature").get<double>()};
     for (const auto& [name, record] : manifest.at("files").items()) {
       artifacts.files_[name] = {record.at("size").get<uint64_t>(), record.at("fingerprint").get<std::string>()};
     }
-    const auto expected = ContractGraphs(m, artifacts.image_side, artifacts.image_channels, artifacts.float_dtype);
-    for (const auto& [name, wanted] : expected) {
-      const json& node = manifest.at("graphs").at(name);
-      GraphInfo graph{node.at("file").get<std::string>(), {}, {}};
-      for (const auto& spec : node.at("inputs")) graph.inputs.push_back(ParseSpec(spec));
-      for (const auto& spec : node.at("outputs")) graph.outputs.push_back(ParseSpec(spec));
-      if (graph.inputs != wanted.inputs || graph.outputs != wanted.outputs) {
-        Invalid(path, "graph " + name + "'s inputs or outputs are not the ones its model gives");
-      }
-      artifacts.graphs[name] = graph;
-    }
-    const json& cache = manifest.at("kv_cache");
-    const std::vector<Dim> cache_shape{m.depth, "rows", m.num_heads, m.cache_len(), m.head_dim()};
-    if (ParseSpec({{"name", "cache"}, {"dtype", cache.at("dtype")}, {"shape", cache.at("shape")}}).shape != cache_shape ||
-        cache.at("write_offset").get<int64_t>() != 0) {
-      Invalid(path, "its kv_cache layout is not the one its model gives");
-    }
-    if (manifest.at("condition").at("width").get<int64_t>() != m.condition_width()) {
-      Invalid(path, "its condition width is not the one its model gives");
+    if (artifacts.is_var()) {
+      LoadVar(manifest, path, artifacts);
+    } else {
+      LoadRar(manifest, path, artifacts);
     }
     for (const auto& [name, node] : manifest.at("engines").items()) {
       EngineInfo engine{node.at("file").get<std::string>(), node.at("flavour").get<std::string>(),

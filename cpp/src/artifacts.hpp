@@ -1,6 +1,7 @@
-// An artifact folder as the C++ runtime sees it: manifest.json (schema 2, docs/CONTRACT.md) read with
+// An artifact folder as the C++ runtime sees it: manifest.json (schema 3, docs/CONTRACT.md) read with
 // nlohmann::json, validated against the contract its own model gives, and its files checked (size and
-// fingerprint) before a graph is opened.
+// fingerprint) before a graph is opened. Two families: RAR (condition, decode_step, vq_decoder) and VAR
+// (var_step, var_decoder; manifest `family` "var").
 #pragma once
 
 #include <cstdint>
@@ -17,7 +18,7 @@ size_t ItemSize(DType dtype);
 DType ParseDType(const std::string& name);
 std::string DTypeName(DType dtype);
 
-using Dim = std::variant<int64_t, std::string>;  // a size, or a symbolic dim: batch, rows, positions
+using Dim = std::variant<int64_t, std::string>;  // a size, or a symbolic dim: batch, rows, positions, side, tokens
 using Dims = std::map<std::string, int64_t>;
 
 struct TensorSpec {
@@ -41,13 +42,32 @@ struct ModelConfig {
   int64_t condition_width() const { return (6 * depth + 3) * hidden_size; }
 };
 
+// VAR's generator (manifest `model` of family var): K scales of side pn_k, L = sum pn_k^2 tokens.
+struct VarConfig {
+  int64_t depth, embed_dim, num_heads, mlp_size, codebook_size, vae_channels, num_classes;
+  std::vector<int64_t> patch_nums;
+  int64_t head_dim() const { return embed_dim / num_heads; }
+  int64_t num_scales() const { return static_cast<int64_t>(patch_nums.size()); }
+  int64_t seq_len() const;
+  int64_t null_class() const { return num_classes; }
+};
+
+// One VAR scale's constants (manifest `scales`): sequence positions [begin, end) = side^2 tokens, the Phi
+// convolution's index, the resize matrices down [side, P] and up [P, side] (row-major).
+struct VarScale {
+  int64_t side, begin, end, phi_index;
+  std::vector<float> down, up;
+};
+
 struct EngineInfo {
   std::string file, flavour, version;
   std::vector<std::string> compute_capabilities;
 };
 
 struct SamplingDefaults {
-  double guidance_scale, guidance_pow, temperature;
+  double guidance_scale, guidance_pow, temperature;  // guidance_pow: RAR's (0 for VAR)
+  int64_t top_k = 0;                                 // VAR's (0 for RAR: off)
+  double top_p = 0;
 };
 
 class Artifacts {
@@ -56,14 +76,20 @@ class Artifacts {
   static Artifacts Load(const std::filesystem::path& directory);
 
   std::filesystem::path directory;
-  ModelConfig model{};
+  std::string family = "rar";  // "rar" or "var"
+  ModelConfig model{};         // RAR's (zeros for VAR)
+  VarConfig var{};             // VAR's (zeros for RAR)
+  std::vector<VarScale> scales;  // VAR's, one per scale in order
+  int64_t seq_len = 0, codebook_size = 0, num_classes = 0;  // both families: tokens per image (N or L), V
   DType float_dtype = DType::kFloat32;  // the graphs' float dtype (the KV cache's)
   int64_t max_batch = 0;
   int64_t image_side = 0, image_channels = 0;
   SamplingDefaults defaults{};
-  std::map<std::string, GraphInfo> graphs;   // condition, decode_step, vq_decoder
+  std::map<std::string, GraphInfo> graphs;   // condition, decode_step, vq_decoder; or var_step, var_decoder
   std::map<std::string, EngineInfo> engines;  // empty without engines
 
+  bool is_var() const { return family == "var"; }
+  std::string step_graph() const { return is_var() ? "var_step" : "decode_step"; }  // the graph run per step
   std::filesystem::path GraphPath(const std::string& graph) const { return directory / graphs.at(graph).file; }
   // Size and fingerprint of a listed file against the manifest (docs/CONTRACT.md); throws Failure.
   std::filesystem::path CheckFile(const std::string& relative) const;
@@ -72,9 +98,10 @@ class Artifacts {
   std::map<std::string, std::pair<uint64_t, std::string>> files_;  // relative path -> size, fingerprint
 };
 
-// The graph I/O the contract gives for a model (rar_deploy/contract.py's graph_specs).
+// The graph I/O the contract gives for a model (rar_deploy/contract.py's graph_specs, var_graph_specs).
 std::map<std::string, GraphInfo> ContractGraphs(const ModelConfig& model, int64_t image_side, int64_t channels,
                                                 DType float_dtype);
+std::map<std::string, GraphInfo> VarContractGraphs(const VarConfig& model, int64_t image_side, DType float_dtype);
 
 std::string Fingerprint(const std::filesystem::path& file);  // docs/CONTRACT.md
 

@@ -1,7 +1,8 @@
 // The generation loop's device side (rar_deploy/runtime/backends.py in Python): one static KV cache
 // [L, R, H, N+1, Dh] per keys/values with per-layer views, the condition table (or the condition computed
 // per step), every sequence position through the decode step, the cache written in place. Subclasses run
-// one graph on buffers of their Memory.
+// one graph on buffers of their Memory. This is RAR's loop; VAR's is VarLoop (var_loop.hpp), over Run and
+// memory().
 #pragma once
 
 #include <map>
@@ -30,6 +31,7 @@ class Backend {
   std::vector<int64_t> Tokens();          // [B, N] on the host
   std::vector<uint8_t> DecodeImages(const std::vector<int64_t>& tokens, int64_t batch);  // [B, H, W, C]
   Memory& memory() { return *memory_; }
+  Buffers OutputBuffers(const std::string& graph, const Dims& dims);  // every output of `graph`, allocated
 
   // bytes of condition rows: the window is the most positions that fit (the table, or one per step at least)
   int64_t condition_table_budget = int64_t{2} << 30;
@@ -42,7 +44,6 @@ class Backend {
   void Allocate(int64_t batch, int64_t rows, int64_t window);
   void Decode(const Buffer& tokens, const Buffer& position, const Buffer& guidance, const Buffer& noise,
               const Buffer& next_tokens);
-  Buffers OutputBuffers(const std::string& graph, const Dims& dims);
 
   const Artifacts& artifacts_;
   std::unique_ptr<Memory> memory_;

@@ -98,6 +98,12 @@ RarResult* RarGenerateParamsSetSeed(RarGenerateParams* params, uint64_t seed) {
 RarResult* RarGenerateParamsSetBatchSize(RarGenerateParams* params, int64_t batch_size) {
   return Guard([&] { Require(params, "params"), params->sampling.batch_size = batch_size; });
 }
+RarResult* RarGenerateParamsSetTopK(RarGenerateParams* params, int64_t top_k) {
+  return Guard([&] { Require(params, "params"), params->sampling.top_k = top_k; });
+}
+RarResult* RarGenerateParamsSetTopP(RarGenerateParams* params, double top_p) {
+  return Guard([&] { Require(params, "params"), params->sampling.top_p = top_p; });
+}
 
 RarResult* RarPipelineGenerateTokens(RarPipeline* pipeline, const int64_t* class_labels, size_t num_labels,
                                      const RarGenerateParams* params, int64_t* tokens) {
@@ -107,6 +113,17 @@ RarResult* RarPipelineGenerateTokens(RarPipeline* pipeline, const int64_t* class
     const std::vector<int64_t> result =
         pipeline->pipeline.GenerateTokens(labels, params ? params->sampling : rar::detail::Sampling{});
     std::copy(result.begin(), result.end(), tokens);
+  });
+}
+
+RarResult* RarPipelineGenerate(RarPipeline* pipeline, const int64_t* class_labels, size_t num_labels,
+                               const RarGenerateParams* params, int64_t* tokens, uint8_t* images) {
+  return Guard([&] {
+    Require(pipeline, "pipeline"), Require(class_labels, "class_labels"), Require(images, "images");
+    const std::vector<int64_t> labels(class_labels, class_labels + num_labels);
+    const auto [ids, pixels] = pipeline->pipeline.Generate(labels, params ? params->sampling : rar::detail::Sampling{});
+    if (tokens != nullptr) std::copy(ids.begin(), ids.end(), tokens);
+    std::copy(pixels.begin(), pixels.end(), images);
   });
 }
 

@@ -55,11 +55,12 @@ class Host final : public Memory {
   void Fill(Buffer& buffer, int value) override { std::memset(buffer.data, value, buffer.Bytes()); }
 
   void WritePosition(Buffer& cache, const Buffer& fresh, int64_t position) override {
-    const size_t row = static_cast<size_t>(cache.shape[4]) * ItemSize(cache.dtype);
+    const size_t step = static_cast<size_t>(cache.shape[4]) * ItemSize(cache.dtype);
+    const size_t width = static_cast<size_t>(fresh.shape[3]) * step;  // n positions of one (layer, row, head)
     const int64_t rows = cache.shape[0] * cache.shape[1] * cache.shape[2], seq = cache.shape[3];
     for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(static_cast<char*>(cache.data) + (static_cast<size_t>(r * seq + position)) * row,
-                  static_cast<const char*>(fresh.data) + static_cast<size_t>(r) * row, row);
+      std::memcpy(static_cast<char*>(cache.data) + (static_cast<size_t>(r * seq + position)) * step,
+                  static_cast<const char*>(fresh.data) + static_cast<size_t>(r) * width, width);
     }
   }
 };
@@ -107,11 +108,13 @@ class Cuda final : public Memory {
   void Fill(Buffer& buffer, int value) override {
     CheckCuda(cudaMemsetAsync(buffer.data, value, buffer.Bytes(), stream_), "filling");
   }
+  // one 2-D copy of L*R*H rows of n*Dh elements, source pitch n*Dh, destination pitch S*Dh
   void WritePosition(Buffer& cache, const Buffer& fresh, int64_t position) override {
-    const size_t width = static_cast<size_t>(cache.shape[4]) * ItemSize(cache.dtype);
+    const size_t step = static_cast<size_t>(cache.shape[4]) * ItemSize(cache.dtype);
+    const size_t width = static_cast<size_t>(fresh.shape[3]) * step;
     const size_t rows = static_cast<size_t>(cache.shape[0] * cache.shape[1] * cache.shape[2]);
-    CheckCuda(cudaMemcpy2DAsync(static_cast<char*>(cache.data) + static_cast<size_t>(position) * width,
-                                static_cast<size_t>(cache.shape[3]) * width, fresh.data, width, width, rows,
+    CheckCuda(cudaMemcpy2DAsync(static_cast<char*>(cache.data) + static_cast<size_t>(position) * step,
+                                static_cast<size_t>(cache.shape[3]) * step, fresh.data, width, width, rows,
                                 cudaMemcpyDeviceToDevice, stream_),
               "writing the KV cache");
   }

@@ -36,7 +36,7 @@ class Memory {
   virtual void Download(const Buffer& buffer, void* host) = 0;  // synchronises
   virtual void Copy(Buffer& destination, const Buffer& source) = 0;
   virtual void Fill(Buffer& buffer, int value) = 0;  // every byte
-  // cache [L, R, H, S, Dh] <- fresh [L, R, H, 1, Dh] at sequence index `position`
+  // cache [L, R, H, S, Dh] <- fresh [L, R, H, n, Dh] at sequence indices position .. position + n - 1
   virtual void WritePosition(Buffer& cache, const Buffer& fresh, int64_t position) = 0;
   // Capture the device work `body` enqueues into a graph and return its replay; nullptr where there is none.
   virtual std::function<void()> Capture(const std::function<void()>& /*body*/) { return nullptr; }

@@ -86,7 +86,8 @@ class OnnxRuntime final : public Backend {
     for (const auto& [name, graph] : artifacts.graphs) {
       const std::string path = artifacts.GraphPath(name).string();
       try {
-        sessions_.emplace(name, Ort::Session(Environment(), path.c_str(), name == "decode_step" ? options : quiet));
+        const Ort::SessionOptions& chosen = name == artifacts.step_graph() ? options : quiet;
+        sessions_.emplace(name, Ort::Session(Environment(), path.c_str(), chosen));
       } catch (const Ort::Exception& error) {
         Fail(RAR_ERROR_ARTIFACTS, "ONNX Runtime cannot load " + path + ": " + error.what() +
                                       "; export the artifacts again");

@@ -1,8 +1,10 @@
 #include "pipeline.hpp"
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <regex>
+#include <sstream>
 
 #include "error.hpp"
 #include "sampling.hpp"
@@ -13,6 +15,12 @@ namespace {
 double Finite(const char* name, double value) {
   if (!std::isfinite(value)) Fail(RAR_ERROR_INVALID_ARGUMENT, std::string(name) + " must be a finite number");
   return value;
+}
+
+std::string Number(double value) {  // as a person writes it: 1, 0.96, 1e+300
+  std::ostringstream text;
+  text << value;
+  return text.str();
 }
 
 double Milliseconds(std::chrono::steady_clock::time_point start) {
@@ -34,13 +42,32 @@ Pipeline::Pipeline(const std::string& directory, const std::string& backend, con
   } else {
     Fail(RAR_ERROR_INVALID_ARGUMENT, "unknown backend '" + backend + "': choose onnxruntime or tensorrt");
   }
+  if (artifacts_.is_var()) var_loop_ = std::make_unique<VarLoop>(artifacts_, *backend_);
 }
 
 RarModelInfo Pipeline::Info() const {
-  const ModelConfig& m = artifacts_.model;
-  return {m.image_seq_len, m.codebook_size, m.num_classes, artifacts_.image_side, artifacts_.image_side,
-          artifacts_.image_channels, artifacts_.max_batch, artifacts_.defaults.guidance_scale,
-          artifacts_.defaults.guidance_pow, artifacts_.defaults.temperature};
+  const SamplingDefaults& d = artifacts_.defaults;
+  return {artifacts_.seq_len, artifacts_.codebook_size, artifacts_.num_classes, artifacts_.image_side,
+          artifacts_.image_side, artifacts_.image_channels, artifacts_.max_batch, d.guidance_scale, d.guidance_pow,
+          d.temperature, artifacts_.is_var() ? RAR_FAMILY_VAR : RAR_FAMILY_RAR, artifacts_.var.num_scales(), d.top_k,
+          d.top_p};
+}
+
+void Pipeline::NotThisFamily(const std::string& what) const {
+  std::string family = artifacts_.family;
+  for (char& c : family) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  Fail(RAR_ERROR_INVALID_ARGUMENT,
+       what + " does not apply to a " + family + " model (" + artifacts_.directory.string() + "): drop it");
+}
+
+void Pipeline::CheckLabels(const std::vector<int64_t>& labels) const {
+  if (labels.empty()) Fail(RAR_ERROR_INVALID_ARGUMENT, "no class labels given: pass at least one ImageNet class id");
+  for (int64_t label : labels) {
+    if (label < 0 || label >= artifacts_.num_classes) {
+      Fail(RAR_ERROR_INVALID_ARGUMENT, "class id " + std::to_string(label) + " is out of range: class ids must lie in "
+                                       "[0, " + std::to_string(artifacts_.num_classes) + ")");
+    }
+  }
 }
 
 int64_t Pipeline::BatchSize(std::optional<int64_t> requested) const {
@@ -54,14 +81,26 @@ int64_t Pipeline::BatchSize(std::optional<int64_t> requested) const {
 }
 
 std::vector<int64_t> Pipeline::GenerateTokens(const std::vector<int64_t>& labels, const Sampling& sampling) {
-  const ModelConfig& m = artifacts_.model;
-  if (labels.empty()) Fail(RAR_ERROR_INVALID_ARGUMENT, "no class labels given: pass at least one ImageNet class id");
-  for (int64_t label : labels) {
-    if (label < 0 || label >= m.num_classes) {
-      Fail(RAR_ERROR_INVALID_ARGUMENT, "class id " + std::to_string(label) + " is out of range: class ids must lie in "
-                                       "[0, " + std::to_string(m.num_classes) + ")");
-    }
+  return artifacts_.is_var() ? VarGenerate(labels, sampling, nullptr) : RarTokens(labels, sampling);
+}
+
+std::pair<std::vector<int64_t>, std::vector<uint8_t>> Pipeline::Generate(const std::vector<int64_t>& labels,
+                                                                         const Sampling& sampling) {
+  std::vector<uint8_t> images;
+  if (artifacts_.is_var()) {
+    std::vector<int64_t> tokens = VarGenerate(labels, sampling, &images);
+    return {std::move(tokens), std::move(images)};
   }
+  std::vector<int64_t> tokens = RarTokens(labels, sampling);
+  images = Decode(tokens, sampling.batch_size.value_or(0));
+  return {std::move(tokens), std::move(images)};
+}
+
+std::vector<int64_t> Pipeline::RarTokens(const std::vector<int64_t>& labels, const Sampling& sampling) {
+  const ModelConfig& m = artifacts_.model;
+  CheckLabels(labels);
+  if (sampling.top_k) NotThisFamily("top-k");
+  if (sampling.top_p) NotThisFamily("top-p");
   const double scale = Finite("guidance scale", sampling.guidance_scale.value_or(artifacts_.defaults.guidance_scale));
   const double pow = Finite("guidance pow", sampling.guidance_pow.value_or(artifacts_.defaults.guidance_pow));
   const double temperature = Finite("temperature", sampling.temperature.value_or(artifacts_.defaults.temperature));
@@ -105,13 +144,76 @@ std::vector<int64_t> Pipeline::GenerateTokens(const std::vector<int64_t>& labels
   return tokens;
 }
 
+std::vector<int64_t> Pipeline::VarGenerate(const std::vector<int64_t>& labels, const Sampling& sampling,
+                                           std::vector<uint8_t>* images) {
+  const VarConfig& m = artifacts_.var;
+  const SamplingDefaults& d = artifacts_.defaults;
+  CheckLabels(labels);
+  if (sampling.guidance_pow) NotThisFamily("guidance pow");
+  const double scale = Finite("guidance scale", sampling.guidance_scale.value_or(d.guidance_scale));
+  const int64_t top_k = sampling.top_k.value_or(d.top_k);
+  const double top_p = Finite("top-p", sampling.top_p.value_or(d.top_p));
+  const double temperature = Finite("temperature", sampling.temperature.value_or(d.temperature));
+  if (scale < 0) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, "guidance scale must be >= 0 (0 is the conditional logits alone), got " +
+                                     Number(scale));
+  }
+  if (top_k < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "top-k must be >= 0 (0 turns it off), got " + std::to_string(top_k));
+  if (!(top_p >= 0 && top_p < 1)) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, "top-p must lie in [0, 1) (0 turns it off), got " + Number(top_p));
+  }
+  if (temperature < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "temperature must be >= 0 (0 is greedy)");
+  if (sampling.seed >= (uint64_t{1} << 63)) Fail(RAR_ERROR_INVALID_ARGUMENT, "seed must lie in [0, 2**63)");
+  const int64_t batch_size = BatchSize(sampling.batch_size);
+  std::vector<float> guidance(static_cast<size_t>(m.num_scales()));  // t = cfg * k / (K - 1) in double, to float
+  for (int64_t k = 0; k < m.num_scales(); ++k) {
+    guidance[static_cast<size_t>(k)] = static_cast<float>(scale * static_cast<double>(k) /
+                                                          static_cast<double>(m.num_scales() - 1));
+  }
+
+  std::lock_guard<std::mutex> lock(mutex_);
+  timings_ = RarTimings{};
+  std::vector<int64_t> tokens;
+  for (size_t start = 0; start < labels.size(); start += static_cast<size_t>(batch_size)) {
+    const std::vector<int64_t> chunk(labels.begin() + static_cast<std::ptrdiff_t>(start),
+                                     labels.begin() + static_cast<std::ptrdiff_t>(
+                                         std::min(labels.size(), start + static_cast<size_t>(batch_size))));
+    const int64_t batch = static_cast<int64_t>(chunk.size());
+    const std::vector<float> noise = SamplingNoise(sampling.seed, batch, m.seq_len(), m.codebook_size,
+                                                   static_cast<int64_t>(start));
+    auto clock = std::chrono::steady_clock::now();
+    var_loop_->Start(chunk, guidance, top_k, static_cast<float>(top_p),
+                     std::vector<float>(chunk.size(), static_cast<float>(temperature)), noise);
+    backend_->memory().Synchronize();
+    timings_.start_ms += Milliseconds(clock);
+    clock = std::chrono::steady_clock::now();
+    for (int64_t k = 0; k < m.num_scales(); ++k) var_loop_->Step(k);
+    const std::vector<int64_t> chunk_tokens = var_loop_->Tokens();  // synchronises
+    timings_.steps_ms += Milliseconds(clock);
+    timings_.steps += m.num_scales();
+    tokens.insert(tokens.end(), chunk_tokens.begin(), chunk_tokens.end());
+    if (images != nullptr) {
+      clock = std::chrono::steady_clock::now();
+      const std::vector<uint8_t> pixels = var_loop_->DecodeImages();
+      timings_.decode_ms += Milliseconds(clock);
+      images->insert(images->end(), pixels.begin(), pixels.end());
+    }
+  }
+  return tokens;
+}
+
 void Pipeline::SetConditionBudget(int64_t bytes) {
+  if (artifacts_.is_var()) NotThisFamily("the condition budget");
   if (bytes < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "the condition budget is a number of bytes >= 0 (0: one position a step)");
   std::lock_guard<std::mutex> lock(mutex_);
   backend_->condition_table_budget = bytes;
 }
 
 std::vector<uint8_t> Pipeline::Decode(const std::vector<int64_t>& tokens, int64_t batch_size) {
+  if (artifacts_.is_var()) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, "a VAR model's images come from its generation loop (f_hat), not from tokens: "
+                                     "generate tokens and images in one call (RarPipelineGenerate)");
+  }
   const ModelConfig& m = artifacts_.model;
   if (tokens.empty() || tokens.size() % static_cast<size_t>(m.image_seq_len) != 0) {
     Fail(RAR_ERROR_INVALID_ARGUMENT, "tokens must be [B, " + std::to_string(m.image_seq_len) + "] with B >= 1");

@@ -1,5 +1,6 @@
-// The generation loop over a backend (rar_deploy/runtime/pipeline.py in Python) and the checks of what a
-// caller passes: the same rules and messages as the Python API.
+// The generation loop over a backend (rar_deploy/runtime/pipeline.py, var_pipeline.py in Python) and the
+// checks of what a caller passes: the same rules and messages as the Python API. RAR draws tokens, then
+// decodes them; VAR draws tokens and images in one loop (its images come from f_hat, not from tokens).
 #pragma once
 
 #include <cstdint>
@@ -7,18 +8,22 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "artifacts.hpp"
 #include "backend.hpp"
+#include "var_loop.hpp"
 #include "rar/rar.h"
 
 namespace rar::detail {
 
 struct Sampling {
-  std::optional<double> guidance_scale, guidance_pow, temperature;
+  std::optional<double> guidance_scale, guidance_pow, temperature;  // guidance_pow: RAR only
   uint64_t seed = 0;
   std::optional<int64_t> batch_size;
+  std::optional<int64_t> top_k;  // VAR only
+  std::optional<double> top_p;   // VAR only
 };
 
 class Pipeline {
@@ -28,15 +33,25 @@ class Pipeline {
   const Artifacts& artifacts() const { return artifacts_; }
   RarModelInfo Info() const;
   std::vector<int64_t> GenerateTokens(const std::vector<int64_t>& labels, const Sampling& sampling);
-  std::vector<uint8_t> Decode(const std::vector<int64_t>& tokens, int64_t batch_size);
+  // tokens [B, N] and uint8 images [B, H, W, C], both families
+  std::pair<std::vector<int64_t>, std::vector<uint8_t>> Generate(const std::vector<int64_t>& labels,
+                                                                 const Sampling& sampling);
+  std::vector<uint8_t> Decode(const std::vector<int64_t>& tokens, int64_t batch_size);  // RAR
   RarTimings Timings() const { return timings_; }
-  void SetConditionBudget(int64_t bytes);
+  void SetConditionBudget(int64_t bytes);  // RAR
 
  private:
   int64_t BatchSize(std::optional<int64_t> requested) const;
+  void CheckLabels(const std::vector<int64_t>& labels) const;
+  std::vector<int64_t> RarTokens(const std::vector<int64_t>& labels, const Sampling& sampling);
+  // VAR's tokens, and its images where `images` is given
+  std::vector<int64_t> VarGenerate(const std::vector<int64_t>& labels, const Sampling& sampling,
+                                   std::vector<uint8_t>* images);
+  [[noreturn]] void NotThisFamily(const std::string& what) const;
 
   Artifacts artifacts_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<VarLoop> var_loop_;  // VAR's
   std::mutex mutex_;  // one set of device buffers: calls are serialised
   RarTimings timings_{};
 };

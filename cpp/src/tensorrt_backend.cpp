@@ -1,7 +1,8 @@
 // The TensorRT backend (standard TensorRT 10.x; TensorRT-RTX with RAR_TENSORRT_RTX, whose headers carry
 // their own version macros): the engines of the folder, checked against this machine first with the Python
-// runtime's messages; the three execution contexts share one scratch allocation; a step is captured once in
-// a CUDA graph and replayed (Backend), with no host synchronisation inside the loop.
+// runtime's messages; the execution contexts (three for RAR, two for VAR) share one scratch allocation; a RAR
+// step is captured once in a CUDA graph and replayed (Backend), with no host synchronisation inside the loop;
+// a VAR step (VarLoop) sets its scale's input shapes and runs as it is, as in the Python runtime.
 #include "backend.hpp"
 #include "error.hpp"
 
@@ -82,7 +83,7 @@ class TensorRT final : public Backend {
       }
       scratch = std::max(scratch, engines_[name]->getDeviceMemorySizeV2());
     }
-    // one scratch allocation for the three contexts: they never run at the same time
+    // one scratch allocation for all the contexts: they never run at the same time
     scratch_ = memory().Empty({std::max<int64_t>(scratch, 1)}, DType::kUint8);
     for (auto& [name, engine] : engines_) {
       contexts_[name].reset(engine->createExecutionContext(nvinfer1::ExecutionContextAllocationStrategy::kUSER_MANAGED));

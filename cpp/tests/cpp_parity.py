@@ -1,10 +1,13 @@
 """ctest driver: the C++ runtime (rar_generate) against rar-deploy's Python runtime and the official golden
 fixture, and its refusals. Runs with the project's Python (rar-deploy installed with the export extra).
 
-    cpp_parity.py prepare WORK                 export the tiny artifacts (fp32, fp16) and damaged copies
+    cpp_parity.py prepare WORK                 export the tiny artifacts (RAR and VAR, fp32 and fp16) and damaged
+                                               copies
     cpp_parity.py parity WORK RAR_GENERATE     tokens and pixels equal to the Python runtime's
     cpp_parity.py official_greedy WORK RAR_GENERATE   the official greedy tokens at temperature 0
-    cpp_parity.py cli_refusals WORK RAR_GENERATE      bad input: one line, non-zero exit, nothing written
+    cpp_parity.py var_parity WORK RAR_GENERATE        VAR: tokens and pixels equal to the Python runtime's
+    cpp_parity.py var_official_greedy WORK RAR_GENERATE   VAR: the official greedy tokens at temperature 0
+    cpp_parity.py cli_refusals WORK RAR_GENERATE      bad input: one line, exit 1 or 2, nothing written
     cpp_parity.py tensorrt WORK RAR_GENERATE   the tensorrt backend (GPU machines; exit 77 = skipped)
 """
 
@@ -22,6 +25,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "data" / "official_tiny"
+VAR_TINY = REPO / "tests" / "data" / "official_var_tiny"
 SKIP = 77
 SEEDS, BATCH_SIZES, TEMPERATURES = (0, 1, 2), (1, 3), (0.0, 1.0)
 SCHEDULES = {"const": (4.0, 0.0), "powcos": (16.0, 2.75)}
@@ -56,6 +60,19 @@ def prepare(work: Path) -> None:
     listed = Path(shutil.copytree(work / "fp32", work / "listed_fp16_graph"))
     shutil.copyfile(work / "fp16" / "decode_step.onnx", listed / "decode_step.onnx")
     (listed / "manifest.json").write_text(json.dumps(manifest))
+    for precision in ("fp32", "fp16"):  # the export's own parity check is the Python tests': skipped here
+        export_artifacts(ExportRequest(str(VAR_TINY / "var_tiny_var.pth"), str(VAR_TINY / "var_tiny_vae.pth"),
+                                       work / f"var_{precision}", precision, engine=False, verify=False,
+                                       profile=BatchProfile(1, 2, 4)), progress=lambda m: None)
+    # manifests refused before any graph is read: the folders hold nothing else
+    manifest = json.loads((work / "var_fp32" / "manifest.json").read_text())
+    manifest["scales"][2]["side"] = 4
+    (work / "var_edited_manifest").mkdir()
+    (work / "var_edited_manifest" / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((work / "fp32" / "manifest.json").read_text())
+    manifest["family"] = "diffusion"
+    (work / "unknown_family").mkdir()
+    (work / "unknown_family" / "manifest.json").write_text(json.dumps(manifest))
 
 
 def run(exe: str, *args, check: bool = True) -> subprocess.CompletedProcess:
@@ -70,6 +87,16 @@ def cpp_generate(exe: str, artifacts: Path, out: Path, labels, seed, batch, temp
     run(exe, "--artifacts", artifacts, "--class-labels", ",".join(map(str, labels)), "--seed", seed,
         "--batch-size", batch, "--temperature", temperature, "--guidance-scale", scale, "--guidance-pow", pow_,
         "--backend", backend, "--out", out, "--save-tokens", out.with_suffix(".npy"), "--force")
+    images = np.stack([np.asarray(Image.open(out / f"{i:04d}_class{label}.png")) for i, label in enumerate(labels)])
+    return np.load(out.with_suffix(".npy")), images
+
+
+def cpp_generate_var(exe: str, artifacts: Path, out: Path, labels, seed, batch,
+                     **sampling) -> tuple[np.ndarray, np.ndarray]:
+    """rar_generate on a VAR folder; sampling: guidance_scale, top_k, top_p, temperature (unset: the defaults)."""
+    options = [item for name, value in sampling.items() for item in (f"--{name.replace('_', '-')}", value)]
+    run(exe, "--artifacts", artifacts, "--class-labels", ",".join(map(str, labels)), "--seed", seed,
+        "--batch-size", batch, *options, "--out", out, "--save-tokens", out.with_suffix(".npy"), "--force")
     images = np.stack([np.asarray(Image.open(out / f"{i:04d}_class{label}.png")) for i, label in enumerate(labels)])
     return np.load(out.with_suffix(".npy")), images
 
@@ -114,6 +141,42 @@ def official_greedy(work: Path, exe: str) -> None:
     print("rar_generate reproduces the official greedy tokens for both guidance schedules")
 
 
+def var_parity(work: Path, exe: str) -> None:
+    from rar_deploy.runtime import VARPipeline
+
+    samplings = ({}, {"temperature": 0.0})  # the published defaults (sampled), and greedy
+    checked = 0
+    for precision in ("var_fp32", "var_fp16"):
+        pipeline = VARPipeline.from_artifacts(work / precision, "onnxruntime")
+        for seed, batch, sampling in itertools.product(SEEDS[:2], BATCH_SIZES, samplings):
+            tokens, images = cpp_generate_var(exe, work / precision, work / "out" / "var", LABELS, seed, batch,
+                                              **sampling)
+            expected_tokens, expected_images = pipeline.generate_images(LABELS, seed=seed, batch_size=batch,
+                                                                        **sampling)
+            what = f"{precision} seed {seed} batch {batch} {sampling}"
+            np.testing.assert_array_equal(tokens, expected_tokens, err_msg=what)
+            np.testing.assert_array_equal(images, expected_images, err_msg=f"{what}: pixels")
+            checked += 1
+        sampling = {"guidance_scale": 4.0, "top_k": 5, "top_p": 0.5, "temperature": 1.3}  # every option given
+        tokens, images = cpp_generate_var(exe, work / precision, work / "out" / "var", LABELS, 3, 2, **sampling)
+        expected_tokens, expected_images = pipeline.generate_images(LABELS, seed=3, batch_size=2, **sampling)
+        np.testing.assert_array_equal(tokens, expected_tokens, err_msg=f"{precision} {sampling}")
+        np.testing.assert_array_equal(images, expected_images, err_msg=f"{precision} {sampling}: pixels")
+        checked += 1
+    print(f"C++ == Python (VAR): tokens and every uint8 pixel, {checked} runs (fp32/fp16 x seeds {SEEDS[:2]} x "
+          f"batch {BATCH_SIZES} x defaults/temperature 0, and every option given)")
+
+
+def var_official_greedy(work: Path, exe: str) -> None:
+    with np.load(VAR_TINY / "var_tiny_golden.npz") as npz:
+        golden = dict(npz)
+    for key, scale in (("cfg4", 4.0), ("cfg1_5", 1.5)):
+        tokens, _ = cpp_generate_var(exe, work / "var_fp32", work / "out" / f"var_official_{key}",
+                                     list(golden["labels"]), 0, 2, guidance_scale=scale, temperature=0.0)
+        np.testing.assert_array_equal(tokens, golden[f"greedy_tokens_{key}"], err_msg=key)
+    print("rar_generate reproduces the official VAR greedy tokens (cfg 4 and 1.5) from the fp32 export")
+
+
 def cli_refusals(work: Path, exe: str) -> None:
     out = work / "refused"
     shutil.rmtree(out, ignore_errors=True)
@@ -147,11 +210,24 @@ def cli_refusals(work: Path, exe: str) -> None:
                                                work / "precious.bin", "--force"], "was not written by rar-generate"),
         ("--save-tokens existing without --force", ["--artifacts", work / "fp32", *base, "--save-tokens",
                                                     work / "precious.bin"], "exists"),
+        ("unknown model family", ["--artifacts", work / "unknown_family", *base], "does not know"),
+        ("edited VAR manifest", ["--artifacts", work / "var_edited_manifest", *base], "was edited"),
+        ("--top-k on RAR", ["--artifacts", work / "fp32", *base, "--top-k", "5"], "top-k does not apply to a RAR"),
+        ("--top-p on RAR", ["--artifacts", work / "fp32", *base, "--top-p", "0.5"], "top-p does not apply to a RAR"),
+        ("--guidance-pow on VAR", ["--artifacts", work / "var_fp32", *base, "--guidance-pow", "1"],
+         "guidance pow does not apply to a VAR"),
+        ("--condition-budget on VAR", ["--artifacts", work / "var_fp32", *base, "--condition-budget", "0"],
+         "does not apply to a VAR"),
+        ("top-p 1.0", ["--artifacts", work / "var_fp32", *base, "--top-p", "1.0"], "top-p must lie in [0, 1)"),
+        ("negative top-k", ["--artifacts", work / "var_fp32", *base, "--top-k", "-1"], "top-k must be >= 0"),
+        ("negative VAR guidance", ["--artifacts", work / "var_fp32", *base, "--guidance-scale", "-1"], ">= 0"),
+        ("VAR class id out of range", ["--artifacts", work / "var_fp32", "--class-labels", "1000", "--out", out],
+         "out of range"),
     ]
     for name, args, phrase in cases:
         result = run(exe, *args, check=False)
         lines = result.stderr.strip().splitlines()
-        assert result.returncode != 0, f"{name}: exit 0"
+        assert result.returncode in (1, 2), f"{name}: exit {result.returncode}"  # 1 refused, 2 usage; not an abort
         assert len(lines) == 1 and phrase in lines[0], f"{name}: {result.stderr!r}"
         assert not out.exists(), f"{name}: wrote {out}"
         print(f"ok   {name}: {lines[0]}")
@@ -181,5 +257,6 @@ if __name__ == "__main__":
     if command == "prepare":
         prepare(work)
     else:
-        {"parity": parity, "official_greedy": official_greedy, "cli_refusals": cli_refusals,
+        {"parity": parity, "official_greedy": official_greedy, "var_parity": var_parity,
+         "var_official_greedy": var_official_greedy, "cli_refusals": cli_refusals,
          "tensorrt": tensorrt}[command](work, sys.argv[3])

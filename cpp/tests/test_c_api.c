@@ -1,4 +1,5 @@
-/* The C API on bad input: every call returns an error object with the right code and one line, never crashes.
+/* The C API on bad input: every call returns an error object with the right code and one line, never crashes;
+ * and both families through RarPipelineGenerate (RAR: GenerateTokens then Decode; VAR: its loop's images).
  * Run with the folder cpp_parity.py prepare wrote: test_c_api WORK */
 #include <math.h>
 #include <stdio.h>
@@ -24,6 +25,23 @@ static void expect(RarResult* result, RarErrorCode code, const char* phrase, con
     printf("ok   %s: %s\n", what, message);
   }
   RarResultDestroy(result);
+}
+
+static void expect_ok(RarResult* result, const char* what) {
+  if (result != NULL) {
+    printf("FAIL %s: %s\n", what, RarResultGetMessage(result));
+    failures++;
+    RarResultDestroy(result);
+  }
+}
+
+static void expect_true(int condition, const char* what) {
+  if (!condition) {
+    printf("FAIL %s\n", what);
+    failures++;
+  } else {
+    printf("ok   %s\n", what);
+  }
 }
 
 static RarPipeline* open_pipeline(const char* work, const char* name) {
@@ -113,7 +131,92 @@ int main(int argc, char** argv) {
   expect(RarPipelineDecode(pipeline, bad_tokens, 1, 0, images), RAR_ERROR_INVALID_ARGUMENT, "token ids",
          "token out of range");
   RarGenerateParamsDestroy(params);
+
+  /* RAR: VAR's values refused; RarPipelineGenerate is GenerateTokens then Decode */
+  expect_true(info.family == RAR_FAMILY_RAR && info.num_scales == 0, "RAR model info: family RAR, no scales");
+  const size_t image_bytes = (size_t)(info.image_height * info.image_width * info.image_channels);
+  uint8_t* generated = malloc(3 * image_bytes);
+  uint8_t* decoded = malloc(3 * image_bytes);
+  int64_t generated_tokens[16 * 3];
+  RarResultDestroy(RarGenerateParamsCreate(&params));
+  RarResultDestroy(RarGenerateParamsSetSeed(params, 3));
+  RarResultDestroy(RarGenerateParamsSetTopK(params, 5));
+  expect(RarPipelineGenerateTokens(pipeline, labels, 1, params, tokens), RAR_ERROR_INVALID_ARGUMENT,
+         "top-k does not apply to a RAR model", "top-k on RAR");
+  RarGenerateParamsDestroy(params);
+  RarResultDestroy(RarGenerateParamsCreate(&params));
+  RarResultDestroy(RarGenerateParamsSetTopP(params, 0.5));
+  expect(RarPipelineGenerate(pipeline, labels, 1, params, tokens, generated), RAR_ERROR_INVALID_ARGUMENT,
+         "top-p does not apply to a RAR model", "top-p on RAR");
+  RarGenerateParamsDestroy(params);
+  RarResultDestroy(RarGenerateParamsCreate(&params));
+  RarResultDestroy(RarGenerateParamsSetSeed(params, 3));
+  RarResultDestroy(RarGenerateParamsSetBatchSize(params, 2));
+  expect_ok(RarPipelineGenerate(pipeline, labels, 3, params, generated_tokens, generated), "RAR generate");
+  expect_ok(RarPipelineGenerateTokens(pipeline, labels, 3, params, tokens), "RAR tokens");
+  expect_ok(RarPipelineDecode(pipeline, tokens, 3, 2, decoded), "RAR decode");
+  expect_true(memcmp(tokens, generated_tokens, sizeof(generated_tokens)) == 0 &&
+              memcmp(generated, decoded, 3 * image_bytes) == 0, "RAR: Generate == GenerateTokens + Decode");
+  RarGenerateParamsDestroy(params);
   RarPipelineDestroy(pipeline);
+  free(generated);
+  free(decoded);
+
+  /* VAR */
+  expect_open_fails(work, "unknown_family", "onnxruntime", RAR_ERROR_ARTIFACTS, "does not know");
+  expect_open_fails(work, "var_edited_manifest", "onnxruntime", RAR_ERROR_ARTIFACTS, "was edited");
+  pipeline = open_pipeline(work, "var_fp32");
+  RarResult* got = RarPipelineGetModelInfo(pipeline, &info);
+  expect_true(got == NULL && info.family == RAR_FAMILY_VAR && info.image_seq_len == 30 && info.num_scales == 4 &&
+              info.codebook_size == 64 && info.image_height == 64 && info.image_channels == 3 &&
+              info.default_top_k == 900 && fabs(info.default_top_p - 0.96) < 1e-12 &&
+              info.default_guidance_scale == 1.5 && info.default_guidance_pow == 0, "VAR model info");
+  RarResultDestroy(got);
+  const size_t var_bytes = (size_t)(info.image_height * info.image_width * info.image_channels);
+  generated = malloc(3 * var_bytes);
+  decoded = malloc(3 * var_bytes);
+  int64_t var_tokens[30 * 3], var_generated[30 * 3];
+  RarResultDestroy(RarGenerateParamsCreate(&params));
+  RarResultDestroy(RarGenerateParamsSetGuidancePow(params, 1.0));
+  expect(RarPipelineGenerate(pipeline, labels, 1, params, var_tokens, generated), RAR_ERROR_INVALID_ARGUMENT,
+         "guidance pow does not apply to a VAR model", "guidance pow on VAR");
+  RarGenerateParamsDestroy(params);
+  RarResultDestroy(RarGenerateParamsCreate(&params));
+  RarResultDestroy(RarGenerateParamsSetTopP(params, 1.0));
+  expect(RarPipelineGenerate(pipeline, labels, 1, params, var_tokens, generated), RAR_ERROR_INVALID_ARGUMENT,
+         "top-p must lie in [0, 1)", "top-p 1");
+  RarResultDestroy(RarGenerateParamsSetTopP(params, NAN));
+  expect(RarPipelineGenerate(pipeline, labels, 1, params, var_tokens, generated), RAR_ERROR_INVALID_ARGUMENT,
+         "finite", "NaN top-p");
+  RarResultDestroy(RarGenerateParamsSetTopP(params, 0.5));
+  RarResultDestroy(RarGenerateParamsSetTopK(params, -1));
+  expect(RarPipelineGenerateTokens(pipeline, labels, 1, params, var_tokens), RAR_ERROR_INVALID_ARGUMENT,
+         "top-k must be >= 0", "negative top-k");
+  RarResultDestroy(RarGenerateParamsSetTopK(params, 5));
+  RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, -1.0));
+  expect(RarPipelineGenerate(pipeline, labels, 1, params, var_tokens, generated), RAR_ERROR_INVALID_ARGUMENT,
+         "guidance scale must be >= 0", "negative VAR guidance");
+  RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, 4.0));
+  expect(RarPipelineGenerate(pipeline, labels, 1, params, var_tokens, NULL), RAR_ERROR_INVALID_ARGUMENT, "NULL",
+         "NULL images");
+  expect(RarPipelineDecode(pipeline, var_tokens, 1, 0, generated), RAR_ERROR_INVALID_ARGUMENT, "RarPipelineGenerate",
+         "Decode on VAR");
+  expect(RarPipelineSetConditionBudget(pipeline, 0), RAR_ERROR_INVALID_ARGUMENT, "does not apply to a VAR model",
+         "condition budget on VAR");
+  RarResultDestroy(RarGenerateParamsSetSeed(params, 9));
+  RarResultDestroy(RarGenerateParamsSetBatchSize(params, 2));
+  expect_ok(RarPipelineGenerate(pipeline, labels, 3, params, var_generated, generated), "VAR generate");
+  expect_ok(RarPipelineGenerateTokens(pipeline, labels, 3, params, var_tokens), "VAR tokens");
+  expect_ok(RarPipelineGenerate(pipeline, labels, 3, params, NULL, decoded), "VAR images alone");
+  expect_true(memcmp(var_tokens, var_generated, sizeof(var_tokens)) == 0 &&
+              memcmp(generated, decoded, 3 * var_bytes) == 0, "VAR: the same tokens and images on every call");
+  RarTimings timings;
+  RarResultDestroy(RarPipelineGetTimings(pipeline, &timings));
+  expect_true(timings.steps == 4 * 2 && timings.condition_window == 0, "VAR timings: 4 scale steps a batch");
+  RarGenerateParamsDestroy(params);
+  RarPipelineDestroy(pipeline);
+  free(generated);
+  free(decoded);
   printf(failures ? "%d FAILED\n" : "all passed\n", failures);
   return failures ? 1 : 0;
 }

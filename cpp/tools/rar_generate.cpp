@@ -1,7 +1,8 @@
-// rar_generate: the C++ example program, with the Python rar-generate's options and refusal rules.
+// rar_generate: the C++ example program, with the Python rar-generate's options and refusal rules, for RAR and
+// VAR folders alike (an option of the other family is refused).
 //   rar_generate --artifacts DIR --class-labels 207,360 [--num-per-class K] [--seed S] [--guidance-scale G]
-//       [--guidance-pow P] [--temperature T] [--batch-size B] [--backend onnxruntime|tensorrt] [--device cpu|cuda]
-//       --out DIR [--save-tokens FILE.npy] [--force]
+//       [--temperature T] [--guidance-pow P (RAR)] [--top-k K --top-p P (VAR)] [--batch-size B]
+//       [--backend onnxruntime|tensorrt] [--device cpu|cuda] --out DIR [--save-tokens FILE.npy] [--force]
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -51,15 +52,18 @@ int Generate(int argc, char** argv) {
   fs::path out, save_tokens;
   int64_t num_per_class = 1, batch_size = 0;
   int64_t seed = 0, condition_budget = -1;
-  std::optional<double> guidance_scale, guidance_pow, temperature;
+  std::optional<double> guidance_scale, guidance_pow, temperature, top_p;
+  std::optional<int64_t> top_k;
   bool force = false;
   app.add_option("--artifacts", artifacts, "Artifact directory written by rar-export")->required();
   app.add_option("--class-labels", class_labels, "Comma-separated ImageNet class ids, e.g. 207,360")->required();
   app.add_option("--num-per-class", num_per_class, "Images per class")->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "Image i's noise comes from (seed, i)");
   app.add_option("--guidance-scale", guidance_scale, "0 is no guidance [default: the manifest's]");
-  app.add_option("--guidance-pow", guidance_pow, "[default: the manifest's]");
+  app.add_option("--guidance-pow", guidance_pow, "RAR: [default: the manifest's]");
   app.add_option("--temperature", temperature, "0 is greedy [default: the manifest's]");
+  app.add_option("--top-k", top_k, "VAR: keep the k most likely tokens, 0 all [default: the manifest's]");
+  app.add_option("--top-p", top_p, "VAR: nucleus of mass p, 0 off [default: the manifest's]");
   app.add_option("--batch-size", batch_size, "Images per batch [default: the artifacts' max batch]");
   app.add_option("--backend", backend, "onnxruntime or tensorrt")->check(CLI::IsMember({"onnxruntime", "tensorrt"}));
   app.add_option("--device", device, "cpu, cuda or cuda:N [default: cpu for onnxruntime, cuda for tensorrt]");
@@ -92,15 +96,19 @@ int Generate(int argc, char** argv) {
   rar::tools::Lock lock(out);
   rar::Pipeline pipeline(artifacts, backend, device);
   if (condition_budget >= 0) pipeline.SetConditionBudget(condition_budget);
-  rar::Sampling sampling{guidance_scale, guidance_pow, temperature, static_cast<uint64_t>(seed), std::nullopt};
+  rar::Sampling sampling{guidance_scale, guidance_pow, temperature, static_cast<uint64_t>(seed), std::nullopt,
+                         top_k, top_p};
   if (batch_size != 0) sampling.batch_size = batch_size;
-  const std::vector<int64_t> tokens = pipeline.GenerateTokens(labels, sampling);
-  const rar::Images decoded = pipeline.Decode(tokens, batch_size);
+  const rar::Generation generated = pipeline.Generate(labels, sampling);  // RAR: the tokens, then Decode
+  const std::vector<int64_t>& tokens = generated.tokens;
+  const rar::Images& decoded = generated.images;
+  const std::string family = pipeline.is_var() ? "var" : "rar";
 
   const fs::path folder = rar::tools::TemporaryBeside(out, true);
   try {
     nlohmann::json record = {{"schema", "rar-deploy/samples"}, {"writer", "rar_generate (C++)"},
-                             {"artifacts", fs::weakly_canonical(artifacts).string()}, {"backend", backend},
+                             {"artifacts", fs::weakly_canonical(artifacts).string()}, {"family", family},
+                             {"backend", backend},
                              {"seed", seed}, {"class_labels", labels}, {"num_per_class", num_per_class},
                              {"images", nlohmann::json::array()}};
     const size_t image_bytes = static_cast<size_t>(decoded.height * decoded.width * decoded.channels);
@@ -124,9 +132,14 @@ int Generate(int argc, char** argv) {
   }
   const RarTimings timings = pipeline.Timings();
   std::cout << "wrote " << labels.size() << " images and samples.json to " << out.string() << " (" << backend
-            << "; start " << timings.start_ms << " ms, prefill " << timings.prefill_ms << " ms, "
-            << timings.steps << " steps " << timings.steps_ms << " ms, condition window "
-            << timings.condition_window << ", decoder " << timings.decode_ms << " ms)\n";
+            << "; start " << timings.start_ms << " ms, ";
+  if (pipeline.is_var()) {
+    std::cout << timings.steps << " scale steps " << timings.steps_ms << " ms";
+  } else {
+    std::cout << "prefill " << timings.prefill_ms << " ms, " << timings.steps << " steps " << timings.steps_ms
+              << " ms, condition window " << timings.condition_window;
+  }
+  std::cout << ", decoder " << timings.decode_ms << " ms)\n";
   return 0;
 }
 

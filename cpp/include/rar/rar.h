@@ -1,8 +1,9 @@
 /* rar-deploy C API: run an artifact folder written by rar-export (docs/CONTRACT.md) from C or any language
- * with a C FFI. Conventions of ONNX Runtime GenAI's C API: opaque handles with create/destroy pairs, and
- * every fallible call returns a RarResult: NULL on success, else an error object (code and one-line
- * message) that the caller destroys. No exception crosses this boundary. A RarPipeline may be used from
- * several threads; its calls are serialised. */
+ * with a C FFI, of either model family: RAR (tokens, then RarPipelineDecode) or VAR (next-scale prediction:
+ * tokens and images in one RarPipelineGenerate, which runs RAR folders too). Conventions of ONNX Runtime
+ * GenAI's C API: opaque handles with create/destroy pairs, and every fallible call returns a RarResult: NULL
+ * on success, else an error object (code and one-line message) that the caller destroys. No exception
+ * crosses this boundary. A RarPipeline may be used from several threads; its calls are serialised. */
 #ifndef RAR_DEPLOY_RAR_H
 #define RAR_DEPLOY_RAR_H
 
@@ -41,17 +42,29 @@ RAR_API RarResult* RarPipelineCreate(const char* artifacts_dir, const char* back
                                      RarPipeline** out);
 RAR_API void RarPipelineDestroy(RarPipeline* pipeline);
 
+typedef enum RarModelFamily {
+  RAR_FAMILY_RAR = 0, /* condition, decode_step, vq_decoder */
+  RAR_FAMILY_VAR = 1  /* var_step, var_decoder: one step per scale */
+} RarModelFamily;
+
 typedef struct RarModelInfo {
-  int64_t image_seq_len;   /* N: tokens per image */
+  int64_t image_seq_len;   /* tokens per image: N (RAR); L, every scale's side^2 summed (VAR) */
   int64_t codebook_size;   /* V */
   int64_t num_classes;
   int64_t image_height, image_width, image_channels;
   int64_t max_batch;       /* the artifacts' batch profile */
-  double default_guidance_scale, default_guidance_pow, default_temperature;
+  double default_guidance_scale, default_guidance_pow, default_temperature; /* guidance pow: RAR's (0 for VAR) */
+  /* fields are only ever appended */
+  RarModelFamily family;
+  int64_t num_scales;      /* VAR: K (0 for RAR) */
+  int64_t default_top_k;   /* VAR (0 for RAR) */
+  double default_top_p;    /* VAR (0 for RAR) */
 } RarModelInfo;
 RAR_API RarResult* RarPipelineGetModelInfo(const RarPipeline* pipeline, RarModelInfo* info);
 
-/* Sampling settings of one call; unset values are the model size's published defaults (the manifest's). */
+/* Sampling settings of one call; unset values are the model size's published defaults (the manifest's). A
+ * value set that the pipeline's family does not have (guidance pow on VAR, top-k or top-p on RAR) makes the
+ * generation fail with RAR_ERROR_INVALID_ARGUMENT. */
 RAR_API RarResult* RarGenerateParamsCreate(RarGenerateParams** out);
 RAR_API void RarGenerateParamsDestroy(RarGenerateParams* params);
 RAR_API RarResult* RarGenerateParamsSetGuidanceScale(RarGenerateParams* params, double scale); /* 0: no guidance */
@@ -59,19 +72,28 @@ RAR_API RarResult* RarGenerateParamsSetGuidancePow(RarGenerateParams* params, do
 RAR_API RarResult* RarGenerateParamsSetTemperature(RarGenerateParams* params, double temperature); /* 0: greedy */
 RAR_API RarResult* RarGenerateParamsSetSeed(RarGenerateParams* params, uint64_t seed); /* < 2^63; default 0 */
 RAR_API RarResult* RarGenerateParamsSetBatchSize(RarGenerateParams* params, int64_t batch_size);
+RAR_API RarResult* RarGenerateParamsSetTopK(RarGenerateParams* params, int64_t top_k); /* VAR: >= 0, 0 off */
+RAR_API RarResult* RarGenerateParamsSetTopP(RarGenerateParams* params, double top_p);  /* VAR: [0, 1), 0 off */
 
 /* Tokens [num_labels, N] into `tokens` (num_labels * N int64). Image i's noise depends on (seed, i) alone. */
 RAR_API RarResult* RarPipelineGenerateTokens(RarPipeline* pipeline, const int64_t* class_labels, size_t num_labels,
                                              const RarGenerateParams* params, int64_t* tokens);
-/* uint8 images [num_images, H, W, C] into `images` from tokens [num_images, N]. */
+/* Tokens [num_labels, N] (unless `tokens` is NULL) and uint8 images [num_labels, H, W, C] in one call, either
+ * family: RAR decodes its tokens at the params' batch size; VAR decodes the loop's last f_hat. */
+RAR_API RarResult* RarPipelineGenerate(RarPipeline* pipeline, const int64_t* class_labels, size_t num_labels,
+                                       const RarGenerateParams* params, int64_t* tokens, uint8_t* images);
+/* RAR: uint8 images [num_images, H, W, C] into `images` from tokens [num_images, N]. VAR refuses it (its
+ * images come from the loop's f_hat): use RarPipelineGenerate. */
 RAR_API RarResult* RarPipelineDecode(RarPipeline* pipeline, const int64_t* tokens, size_t num_images,
                                      int64_t batch_size, uint8_t* images);
 
-/* Bytes the condition rows of one generation may take (default 2 GiB): they are computed for the most
+/* RAR: bytes the condition rows of one generation may take (default 2 GiB): they are computed for the most
  * positions W that fit at a time (all N + 1 when they fit), and for one position per step when none do
- * (0 asks for that). Any W gives the same tokens. */
+ * (0 asks for that). Any W gives the same tokens. VAR has no condition rows: refused. */
 RAR_API RarResult* RarPipelineSetConditionBudget(RarPipeline* pipeline, int64_t bytes);
 
+/* The last generation's. VAR: steps_ms and steps are every scale's var_step, decode_ms the var_decoder;
+ * prefill_ms and condition_window are 0. */
 typedef struct RarTimings {
   double start_ms;     /* uploading the last GenerateTokens' inputs */
   double prefill_ms;   /* positions 0 and 1, with the first window of condition rows (all of them: the table) */

@@ -1,0 +1,40 @@
+// VAR's generation loop on a backend (rar_deploy/runtime/var_pipeline.py's VARLoop in Python): one var_step
+// per scale, its keys and values written into the static cache [depth, 2B, H, L, Dh] on the backend's
+// memory, f_hat passed from one step's output buffer to the next step's input (two buffers, swapped), and
+// the var_decoder on the last f_hat. The per-scale constants (positions, Phi index, resize matrices) are
+// uploaded once, every scale's noise once per batch; only tokens and images come back to the host.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "artifacts.hpp"
+#include "backend.hpp"
+
+namespace rar::detail {
+
+class VarLoop {
+ public:
+  VarLoop(const Artifacts& artifacts, Backend& backend);
+
+  // One batch: labels [B], guidance t of every scale [K], top-k, top-p, temperatures [B], noise [B, L, V].
+  void Start(const std::vector<int64_t>& labels, const std::vector<float>& guidance, int64_t top_k, float top_p,
+             const std::vector<float>& temperature, const std::vector<float>& noise);
+  void Step(int64_t scale);             // scales 0 .. K-1, in order
+  std::vector<int64_t> Tokens();        // [B, L] on the host: every scale's
+  std::vector<uint8_t> DecodeImages();  // [B, H, W, 3] from the last f_hat
+
+ private:
+  void Allocate(int64_t batch);
+
+  const Artifacts& artifacts_;
+  Backend& backend_;
+  Memory& memory_;
+  std::vector<Buffers> constants_, outputs_;  // per scale: positions, phi_index, down, up; its step's outputs
+  std::vector<Buffer> noise_;                 // per scale [B, side, side, V]
+  Buffer k_cache_, v_cache_, f_hat_[2], labels_, guidance_, top_k_, top_p_, temperature_;
+  Buffers images_;
+  int64_t batch_ = 0;
+};
+
+}  // namespace rar::detail

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .runtime.pipeline import RARPipeline, open_pipeline
-from .runtime.var_pipeline import VARPipeline, var_guidance
+from .runtime.var_pipeline import VARPipeline, var_loop_inputs
 from .sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 
 DRIFT_WINDOW = 20  # step drift compares the last 20 decode steps with the first 20 (models of 40+ steps)
@@ -95,10 +95,8 @@ def bench_pipeline(pipeline: RARPipeline, batch: int, warmup_steps: int = 3, see
 
 def var_bench_inputs(config, defaults, batch: int, seed: int = 0) -> tuple:
     """The VAR loop's inputs for a benchmark: labels 0 .. B-1, the published sampling values."""
-    labels = np.arange(batch) % config.num_classes
-    return (labels, np.repeat(var_guidance(config.num_scales, defaults.guidance_scale)[:, None], batch, axis=1),
-            defaults.top_k, defaults.top_p, np.full(batch, defaults.temperature, np.float32),
-            sampling_noise(seed, batch, config.seq_len, config.codebook_size))
+    return var_loop_inputs(config, np.arange(batch) % config.num_classes, defaults.guidance_scale, defaults.top_k,
+                           defaults.top_p, defaults.temperature, seed)
 
 
 def bench_var_pipeline(pipeline: VARPipeline, batch: int, seed: int = 0) -> dict:

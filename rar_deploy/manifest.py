@@ -194,7 +194,7 @@ def _check_consistent(manifest: dict, path: Path) -> None:
         if generator.embed_dim % generator.num_heads or tokenizer.vae_channels != generator.vae_channels:
             raise refuse("its model configuration is not a VAR generator and its VQVAE (heads or channels)")
         specs, layout = var_graph_specs(generator, tokenizer, dtype), var_cache_layout(generator, dtype)
-        _check_scales(manifest["scales"], generator, refuse)
+        _check_scales(manifest["scales"], generator, tokenizer.num_phi, refuse)
     else:
         if generator.hidden_size % generator.num_heads or generator.grid_size ** 2 != generator.image_seq_len:
             raise refuse("its model configuration is not a RAR generator (heads or token grid)")
@@ -227,8 +227,9 @@ def _check_consistent(manifest: dict, path: Path) -> None:
         raise refuse(f"{missing[0]} has no size and hashes in its files list")
 
 
-def _check_scales(scales: list[dict], config: VARConfig, refuse) -> None:
-    """VAR's per-scale constants: one per scale of the model, in order, of the shapes its var_step takes."""
+def _check_scales(scales: list[dict], config: VARConfig, num_phi: int, refuse) -> None:
+    """VAR's per-scale constants: one per scale of the model, in order, of the shapes its var_step takes, each
+    naming one of the quantiser's num_phi Phi convolutions."""
     size = config.patch_nums[-1]
     if len(scales) != config.num_scales:
         raise refuse(f"it lists {len(scales)} scales, its model has {config.num_scales}")
@@ -236,6 +237,8 @@ def _check_scales(scales: list[dict], config: VARConfig, refuse) -> None:
         if (scale["side"], scale["begin"], scale["end"]) != (side, begin, end):
             raise refuse(f"scale {k} is side {scale['side']} at [{scale['begin']}, {scale['end']}), its model gives "
                          f"side {side} at [{begin}, {end})")
+        if not 0 <= scale["phi_index"] < num_phi:
+            raise refuse(f"scale {k} uses Phi convolution {scale['phi_index']}, its VQVAE has {num_phi}")
         down, up = np.asarray(scale["down"], np.float64), np.asarray(scale["up"], np.float64)
         if down.shape != (side, size) or up.shape != (size, side) or not np.isfinite(down).all() \
                 or not np.isfinite(up).all():

@@ -19,7 +19,7 @@ from .contract import VAR_STEP_COMPARED
 from .errors import RARDeployError
 from .metrics import TOLERANCES, error_stats, failures, top1_agreement
 from .runtime.pipeline import RARPipeline
-from .runtime.var_pipeline import var_guidance
+from .runtime.var_pipeline import var_loop_inputs
 from .sampling import guidance_rows, guidance_schedule, sampling_noise
 
 RECORD_FILE = "reference.npz"
@@ -205,11 +205,9 @@ def var_parity_results(pipeline, record: dict[str, np.ndarray], rel_tol: float,
         "var_decoder": polygraphy_compare({"images": record["var_decoder.images"]}, images, rel_tol, name)}}
 
     progress(f"teacher-forced, {c.num_scales} scales")
-    labels = record["labels"]
-    batch, scale = len(labels), float(record["guidance_scale"])
-    loop.start(labels, np.repeat(var_guidance(c.num_scales, scale)[:, None], batch, axis=1), int(record["top_k"]),
-               float(record["top_p"]), np.full(batch, record["temperature"], np.float32),
-               sampling_noise(int(record["seed"]), batch, c.seq_len, c.codebook_size))
+    labels, scale = record["labels"], float(record["guidance_scale"])
+    loop.start(*var_loop_inputs(c, labels, scale, int(record["top_k"]), float(record["top_p"]),
+                                float(record["temperature"]), int(record["seed"])))
     logits = []
     for k in range(c.num_scales):
         loop.step(k, forced_f_hat=record["f_hats"][k])

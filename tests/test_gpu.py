@@ -104,3 +104,53 @@ def test_tensorrt_cuda_graph_replay_equals_eager_and_survives_batch_changes(engi
         np.testing.assert_array_equal(graphs.generate_tokens([1, 2], seed=3), eager.generate_tokens([1, 2], seed=3))
         assert graphs.backend.window == window
     assert graphs.backend.memory.used_bytes() > 0
+
+
+VAR_DATA = Path(__file__).parent / "data" / "official_var_tiny"
+
+
+def _export_var(out: Path, precision: str, engine: bool) -> Path:
+    from rar_deploy.export.exporter import ExportRequest, export_artifacts
+
+    request = ExportRequest(str(VAR_DATA / "var_tiny_var.pth"), str(VAR_DATA / "var_tiny_vae.pth"), out=out,
+                            precision=precision, engine=engine, profile=BatchProfile(1, 4, 8),
+                            compute_capabilities=(cuda_capability(),))
+    return export_artifacts(request, progress=lambda message: None).out
+
+
+def test_cuda_memory_writes_a_whole_scale_into_the_cache():
+    from rar_deploy.runtime.memory import CudaMemory
+
+    memory = CudaMemory(0)
+    cache, scale = memory.zeros((2, 3, 4, 9, 6), np.float16), memory.empty((2, 3, 4, 4, 6), np.float16)
+    values = np.arange(2 * 3 * 4 * 4 * 6, dtype=np.float16).reshape(2, 3, 4, 4, 6)
+    memory.upload(values, scale)
+    memory.write_position(cache, scale, 5)
+    host = memory.download(cache)
+    np.testing.assert_array_equal(host[:, :, :, 5:9], values)
+    assert not host[:, :, :, :5].any()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_var_on_the_gpu_reproduces_the_official_greedy_tokens(tmp_path, backend):
+    from rar_deploy.runtime import VARPipeline
+
+    if backend == "onnxruntime":
+        ort = pytest.importorskip("onnxruntime")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            pytest.skip("onnxruntime has no CUDA execution provider here")
+    golden = dict(np.load(VAR_DATA / "var_tiny_golden.npz"))
+    pipeline = VARPipeline.from_artifacts(_export_var(tmp_path / "fp32", "fp32", engine=False), backend, device="cuda")
+    tokens, _ = pipeline.generate_images(golden["labels"].tolist(), guidance_scale=4.0, temperature=0.0)
+    assert np.mean(tokens == golden["greedy_tokens_cfg4"]) >= 0.99  # TF32/cuBLAS rounding may flip a rare tie
+
+
+@needs_tensorrt
+def test_var_tensorrt_engines_pass_parity(tmp_path):
+    from click.testing import CliRunner
+
+    from rar_deploy.cli import parity_command
+
+    folder = _export_var(tmp_path / "fp16", "fp16", engine=True)
+    result = CliRunner().invoke(parity_command, ["--artifacts", str(folder), "--backend", "tensorrt"])
+    assert result.exit_code == 0, result.output

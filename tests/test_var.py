@@ -114,14 +114,6 @@ def test_rar_export_refuses_a_mixed_pair(demo_checkpoints, tmp_path):
         assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
-@pytest.fixture(scope="module")
-def constants(var):
-    from rar_deploy.model.var_graphs import scale_constants
-
-    generator, vqvae = var
-    return [{k: v.numpy() for k, v in c.items()} for c in scale_constants(generator.config, vqvae.quantize)]
-
-
 def test_resize_matrices_reproduce_interpolation():
     from rar_deploy.model.var_graphs import resize_matrix
 
@@ -130,46 +122,3 @@ def test_resize_matrices_reproduce_interpolation():
     down, up = resize_matrix(16, 5, "area"), resize_matrix(5, 16, "bicubic")
     torch.testing.assert_close(down @ f @ down.t(), torch.nn.functional.interpolate(f, size=(5, 5), mode="area"))
     torch.testing.assert_close(up @ h @ up.t(), torch.nn.functional.interpolate(h, size=(16, 16), mode="bicubic"))
-
-
-@pytest.fixture(scope="module")
-def onnx_step(var, tmp_path_factory):
-    """The scale-step and decoder graphs exported to ONNX, run by ONNX Runtime."""
-    import onnxruntime as ort
-
-    from rar_deploy.export.onnx_export import export_graph
-    from rar_deploy.model.var_graphs import var_graph_exports
-
-    out = tmp_path_factory.mktemp("var-onnx")
-    for name, spec in var_graph_exports(*var, max_batch=4).items():
-        export_graph(spec, out / f"{name}.onnx", False)
-    step = ort.InferenceSession(str(out / "var_step.onnx"))
-    names = [o.name for o in step.get_outputs()]
-    return (lambda feeds: dict(zip(names, step.run(None, feeds))),
-            ort.InferenceSession(str(out / "var_decoder.onnx")))
-
-
-@pytest.mark.parametrize("cfg, key", [(4.0, "cfg4"), (1.5, "cfg1_5")])
-def test_onnx_scale_steps_reproduce_the_official_greedy_generation(var, golden, constants, onnx_step, cfg, key):
-    from rar_deploy.model.var_graphs import generate_with_steps
-
-    step, decoder = onnx_step
-    tokens, f_hat = generate_with_steps(step, var[0].config, constants, golden["labels"], cfg, top_k=1)
-    np.testing.assert_array_equal(tokens, golden[f"greedy_tokens_{key}"])
-    images = decoder.run(None, {"f_hat": f_hat})[0]
-    np.testing.assert_allclose(images, golden[f"images_{key}"], atol=TOL, rtol=0)
-    first, _ = generate_with_steps(step, var[0].config, constants, golden["labels"][:1], cfg, top_k=1)
-    np.testing.assert_array_equal(first, golden[f"greedy_tokens_{key}"][:1])  # batch 1: the same image
-
-
-@pytest.mark.parametrize("top_k, top_p", [(0, 0.0), (32, 0.96), (5, 0.0), (0, 0.5), (900, 0.96)])
-def test_onnx_sampling_equals_the_reference_sampler(var, golden, constants, onnx_step, top_k, top_p):
-    from rar_deploy.model.var_graphs import generate_with_steps
-
-    uniform = np.random.default_rng(7).random((3, 30, 64)).astype(np.float32)
-    reference = var_reference_generate(*var, golden["labels"].tolist(), 1.5, top_k=top_k, top_p=top_p,
-                                       uniform=torch.from_numpy(uniform))
-    tokens, _ = generate_with_steps(onnx_step[0], var[0].config, constants, golden["labels"], 1.5, top_k=top_k,
-                                    top_p=top_p, uniform=uniform)
-    np.testing.assert_array_equal(tokens, reference.tokens.numpy())
-    assert len({tuple(row) for row in tokens}) == 3  # sampled, not constant

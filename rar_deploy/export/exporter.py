@@ -150,6 +150,8 @@ def _check_compatible(generator, tokenizer, tokenizer_path: Path) -> None:
                           f"the generator predicts {generator.codebook_size} tokens: pass the tokenizer it was "
                           "trained with")
     if hasattr(generator, "patch_nums"):  # VAR
+        if generator.num_scales < 2:
+            raise ExportError(f"the generator predicts {generator.num_scales} scale: VAR models have two or more")
         if tokenizer.vae_channels != generator.vae_channels:
             raise ExportError(f"VQVAE {tokenizer_path} has {tokenizer.vae_channels} latent channels but the generator "
                               f"reads {generator.vae_channels}: pass the VQVAE it was trained with")

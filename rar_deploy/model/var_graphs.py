@@ -53,13 +53,13 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.T
 
 def scale_attention(q, k, v, k_cache, v_cache, valid, scale: float) -> torch.Tensor:
     """A scale's n queries over the earlier scales in the static cache (slots where `valid`) and the scale's own
-    n keys, without copying the cache: the two score blocks share one softmax. q, k, v [R, H, n, Dh];
-    caches [R, H, L, Dh] -> [R, n, H * Dh]."""
-    cache_scores = ((q @ k_cache.transpose(-1, -2)).float() * scale).masked_fill(~valid, float("-inf"))
-    own_scores = (q @ k.transpose(-1, -2)).float() * scale
-    probs = torch.cat((cache_scores, own_scores), dim=-1).softmax(dim=-1).to(v.dtype)  # softmax in float32
-    seq = k_cache.shape[-2]
-    out = probs[..., :seq] @ v_cache + probs[..., seq:] @ v
+    n keys: the standard attention pattern (scores, additive mask, softmax, weighted sum) over the cache and the
+    scale's keys joined, which TensorRT fuses into one attention kernel. q, k, v [R, H, n, Dh]; caches
+    [R, H, L, Dh] -> [R, n, H * Dh]."""
+    keys, values = torch.cat((k_cache, k), dim=2), torch.cat((v_cache, v), dim=2)
+    visible = torch.cat((valid, torch.ones(k.shape[2], dtype=torch.bool, device=valid.device)))
+    bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill(~visible, float("-inf"))
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.view(1, -1), scale=scale)
     return out.transpose(1, 2).flatten(2)
 
 
@@ -134,40 +134,6 @@ class VARDecoderGraph(nn.Module):
     def forward(self, f_hat):
         images = self.vqvae.decode_fhat(f_hat.to(self.vqvae.post_quant_conv.weight.dtype)).float()
         return images, uint8_images(images)
-
-
-def generate_with_steps(step, config: VARConfig, constants: list[dict], class_labels, cfg: float, top_k: int = 0,
-                        top_p: float = 0.0, temperature: float = 1.0, uniform=None):
-    """The loop over scales on numpy arrays, around `step(feeds) -> outputs` (the scale-step graph in any
-    runtime): the cache written at each scale's positions, f_hat carried. uniform [B, L, V] or None (greedy).
-    Returns tokens [B, L] and the final f_hat."""
-    import numpy as np
-
-    c, labels = config, np.asarray(class_labels, dtype=np.int64)
-    b, size = len(labels), c.patch_nums[-1]
-    shape = (2 * b, c.num_heads, c.seq_len, c.head_dim)
-    k_cache = [np.zeros(shape, np.float32) for _ in range(c.depth)]
-    v_cache = [np.zeros(shape, np.float32) for _ in range(c.depth)]
-    f_hat = np.zeros((b, c.vae_channels, size, size), np.float32)
-    tokens = []
-    for scale, const in enumerate(constants):
-        pn = const["down"].shape[0]
-        begin, end = int(const["positions"].min()), int(const["positions"].max()) + 1
-        noise = (np.full((b, end - begin, c.codebook_size), 0.5, np.float32) if uniform is None
-                 else np.ascontiguousarray(uniform[:, begin:end], np.float32)).reshape(b, pn, pn, -1)
-        feeds = {"class_labels": labels, "f_hat": f_hat, **{k: np.asarray(v) for k, v in const.items()},
-                 "guidance": np.full(b, cfg * scale / (c.num_scales - 1), np.float32),
-                 "top_k": np.array([top_k], np.int64), "top_p": np.array([top_p], np.float32),
-                 "temperature": np.full(b, 0.0 if uniform is None else temperature, np.float32), "noise": noise,
-                 **{f"k_cache.{i}": k_cache[i] for i in range(c.depth)},
-                 **{f"v_cache.{i}": v_cache[i] for i in range(c.depth)}}
-        out = step(feeds)
-        for i in range(c.depth):
-            k_cache[i][:, :, begin:end] = out["keys"][i]
-            v_cache[i][:, :, begin:end] = out["values"][i]
-        f_hat = out["f_hat_out"]
-        tokens.append(out["tokens"])
-    return np.concatenate(tokens, axis=1), f_hat
 
 
 def var_graph_exports(generator: VARGenerator, vqvae: VARVQVAE, max_batch: int):

@@ -29,6 +29,15 @@ def var_guidance(num_scales: int, guidance_scale: float) -> np.ndarray:
     return np.array([guidance_scale * k / (num_scales - 1) for k in range(num_scales)], np.float64).astype(np.float32)
 
 
+def var_loop_inputs(config, labels: np.ndarray, guidance_scale: float, top_k: int, top_p: float, temperature: float,
+                    seed: int, first_image: int = 0) -> tuple:
+    """VARLoop.start's arguments for images first_image, first_image + 1, ... of a request with `seed`."""
+    b = len(labels)
+    guidance = np.repeat(var_guidance(config.num_scales, guidance_scale)[:, None], b, axis=1)
+    return (np.asarray(labels, np.int64), guidance, top_k, top_p, np.full(b, temperature, np.float32),
+            sampling_noise(seed, b, config.seq_len, config.codebook_size, first_image))
+
+
 class VARLoop:
     """The device side of a VAR generation on one backend: the cache, f_hat and per-scale buffers."""
 
@@ -152,13 +161,10 @@ class VARPipeline:
         with self._lock:
             for start in range(0, len(labels), batch_size):
                 chunk = labels[start:start + batch_size]
-                b = len(chunk)
-                self.loop.start(chunk, np.repeat(var_guidance(c.num_scales, scale)[:, None], b, axis=1), top_k,
-                                top_p, np.full(b, temperature, np.float32),
-                                sampling_noise(seed, b, c.seq_len, c.codebook_size, start))
+                self.loop.start(*var_loop_inputs(c, chunk, scale, top_k, top_p, temperature, seed, start))
                 for k, (begin, end) in enumerate(c.scale_ranges()):
                     self.loop.step(k)
-                    done += b * (end - begin)
+                    done += len(chunk) * (end - begin)
                     progress and progress(done, total)
                 tokens.append(self.loop.tokens())
                 images.append(self.loop.decode())

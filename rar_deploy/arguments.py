@@ -13,6 +13,8 @@ import numpy as np
 from .errors import RARDeployError
 
 MAX_SEED = 2**63 - 1
+MAX_IMAGES = 10**6  # one rar-generate call: its labels, tokens and PNG list are held in memory
+MAX_GUIDANCE = 1e4  # far beyond any useful scale; larger ones overflow the guided logits in float32
 
 
 def _is_integer(value: Any) -> bool:
@@ -66,9 +68,18 @@ def check_finite(name: str, value: Any) -> float:
     return number
 
 
+def check_guidance(guidance_scale: Any) -> float:
+    """A finite guidance scale within +-MAX_GUIDANCE (beyond it the guided logits overflow: a wrong image)."""
+    scale = check_finite("guidance scale", guidance_scale)
+    if abs(scale) > MAX_GUIDANCE:
+        raise RARDeployError(f"guidance scale must lie within +-{MAX_GUIDANCE:g} (published values are 1.5 to 16), "
+                             f"got {scale:g}")
+    return scale
+
+
 def check_sampling(guidance_scale: Any, guidance_pow: Any, temperature: Any) -> tuple[float, float, float]:
     """Guidance scale (0 = no guidance), guidance pow >= 0, temperature >= 0 (0 = greedy); all finite."""
-    scale = check_finite("guidance scale", guidance_scale)
+    scale = check_guidance(guidance_scale)
     pow_ = check_finite("guidance pow", guidance_pow)
     temperature = check_finite("temperature", temperature)
     if pow_ < 0:
@@ -81,7 +92,7 @@ def check_sampling(guidance_scale: Any, guidance_pow: Any, temperature: Any) -> 
 def check_var_sampling(guidance_scale: Any, top_k: Any, top_p: Any, temperature: Any
                        ) -> tuple[float, int, float, float]:
     """VAR: guidance scale (cfg) >= 0, top-k >= 0 (0: off), top-p in [0, 1) (0: off), temperature >= 0 (0: greedy)."""
-    scale = check_finite("guidance scale", guidance_scale)
+    scale = check_guidance(guidance_scale)
     if scale < 0:
         raise RARDeployError(f"guidance scale must be >= 0 (0 is the conditional logits alone), got {scale}")
     top_k = check_count("top-k", top_k, 0, MAX_SEED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -56,6 +57,20 @@ def require_file(path: str | Path) -> Path:
     return path
 
 
+def _check_zip(path: Path) -> None:
+    """torch.save's zip archives carry a CRC per tensor that torch.load (mmap) never checks: check them, so
+    that damaged bytes inside a weight are refused instead of exported and verified against themselves."""
+    if not zipfile.is_zipfile(path):
+        return  # a legacy pickle: torch.load judges it
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}): use a good copy") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path} is damaged: {damaged} fails its checksum; use a good copy")
+
+
 def read_state_dict(path: str | Path) -> StateDict:
     """Load a plain state dict from `.bin`/`.pt`/`.pth` (torch.save) or `.safetensors`."""
     path = require_file(path)
@@ -65,6 +80,7 @@ def read_state_dict(path: str | Path) -> StateDict:
 
             state = load_file(str(path))
         else:
+            _check_zip(path)
             # mmap: the weights stay file-backed pages the OS can drop, rather than a copy in anonymous memory
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:  # a pickle of Python objects, which weights-only loading refuses to run
@@ -77,6 +93,8 @@ def read_state_dict(path: str | Path) -> StateDict:
         ) from None
     if isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), dict):
         state = next(iter(state.values()))  # {"state_dict": {...}} / {"model": {...}} wrappers
+    if isinstance(state, dict) and isinstance(state.get("trainer"), dict) and "var_wo_ddp" in state["trainer"]:
+        state = state["trainer"]["var_wo_ddp"]  # the official VAR trainer's checkpoint (ar-ckpt-*.pth)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors (found {type(state).__name__})")
     return {k.removeprefix("module."): v for k, v in state.items()}
@@ -134,6 +152,8 @@ def _wrong_kind_message(path: Path, state: StateDict, wanted: str) -> str:
         return f"{path} is a {kind} checkpoint, not a generator: pass it as --tokenizer"
     if kind in ("generator", "VAR generator") and wanted != "generator":
         return f"{path} is a {kind} checkpoint, not a tokenizer: pass it as --ckpt"
+    if kind == "VAR generator" and wanted == "generator":  # load_generator is RAR's; rar-export takes both
+        return f"{path} is a VAR generator checkpoint: load it with load_var_generator (rar-export detects it)"
     if kind == "VAR VQVAE":
         return (f"{path} is a VAR VQVAE checkpoint: a RAR generator decodes with the MaskGIT-VQGAN tokenizer "
                 "(maskgit-vqgan-imagenet-f16-256.bin)")

@@ -59,8 +59,12 @@ def _progress_printer() -> Callable[[str], None]:
 
 
 def _default_tokenizer(ckpt: str) -> str:
-    """The released tokenizer (a VAR generator's: its VQVAE) beside the checkpoint, else its released name (hub)."""
-    name = "vae_ch160v4096z32.pth" if Path(ckpt).name.startswith("var_") else "maskgit-vqgan-imagenet-f16-256.bin"
+    """The released tokenizer beside the checkpoint (a VAR generator's, as its keys say: the released VQVAE), else
+    its released name (hub)."""
+    from .checkpoint import is_var_generator, read_state_dict
+
+    var = Path(ckpt).is_file() and is_var_generator(read_state_dict(ckpt))  # read as a memory map: cheap
+    name = "vae_ch160v4096z32.pth" if var else "maskgit-vqgan-imagenet-f16-256.bin"
     beside = Path(ckpt).parent / name
     return str(beside) if beside.exists() else name.rpartition(".")[0]
 
@@ -176,7 +180,7 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     import numpy as np
     from tqdm import tqdm
 
-    from .arguments import check_class_labels, check_seed, parse_integers
+    from .arguments import MAX_IMAGES, check_class_labels, check_count, check_seed, parse_integers
     from .files import Output, atomic_directory, atomic_file
     from .runtime import Artifacts, open_pipeline
     from .samples import is_numpy_file, is_samples_folder, save_samples
@@ -186,6 +190,7 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     artifacts = Artifacts.load(artifacts_dir, verify="sha256" if verify_files else "fingerprint")
     var = artifacts.family == "var"
     per_class = parse_integers(class_labels, "--class-labels")
+    check_count("images (--class-labels x --num-per-class)", len(per_class) * num_per_class, 1, MAX_IMAGES)
     labels = check_class_labels([label for label in per_class for _ in range(num_per_class)],
                                 artifacts.config.num_classes)
     family_options = (("--top-k", top_k), ("--top-p", top_p)) if not var else (
@@ -202,6 +207,9 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     images_out = Output(out, "--out", force, owned=is_samples_folder, owner="rar-generate", inputs=inputs)
     tokens_out = save_tokens and Output(save_tokens, "--save-tokens", force, owned=is_numpy_file,
                                         owner="rar-generate", inputs=inputs)
+    if save_tokens and _overlap(save_tokens, out):
+        raise RARDeployError(f"--save-tokens {save_tokens} is --out {out}, lies inside it or holds it: save the "
+                             "tokens outside --out")
     tokens_out and tokens_out.check()
 
     with atomic_directory(images_out) as folder:
@@ -231,6 +239,12 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
             with open(tmp, "wb") as f:
                 np.save(f, tokens)
     click.echo(f"wrote {len(labels)} images, grid.png and samples.json to {out} ({backend})")
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """Two paths that are one, or one inside the other."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
 
 
 @click.command("rar-parity")
@@ -265,7 +279,7 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
     if ckpt or tokenizer or batch is not None or seed is not None:
         record = _recompute_record(artifacts, ckpt, tokenizer, 2 if batch is None else batch, seed or 0)
     else:
-        record = load_record(artifacts.directory)
+        record = load_record(artifacts)
     pipeline = open_pipeline(artifacts_dir, backend=backend, device=device, ckpt=ckpt, tokenizer=tokenizer,
                              threads=threads)
     report = run_parity(pipeline, record, rel_tol=tolerance, progress=_progress_printer())
@@ -300,7 +314,7 @@ def _recompute_record(artifacts, ckpt: str | None, tokenizer: str | None, batch:
 @click.option("--ckpt", help="Checkpoint for torch/baseline [default: the one recorded in the manifest].")
 @click.option("--tokenizer", help="Tokenizer for torch/baseline [default: the one recorded in the manifest].")
 @click.option("--warmup-steps", default=3, show_default=True, type=click.IntRange(0),
-              help="Decode steps run before timing.")
+              help="Decode steps run before timing (VAR: one whole generation warms up every scale).")
 @click.option("--condition-budget", "condition_budgets", multiple=True, type=click.IntRange(0),
               help="Bytes of condition rows a generation may hold (0: one position a step). Repeatable: every "
                    "backend runs at each [default: 2 GiB].")

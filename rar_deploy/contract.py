@@ -8,7 +8,10 @@ classifier-free guidance: B conditional rows, then B rows of the null class; R =
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from .config import GeneratorConfig, TokenizerConfig, VARConfig, VARTokenizerConfig
 
@@ -143,6 +146,49 @@ def var_graph_specs(config: VARConfig, tokenizer: VARTokenizerConfig, dtype: str
                         TensorSpec("images_uint8", "uint8", ("batch", image, image, 3))],
         },
     }
+
+
+def phi_index(scale: int, num_scales: int, num_phi: int) -> int:
+    """Which of the quantiser's num_phi shared Phi convolutions scale k uses (the official rule): the one whose tick
+    is nearest k / (K - 1); ticks evenly spaced in [1 / 3n, 1 - 1 / 3n] for n = 4, else [1 / 2n, 1 - 1 / 2n]."""
+    margin = 1 / 3 / num_phi if num_phi == 4 else 1 / 2 / num_phi
+    ticks = np.linspace(margin, 1 - margin, num_phi)
+    return int(np.argmin(np.abs(ticks - scale / (num_scales - 1))))
+
+
+def area_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """[size_out, size_in]: area interpolation (adaptive average pooling) along one axis, float64."""
+    matrix = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -(-(i + 1) * size_in // size_out)
+        matrix[i, start:end] = 1 / (end - start)
+    return matrix
+
+
+def bicubic_matrix(size_in: int, size_out: int, a: float = -0.75) -> np.ndarray:
+    """[size_out, size_in]: bicubic interpolation along one axis (align_corners False, cubic convolution with
+    a = -0.75, border taps clamped), float64; the identity when the sizes are equal."""
+    if size_in == size_out:
+        return np.eye(size_in)
+    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # noqa: E731  |x| <= 1
+    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # noqa: E731  1 < |x| < 2
+    matrix = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        source = size_in / size_out * (i + 0.5) - 0.5
+        first, t = math.floor(source), source - math.floor(source)
+        for tap, weight in zip(range(first - 1, first + 3), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+            matrix[i, min(max(tap, 0), size_in - 1)] += weight
+    return matrix
+
+
+def var_scales(config: VARConfig, num_phi: int) -> list[dict]:
+    """The manifest's `scales`: per scale its side, positions [begin, end), Phi index and the float32 resize
+    matrices down [side, P] (area, P -> side) and up [P, side] (bicubic, side -> P)."""
+    size = config.patch_nums[-1]
+    return [{"side": side, "begin": begin, "end": end, "phi_index": phi_index(k, config.num_scales, num_phi),
+             "down": area_matrix(size, side).astype(np.float32).tolist(),
+             "up": bicubic_matrix(side, size).astype(np.float32).tolist()}
+            for k, (side, (begin, end)) in enumerate(zip(config.patch_nums, config.scale_ranges()))]
 
 
 def var_profile_dims(min_batch: int, opt_batch: int, max_batch: int, max_side: int) -> list[dict[str, int]]:

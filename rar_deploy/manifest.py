@@ -30,6 +30,7 @@ from .contract import (
     graph_specs,
     var_cache_layout,
     var_graph_specs,
+    var_scales,
 )
 from .errors import RARDeployError
 from .version import __version__
@@ -228,28 +229,16 @@ def _check_consistent(manifest: dict, path: Path) -> None:
 
 
 def _check_scales(scales: list[dict], config: VARConfig, num_phi: int, refuse) -> None:
-    """VAR's per-scale constants: one per scale of the model, in order, of the shapes its var_step takes, each
-    naming one of the quantiser's num_phi Phi convolutions."""
-    size = config.patch_nums[-1]
-    if len(scales) != config.num_scales:
-        raise refuse(f"it lists {len(scales)} scales, its model has {config.num_scales}")
-    for k, (scale, side, (begin, end)) in enumerate(zip(scales, config.patch_nums, config.scale_ranges())):
-        if (scale["side"], scale["begin"], scale["end"]) != (side, begin, end):
-            raise refuse(f"scale {k} is side {scale['side']} at [{scale['begin']}, {scale['end']}), its model gives "
-                         f"side {side} at [{begin}, {end})")
-        if not 0 <= scale["phi_index"] < num_phi:
-            raise refuse(f"scale {k} uses Phi convolution {scale['phi_index']}, its VQVAE has {num_phi}")
-        down, up = np.asarray(scale["down"], np.float64), np.asarray(scale["up"], np.float64)
-        if down.shape != (side, size) or up.shape != (size, side) or not np.isfinite(down).all() \
-                or not np.isfinite(up).all():
-            raise refuse(f"scale {k}'s down/up matrices are not finite [{side}, {size}] / [{size}, {side}]")
-
-
-def var_scales(constants: list[dict]) -> list[dict]:
-    """scale_constants (torch tensors) as the manifest's `scales` entries."""
-    return [{"side": int(c["down"].shape[0]), "begin": int(c["positions"].min()), "end": int(c["positions"].max()) + 1,
-             "phi_index": int(c["phi_index"][0]), "down": c["down"].tolist(), "up": c["up"].tolist()}
-            for c in constants]
+    """VAR's per-scale constants must be the ones its model gives (contract.var_scales), value for value."""
+    expected = var_scales(config, num_phi)
+    if len(scales) != len(expected):
+        raise refuse(f"it lists {len(scales)} scales, its model has {len(expected)}")
+    for k, (scale, wanted) in enumerate(zip(scales, expected)):
+        for key in ("side", "begin", "end", "phi_index", "down", "up"):
+            if scale[key] != wanted[key]:
+                shown = scale[key] if key not in ("down", "up") else "its matrix"
+                raise refuse(f"scale {k}'s {key} is {shown}, its model gives "
+                             f"{wanted[key] if key not in ('down', 'up') else 'another'}")
 
 
 def manifest_generator_config(manifest: dict) -> GeneratorConfig | VARConfig:

@@ -10,6 +10,7 @@ with and without guidance; the decoder's images on identical tokens.
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -25,13 +26,33 @@ from .sampling import guidance_rows, guidance_schedule, sampling_noise
 RECORD_FILE = "reference.npz"
 
 
-def load_record(directory: Path) -> dict[str, np.ndarray]:
-    path = Path(directory) / RECORD_FILE
-    if not path.is_file():
+def load_record(artifacts) -> dict[str, np.ndarray]:
+    """The folder's reference.npz, its SHA-256 checked against the manifest, with the arrays its family's checks
+    read; one line otherwise."""
+    from .integrity import check_file
+
+    directory = artifacts.directory
+    path = directory / RECORD_FILE
+    if not path.is_file() or RECORD_FILE not in artifacts.manifest["files"]:
         raise RARDeployError(f"{directory} has no {RECORD_FILE} (exported with --no-verify?): pass --ckpt to compute "
                              "the reference here (needs the export extra: torch)")
-    with np.load(path) as npz:
-        return dict(npz)
+    check_file(directory, RECORD_FILE, artifacts.manifest["files"][RECORD_FILE], "sha256")
+    try:
+        with np.load(path) as npz:
+            record = dict(npz)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise RARDeployError(f"{path} cannot be read ({exc}): export again, or pass --ckpt to recompute it") from None
+    missing = [key for key in RECORD_KEYS[artifacts.family] if key not in record]
+    if missing:
+        raise RARDeployError(f"{path} lacks {', '.join(missing[:3])}: it is not this export's record; export again")
+    return record
+
+
+# what each family's checks read of a record (the rest is per-graph inputs, named by the graphs)
+RECORD_KEYS = {"rar": ("seed", "labels", "guidance_scale", "guidance_pow", "temperature", "tokens", "guided_logits",
+                       "unguided_tokens", "images_uint8"),
+               "var": ("seed", "labels", "guidance_scale", "top_k", "top_p", "temperature", "tokens", "guided_logits",
+                       "f_hats", "greedy_tokens", "images_uint8")}
 
 
 def save_record(record: dict[str, np.ndarray], directory: Path) -> None:

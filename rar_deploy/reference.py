@@ -229,7 +229,7 @@ def var_reference_record(generator, vqvae, float_dtype: str, batch: int = 2, see
     }
 
     k = c.num_scales // 2
-    (begin, end), const = c.scale_ranges()[k], scale_constants(c, vqvae.quantize)[k]
+    (begin, end), const = c.scale_ranges()[k], scale_constants(c, vqvae.config.num_phi)[k]
     dtype = getattr(torch, float_dtype)
     rows = torch.tensor([0, batch])  # image 0's conditional and unconditional rows
     prefix = {kv: torch.stack([layer[rows, :, :begin] for layer in getattr(run.cache, kv)]).to(dtype)

@@ -115,10 +115,15 @@ def test_rar_export_refuses_a_mixed_pair(demo_checkpoints, tmp_path):
 
 
 def test_resize_matrices_reproduce_interpolation():
-    from rar_deploy.model.var_graphs import resize_matrix
+    """contract's numpy matrices (what the manifest holds) against torch's F.interpolate, every released scale."""
+    from rar_deploy.config import VAR_PATCH_NUMS
+    from rar_deploy.contract import area_matrix, bicubic_matrix
 
     torch.manual_seed(0)
-    f, h = torch.randn(2, 8, 16, 16), torch.randn(2, 8, 5, 5)
-    down, up = resize_matrix(16, 5, "area"), resize_matrix(5, 16, "bicubic")
-    torch.testing.assert_close(down @ f @ down.t(), torch.nn.functional.interpolate(f, size=(5, 5), mode="area"))
-    torch.testing.assert_close(up @ h @ up.t(), torch.nn.functional.interpolate(h, size=(16, 16), mode="bicubic"))
+    f = torch.randn(2, 8, 16, 16, dtype=torch.float64)
+    for pn in VAR_PATCH_NUMS:
+        h = torch.randn(2, 8, pn, pn, dtype=torch.float64)
+        down, up = torch.from_numpy(area_matrix(16, pn)), torch.from_numpy(bicubic_matrix(pn, 16))
+        torch.testing.assert_close(down @ f @ down.t(), torch.nn.functional.interpolate(f, size=(pn, pn), mode="area"))
+        expected_up = h if pn == 16 else torch.nn.functional.interpolate(h, size=(16, 16), mode="bicubic")
+        torch.testing.assert_close(up @ h @ up.t(), expected_up)

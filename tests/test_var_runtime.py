@@ -143,9 +143,10 @@ def test_family_mismatches_are_one_line(var_exports, export_tiny, tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda m: m["scales"][1].update(side=3), "scale 1 is side 3"),
+    (lambda m: m["scales"][1].update(side=3), "scale 1's side is 3, its model gives 2"),
     (lambda m: m["scales"].pop(), "it lists 3 scales, its model has 4"),
-    (lambda m: m["scales"][2].update(phi_index=4), "scale 2 uses Phi convolution 4, its VQVAE has 4"),
+    (lambda m: m["scales"][2].update(phi_index=3), "scale 2's phi_index is 3, its model gives 2"),
+    (lambda m: m["scales"][2]["up"][0].__setitem__(0, 0.5), "scale 2's up is its matrix, its model gives another"),
     (lambda m: m.pop("family"), "is not a valid manifest"),
     (lambda m: m["model"].update(vae_channels=16), "not a VAR generator and its VQVAE"),
     (lambda m: m["sampling"]["defaults"].update(top_p=1.5), "is not a valid manifest at sampling.defaults.top_p"),
@@ -200,3 +201,59 @@ def test_make_checkpoint_var_tiny_exports_and_generates(tmp_path):
     result = runner.invoke(generate_command, ["--artifacts", str(folder), "--class-labels", "1,2", "--out",
                                               str(tmp_path / "images")])
     assert result.exit_code == 0, result.output
+
+
+def test_hostile_inputs_are_refused_before_work(var_exports, tmp_path):
+    """Found by a hostile probe: each gets one line and leaves nothing behind."""
+    from rar_deploy.cli import generate_command, parity_command
+
+    folder = str(var_exports["fp32"])
+    runner = CliRunner()
+    cases = [
+        (["--guidance-scale", "3e38"], "guidance scale must lie within +-10000"),
+        (["--num-per-class", "100000000000"], "images (--class-labels x --num-per-class) must be [1, 1000000]"),
+        (["--save-tokens", str(tmp_path / "out")], "lies inside it or holds it: save the tokens outside --out"),
+        (["--save-tokens", str(tmp_path / "out" / "t.npy")], "lies inside it or holds it: save the tokens outside"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(generate_command, ["--artifacts", folder, "--class-labels", "1", "--out",
+                                                  str(tmp_path / "out"), *extra])
+        assert result.exit_code == 1 and message in result.output, (extra, result.output)
+        assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    swapped = tmp_path / "swapped"
+    shutil.copytree(var_exports["fp32"], swapped)
+    shutil.copy(var_exports["fp16"] / "reference.npz", swapped / "reference.npz")
+    result = runner.invoke(parity_command, ["--artifacts", str(swapped)])
+    assert result.exit_code == 1 and "reference.npz has " in result.output and "truncated or replaced" in result.output
+
+
+def test_checkpoints_users_really_have(tmp_path):
+    """The official trainer's checkpoint layout is unwrapped; a damaged weight inside the zip is refused (torch
+    itself would load it); the default VQVAE is found beside a VAR generator by its keys, not its name; RAR's
+    loader names a VAR file."""
+    from rar_deploy.checkpoint import load_generator, read_state_dict
+    from rar_deploy.cli import export_command
+    from rar_deploy.errors import CheckpointError
+
+    state = torch.load(OFFICIAL[0], weights_only=True)
+    torch.save({"trainer": {"var_wo_ddp": state, "vae_local": {}}, "epoch": 3}, tmp_path / "ar-ckpt-best.pth")
+    assert sorted(read_state_dict(tmp_path / "ar-ckpt-best.pth")) == sorted(state)
+    import zipfile
+
+    data = bytearray(Path(OFFICIAL[0]).read_bytes())
+    largest = max(zipfile.ZipFile(OFFICIAL[0]).infolist(), key=lambda entry: entry.file_size)
+    header = largest.header_offset
+    start = header + 30 + int.from_bytes(data[header + 26:header + 28], "little") \
+        + int.from_bytes(data[header + 28:header + 30], "little")  # past the local file header
+    data[start + 64:start + 128] = bytes(64)  # zeros inside the largest weight
+    (tmp_path / "damaged.pth").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is damaged"):
+        read_state_dict(tmp_path / "damaged.pth")
+    with pytest.raises(CheckpointError, match="is a VAR generator checkpoint: load it with load_var_generator"):
+        load_generator(OFFICIAL[0])
+    shutil.copy(OFFICIAL[1], tmp_path / "vae_ch160v4096z32.pth")
+    result = CliRunner().invoke(export_command, ["--ckpt", str(tmp_path / "ar-ckpt-best.pth"), "--out",
+                                                 str(tmp_path / "artifacts"), "--no-engine", "--no-verify"])
+    assert result.exit_code == 0, result.output
+    checkpoints = Artifacts.load(tmp_path / "artifacts").manifest["checkpoints"]
+    assert checkpoints["tokenizer"]["file"] == "vae_ch160v4096z32.pth"

@@ -13,7 +13,7 @@ import onnxruntime
 import torch
 
 from ..checkpoint import load_models, require_file, resolve_checkpoint
-from ..contract import FAMILY_GRAPHS
+from ..contract import FAMILY_GRAPHS, var_scales
 from ..engines import (
     RTX_DEFAULT_CAPABILITIES,
     BatchProfile,
@@ -26,7 +26,7 @@ from ..engines import (
 from ..errors import ExportError
 from ..files import Output, atomic_directory
 from ..integrity import file_record, sha256_of
-from ..manifest import build_manifest, is_artifact_directory, var_scales, write_manifest
+from ..manifest import build_manifest, is_artifact_directory, write_manifest
 from ..model.var import VARGenerator
 from ..parity import RECORD_FILE
 from .onnx_export import OPSET, cast_models, export_graph, graph_exports, release_cast_copy, release_memory
@@ -76,11 +76,7 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
         generator, tokenizer = load_models(ckpt, tokenizer_path)
         _check_compatible(generator.config, tokenizer.config, tokenizer_path)
         configs = generator.config, tokenizer.config
-        scales = None
-        if isinstance(generator, VARGenerator):
-            from ..model.var_graphs import scale_constants
-
-            scales = var_scales(scale_constants(generator.config, tokenizer.quantize))
+        scales = var_scales(configs[0], configs[1].num_phi) if isinstance(generator, VARGenerator) else None
         graphs = _export_graphs(generator, tokenizer, tmp, request, progress)
         checkpoints = {kind: {"file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
                        for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))}

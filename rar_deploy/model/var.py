@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VARConfig, VARTokenizerConfig
+from ..contract import phi_index
 
 VAR_NORM_EPS = 1e-6
 MAX_SCALE_MUL = float(np.log(100.0))
@@ -216,15 +217,10 @@ class VARQuantizer(nn.Module):
         self.quant_resi = nn.Module()
         self.quant_resi.qresi_ls = nn.ModuleList(Phi(config.vae_channels, config.quant_resi)
                                                  for _ in range(config.num_phi))
-        k = config.num_phi
-        self.ticks = np.linspace(1 / 3 / k, 1 - 1 / 3 / k, k) if k == 4 else np.linspace(1 / 2 / k, 1 - 1 / 2 / k, k)
-
-    def phi_index(self, scale: int, num_scales: int) -> int:
-        """Which Phi scale `scale` uses: the one whose tick is nearest scale / (K - 1)."""
-        return int(np.argmin(np.abs(self.ticks - scale / (num_scales - 1))))
+        self.num_phi = config.num_phi
 
     def phi(self, scale: int, num_scales: int) -> Phi:
-        return self.quant_resi.qresi_ls[self.phi_index(scale, num_scales)]
+        return self.quant_resi.qresi_ls[phi_index(scale, num_scales, self.num_phi)]
 
     def add_scale(self, f_hat: torch.Tensor, tokens: torch.Tensor, scale: int,
                   patch_nums: tuple[int, ...]) -> torch.Tensor:

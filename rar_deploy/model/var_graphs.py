@@ -4,9 +4,9 @@ and the VQVAE decoder, as nn.Modules around the reference (model/var.py).
 The runtime owns the cache ([2B, H, L, Dh] per layer, written at the scale's positions from the step's
 keys/values), f_hat (the VQVAE estimate, [B, Cvae, P, P]) and per-scale constants: the scale's positions,
 the index of its Phi convolution, and the area (into the scale) and bicubic (out of it) resize matrices.
-Resizing is linear and separable, so `down @ f_hat @ down^T` and `up @ h @ up^T` with matrices computed by
-torch's own interpolation of the identity reproduce F.interpolate (to float rounding) with plain matmuls
-that every backend runs for any scale size.
+Resizing is linear and separable, so `down @ f_hat @ down^T` and `up @ h @ up^T` with the area and bicubic
+matrices of contract.var_scales reproduce F.interpolate (to float rounding) with plain matmuls that every
+backend runs for any scale size.
 """
 
 from __future__ import annotations
@@ -16,26 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VARConfig
+from ..contract import var_scales
 from .graphs import uint8_images
 from .guidance import gumbel_max
-from .var import VARVQVAE, VARGenerator, VARQuantizer, guided_logits
+from .var import VARVQVAE, VARGenerator, guided_logits
 
 
-def resize_matrix(size_in: int, size_out: int, mode: str) -> torch.Tensor:
-    """[size_out, size_in]: F.interpolate(mode) along one axis, as a matrix (exact for separable modes)."""
-    basis = torch.eye(size_in, dtype=torch.float64).view(size_in, 1, size_in, 1)
-    return F.interpolate(basis, size=(size_out, 1), mode=mode).view(size_in, size_out).t().float()
-
-
-def scale_constants(config: VARConfig, quantizer: VARQuantizer) -> list[dict[str, torch.Tensor]]:
-    """Per scale: positions [n], phi_index [1], down [pn, P] (area, into the scale), up [P, pn] (bicubic)."""
-    size, constants = config.patch_nums[-1], []
-    for scale, ((begin, end), pn) in enumerate(zip(config.scale_ranges(), config.patch_nums)):
-        up = torch.eye(size) if pn == size else resize_matrix(pn, size, "bicubic")
-        phi = quantizer.phi_index(scale, config.num_scales)
-        constants.append({"positions": torch.arange(begin, end).view(pn, pn), "phi_index": torch.tensor([phi]),
-                          "down": resize_matrix(size, pn, "area"), "up": up})
-    return constants
+def scale_constants(config: VARConfig, num_phi: int) -> list[dict[str, torch.Tensor]]:
+    """The manifest's scales (contract.var_scales) as a var_step's inputs: positions [pn, pn], phi_index [1],
+    down [pn, P], up [P, pn]."""
+    return [{"positions": torch.arange(scale["begin"], scale["end"]).view(scale["side"], scale["side"]),
+             "phi_index": torch.tensor([scale["phi_index"]]), "down": torch.tensor(scale["down"]),
+             "up": torch.tensor(scale["up"])} for scale in var_scales(config, num_phi)]
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -145,7 +137,7 @@ def var_graph_exports(generator: VARGenerator, vqvae: VARVQVAE, max_batch: int):
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, b + 1))
     pn = torch.export.Dim("side", min=1, max=c.patch_nums[-1])
     size, scale = c.patch_nums[-1], 2  # an example scale with pn > 1
-    const = scale_constants(c, vqvae.quantize)[scale]
+    const = scale_constants(c, vqvae.config.num_phi)[scale]
     cache = [torch.zeros(2 * b, c.num_heads, c.seq_len, c.head_dim, dtype=dtype) for _ in range(c.depth)]
     args = (torch.arange(b), torch.zeros(b, c.vae_channels, size, size), const["positions"], const["phi_index"],
             const["down"], const["up"], torch.full((b,), 1.0), torch.tensor([0]), torch.tensor([0.0]), torch.ones(b),

@@ -82,6 +82,9 @@ def build_app(artifacts: str, backend: str = "onnxruntime", device: str | None =
               max_batch_size: int | None = None, batch_wait_s: float = 0.005):
     """The bound application: `replicas` replicas (autoscaling up to `max_replicas` when it is larger),
     each holding `num_cpus` CPUs and `num_gpus` GPUs of the cluster."""
+    from ..runtime.artifacts import Artifacts
+
+    Artifacts.load(artifacts).require_family("rar", "rar-serve")  # before any replica starts
     scaling = ({"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,
                                        "target_ongoing_requests": 2}}
                if max_replicas and max_replicas > replicas else {"num_replicas": replicas})

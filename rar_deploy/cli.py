@@ -180,7 +180,7 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     import numpy as np
     from tqdm import tqdm
 
-    from .arguments import MAX_IMAGES, check_class_labels, check_count, check_seed, parse_integers
+    from .arguments import MAX_IMAGES, check_class_labels, check_seed, parse_integers
     from .files import Output, atomic_directory, atomic_file
     from .runtime import Artifacts, open_pipeline
     from .samples import is_numpy_file, is_samples_folder, save_samples
@@ -190,7 +190,9 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     artifacts = Artifacts.load(artifacts_dir, verify="sha256" if verify_files else "fingerprint")
     var = artifacts.family == "var"
     per_class = parse_integers(class_labels, "--class-labels")
-    check_count("images (--class-labels x --num-per-class)", len(per_class) * num_per_class, 1, MAX_IMAGES)
+    if len(per_class) * num_per_class > MAX_IMAGES:  # before the label list is built: it could fill the memory
+        raise RARDeployError(f"{len(per_class) * num_per_class} images (--class-labels x --num-per-class) are more "
+                             f"than one call makes ({MAX_IMAGES}): split the request")
     labels = check_class_labels([label for label in per_class for _ in range(num_per_class)],
                                 artifacts.config.num_classes)
     family_options = (("--top-k", top_k), ("--top-p", top_p)) if not var else (

@@ -13,6 +13,7 @@ import onnxruntime
 import torch
 
 from ..checkpoint import load_models, require_file, resolve_checkpoint
+from ..config import VARConfig
 from ..contract import FAMILY_GRAPHS, var_scales
 from ..engines import (
     RTX_DEFAULT_CAPABILITIES,
@@ -145,7 +146,7 @@ def _check_compatible(generator, tokenizer, tokenizer_path: Path) -> None:
         raise ExportError(f"tokenizer {tokenizer_path} has a codebook of {tokenizer.codebook_size} entries but "
                           f"the generator predicts {generator.codebook_size} tokens: pass the tokenizer it was "
                           "trained with")
-    if hasattr(generator, "patch_nums"):  # VAR
+    if isinstance(generator, VARConfig):
         if generator.num_scales < 2:
             raise ExportError(f"the generator predicts {generator.num_scales} scale: VAR models have two or more")
         if tokenizer.vae_channels != generator.vae_channels:

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -108,19 +109,84 @@ void LoadRar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
   }
 }
 
-// A scale's resize matrix: rows x columns finite numbers (they become float32 inputs of every var_step).
-std::vector<float> Matrix(const json& node, int64_t rows, int64_t columns, bool& ok) {
-  std::vector<float> values;
-  ok = ok && node.is_array() && static_cast<int64_t>(node.size()) == rows;
-  for (size_t r = 0; ok && r < node.size(); ++r) {
-    const json& row = node[r];
-    ok = row.is_array() && static_cast<int64_t>(row.size()) == columns;
-    for (size_t c = 0; ok && c < row.size(); ++c) {
-      values.push_back(static_cast<float>(row[c].get<double>()));
-      ok = std::isfinite(values.back());
+// VAR's per-scale constants as rar_deploy/contract.py derives them (docs/CONTRACT.md "VAR"): float64 with
+// the same operations in the same order, rounded to float32 (the build turns off fused multiply-add: a fused
+// product would round once where Python rounds twice).
+
+// The Phi convolution of scale k of K: the one whose tick is nearest k / (K - 1); the ticks are numpy's
+// linspace(margin, 1 - margin, n) (i * step + margin, the last exactly 1 - margin), the first nearest wins.
+int64_t PhiIndex(int64_t k, int64_t num_scales, int64_t num_phi) {
+  const double n = static_cast<double>(num_phi), margin = num_phi == 4 ? 1.0 / 3 / n : 1.0 / 2 / n;
+  const double step = num_phi > 1 ? ((1 - margin) - margin) / (n - 1) : 0;
+  const double where = static_cast<double>(k) / static_cast<double>(num_scales - 1);
+  int64_t nearest = 0;
+  double best = 0;
+  for (int64_t i = 0; i < num_phi; ++i) {
+    const double tick = i == num_phi - 1 && i > 0 ? 1 - margin : static_cast<double>(i) * step + margin;
+    const double distance = std::fabs(tick - where);
+    if (i == 0 || distance < best) nearest = i, best = distance;
+  }
+  return nearest;
+}
+
+// [size_out, size_in] row-major: area interpolation (adaptive average pooling) along one axis.
+std::vector<float> AreaMatrix(int64_t size_in, int64_t size_out) {
+  std::vector<float> matrix(static_cast<size_t>(size_out * size_in), 0.0f);
+  for (int64_t i = 0; i < size_out; ++i) {
+    const int64_t start = i * size_in / size_out, end = ((i + 1) * size_in + size_out - 1) / size_out;
+    for (int64_t j = start; j < end; ++j) {
+      matrix[static_cast<size_t>(i * size_in + j)] = static_cast<float>(1 / static_cast<double>(end - start));
     }
   }
-  return values;
+  return matrix;
+}
+
+// [size_out, size_in] row-major: bicubic interpolation along one axis (align_corners false, a = -0.75, border
+// taps clamped: a clamped tap's weight adds to the border's, in tap order); the identity for equal sizes.
+std::vector<float> BicubicMatrix(int64_t size_in, int64_t size_out) {
+  const double a = -0.75;
+  auto near = [a](double x) { return ((a + 2) * x - (a + 3)) * x * x + 1; };       // |x| <= 1
+  auto far = [a](double x) { return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a; };  // 1 < |x| < 2
+  std::vector<float> matrix(static_cast<size_t>(size_out * size_in), 0.0f);
+  std::vector<double> row(static_cast<size_t>(size_in));
+  for (int64_t i = 0; i < size_out; ++i) {
+    std::fill(row.begin(), row.end(), 0.0);
+    if (size_in == size_out) {
+      row[static_cast<size_t>(i)] = 1;
+    } else {
+      const double source = static_cast<double>(size_in) / static_cast<double>(size_out) *
+                            (static_cast<double>(i) + 0.5) - 0.5;
+      const double first = std::floor(source), t = source - first;
+      const double weights[4] = {far(t + 1), near(t), near(1 - t), far(2 - t)};
+      for (int64_t tap = 0; tap < 4; ++tap) {
+        const int64_t column = std::min(std::max(static_cast<int64_t>(first) - 1 + tap, int64_t{0}), size_in - 1);
+        row[static_cast<size_t>(column)] += weights[tap];
+      }
+    }
+    for (int64_t j = 0; j < size_in; ++j) {
+      matrix[static_cast<size_t>(i * size_in + j)] = static_cast<float>(row[static_cast<size_t>(j)]);
+    }
+  }
+  return matrix;
+}
+
+// A manifest matrix against the float32 one its model gives, compared as Python compares them: each JSON
+// number (a double) equal to the float32 value (a number that merely rounds to it is another matrix). The
+// shape first, so that a damaged manifest never sizes a computation. The values if they match, else none.
+std::vector<float> MatchMatrix(const json& node, int64_t rows, int64_t columns,
+                               const std::function<std::vector<float>()>& compute) {
+  if (!node.is_array() || static_cast<int64_t>(node.size()) != rows) return {};
+  for (const json& row : node) {
+    if (!row.is_array() || static_cast<int64_t>(row.size()) != columns) return {};
+  }
+  std::vector<float> wanted = compute();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < columns; ++c) {
+      const json& value = node[static_cast<size_t>(r)][static_cast<size_t>(c)];
+      if (!value.is_number() || value.get<double>() != wanted[static_cast<size_t>(r * columns + c)]) return {};
+    }
+  }
+  return wanted;
 }
 
 void LoadVar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
@@ -145,6 +211,7 @@ void LoadVar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
     Invalid(path, "the tokenizer's codebook or channels do not match the generator's: it mixes two models");
   }
   const int64_t num_phi = tokenizer.at("num_phi").get<int64_t>(), size = m.patch_nums.back();
+  if (num_phi < 1) Invalid(path, "the tokenizer's num_phi is not positive");
   artifacts.image_side = size << (tokenizer.at("channel_mult").size() - 1);
   artifacts.image_channels = 3;
   artifacts.seq_len = m.seq_len(), artifacts.codebook_size = m.codebook_size, artifacts.num_classes = m.num_classes;
@@ -154,6 +221,7 @@ void LoadVar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
   ReadGraphs(manifest, VarContractGraphs(m, artifacts.image_side, artifacts.float_dtype), path, artifacts.graphs);
   CheckCache(manifest.at("kv_cache"), {m.depth, "rows", m.num_heads, m.seq_len(), m.head_dim()}, artifacts.float_dtype,
              path);
+  // scales: every value the one its model and num_phi give (Python's manifest._check_scales, same messages)
   const json& scales = manifest.at("scales");
   if (!scales.is_array() || static_cast<int64_t>(scales.size()) != m.num_scales()) {
     Invalid(path, "it lists " + std::to_string(scales.is_array() ? scales.size() : 0) + " scales, its model has " +
@@ -162,27 +230,22 @@ void LoadVar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
   int64_t begin = 0;
   for (int64_t k = 0; k < m.num_scales(); ++k) {
     const json& node = scales[static_cast<size_t>(k)];
-    const int64_t side = m.patch_nums[static_cast<size_t>(k)], end = begin + side * side;
-    VarScale scale{node.at("side").get<int64_t>(), node.at("begin").get<int64_t>(), node.at("end").get<int64_t>(),
-                   node.at("phi_index").get<int64_t>(), {}, {}};
-    const std::string which = "scale " + std::to_string(k);
-    if (scale.side != side || scale.begin != begin || scale.end != end) {
-      Invalid(path, which + " is not side " + std::to_string(side) + " at [" + std::to_string(begin) + ", " +
-                        std::to_string(end) + "), the one its model gives");
+    const int64_t side = m.patch_nums[static_cast<size_t>(k)];
+    VarScale scale{side, begin, begin + side * side, PhiIndex(k, m.num_scales(), num_phi), {}, {}};
+    const std::string which = "scale " + std::to_string(k) + "'s ";
+    for (const auto& [key, value] : {std::pair<const char*, int64_t>{"side", scale.side}, {"begin", scale.begin},
+                                     {"end", scale.end}, {"phi_index", scale.phi_index}}) {
+      const json& recorded = node.at(key);
+      if (recorded != value) {  // a JSON comparison, as Python's: 3.0 is 3, 3.5 is not
+        Invalid(path, which + key + " is " + recorded.dump() + ", its model gives " + std::to_string(value));
+      }
     }
-    if (scale.phi_index < 0 || scale.phi_index >= num_phi) {
-      Invalid(path, which + "'s phi_index is not one of the tokenizer's " + std::to_string(num_phi) + " convolutions");
-    }
-    bool ok = true;
-    scale.down = Matrix(node.at("down"), side, size, ok);
-    scale.up = Matrix(node.at("up"), size, side, ok);
-    if (!ok) {
-      const std::string shape = std::to_string(side) + ", " + std::to_string(size);
-      Invalid(path, which + "'s down/up matrices are not finite [" + shape + "] / [" + std::to_string(size) + ", " +
-                        std::to_string(side) + "]");
-    }
+    scale.down = MatchMatrix(node.at("down"), side, size, [&] { return AreaMatrix(size, side); });
+    if (scale.down.empty()) Invalid(path, which + "down is its matrix, its model gives another");
+    scale.up = MatchMatrix(node.at("up"), size, side, [&] { return BicubicMatrix(side, size); });
+    if (scale.up.empty()) Invalid(path, which + "up is its matrix, its model gives another");
     artifacts.scales.push_back(std::move(scale));
-    begin = end;
+    begin += side * side;
   }
 }
 

@@ -52,8 +52,9 @@ struct VarConfig {
   int64_t null_class() const { return num_classes; }
 };
 
-// One VAR scale's constants (manifest `scales`): sequence positions [begin, end) = side^2 tokens, the Phi
-// convolution's index, the resize matrices down [side, P] and up [P, side] (row-major).
+// One VAR scale's constants (manifest `scales`, derived from the model and checked value for value on load):
+// sequence positions [begin, end) = side^2 tokens, the Phi convolution's index, the resize matrices down
+// [side, P] and up [P, side] (row-major float32).
 struct VarScale {
   int64_t side, begin, end, phi_index;
   std::vector<float> down, up;

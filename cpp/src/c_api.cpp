@@ -108,7 +108,8 @@ RarResult* RarGenerateParamsSetTopP(RarGenerateParams* params, double top_p) {
 RarResult* RarPipelineGenerateTokens(RarPipeline* pipeline, const int64_t* class_labels, size_t num_labels,
                                      const RarGenerateParams* params, int64_t* tokens) {
   return Guard([&] {
-    Require(pipeline, "pipeline"), Require(class_labels, "class_labels"), Require(tokens, "tokens");
+    Require(pipeline, "pipeline");  // no labels (NULL, 0: an empty vector's data()) is the pipeline's refusal
+    if (num_labels > 0) Require(class_labels, "class_labels"), Require(tokens, "tokens");
     const std::vector<int64_t> labels(class_labels, class_labels + num_labels);
     const std::vector<int64_t> result =
         pipeline->pipeline.GenerateTokens(labels, params ? params->sampling : rar::detail::Sampling{});
@@ -119,7 +120,8 @@ RarResult* RarPipelineGenerateTokens(RarPipeline* pipeline, const int64_t* class
 RarResult* RarPipelineGenerate(RarPipeline* pipeline, const int64_t* class_labels, size_t num_labels,
                                const RarGenerateParams* params, int64_t* tokens, uint8_t* images) {
   return Guard([&] {
-    Require(pipeline, "pipeline"), Require(class_labels, "class_labels"), Require(images, "images");
+    Require(pipeline, "pipeline");
+    if (num_labels > 0) Require(class_labels, "class_labels"), Require(images, "images");
     const std::vector<int64_t> labels(class_labels, class_labels + num_labels);
     const auto [ids, pixels] = pipeline->pipeline.Generate(labels, params ? params->sampling : rar::detail::Sampling{});
     if (tokens != nullptr) std::copy(ids.begin(), ids.end(), tokens);
@@ -130,7 +132,8 @@ RarResult* RarPipelineGenerate(RarPipeline* pipeline, const int64_t* class_label
 RarResult* RarPipelineDecode(RarPipeline* pipeline, const int64_t* tokens, size_t num_images, int64_t batch_size,
                              uint8_t* images) {
   return Guard([&] {
-    Require(pipeline, "pipeline"), Require(tokens, "tokens"), Require(images, "images");
+    Require(pipeline, "pipeline");
+    if (num_images > 0) Require(tokens, "tokens"), Require(images, "images");
     const size_t n = static_cast<size_t>(pipeline->pipeline.Info().image_seq_len);
     const std::vector<uint8_t> pixels =
         pipeline->pipeline.Decode(std::vector<int64_t>(tokens, tokens + num_images * n), batch_size);

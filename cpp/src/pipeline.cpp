@@ -3,6 +3,7 @@
 #include <cctype>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <regex>
 #include <sstream>
 
@@ -12,15 +13,31 @@
 namespace rar::detail {
 namespace {
 
-double Finite(const char* name, double value) {
-  if (!std::isfinite(value)) Fail(RAR_ERROR_INVALID_ARGUMENT, std::string(name) + " must be a finite number");
-  return value;
-}
-
 std::string Number(double value) {  // as a person writes it: 1, 0.96, 1e+300
   std::ostringstream text;
   text << value;
   return text.str();
+}
+
+// A number that stays finite as the float32 the graphs compute with (Python's arguments.check_finite).
+double Finite(const char* name, double value) {
+  if (!std::isfinite(value) || std::fabs(value) > std::numeric_limits<float>::max()) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, std::string(name) + " must be a finite number within float32's range, got " +
+                                     Number(value));
+  }
+  return value;
+}
+
+// A guidance scale within +-10000, checked after finiteness (Python's arguments.check_guidance): beyond it the
+// guided logits overflow float32, a wrong image rather than an error.
+double GuidanceScale(double value) {
+  constexpr double kMaxGuidance = 1e4;
+  Finite("guidance scale", value);
+  if (std::fabs(value) > kMaxGuidance) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, "guidance scale must lie within +-" + Number(kMaxGuidance) +
+                                     " (published values are 1.5 to 16), got " + Number(value));
+  }
+  return value;
 }
 
 double Milliseconds(std::chrono::steady_clock::time_point start) {
@@ -101,7 +118,7 @@ std::vector<int64_t> Pipeline::RarTokens(const std::vector<int64_t>& labels, con
   CheckLabels(labels);
   if (sampling.top_k) NotThisFamily("top-k");
   if (sampling.top_p) NotThisFamily("top-p");
-  const double scale = Finite("guidance scale", sampling.guidance_scale.value_or(artifacts_.defaults.guidance_scale));
+  const double scale = GuidanceScale(sampling.guidance_scale.value_or(artifacts_.defaults.guidance_scale));
   const double pow = Finite("guidance pow", sampling.guidance_pow.value_or(artifacts_.defaults.guidance_pow));
   const double temperature = Finite("temperature", sampling.temperature.value_or(artifacts_.defaults.temperature));
   if (pow < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "guidance pow must be >= 0 (0 is constant guidance)");
@@ -150,7 +167,7 @@ std::vector<int64_t> Pipeline::VarGenerate(const std::vector<int64_t>& labels, c
   const SamplingDefaults& d = artifacts_.defaults;
   CheckLabels(labels);
   if (sampling.guidance_pow) NotThisFamily("guidance pow");
-  const double scale = Finite("guidance scale", sampling.guidance_scale.value_or(d.guidance_scale));
+  const double scale = GuidanceScale(sampling.guidance_scale.value_or(d.guidance_scale));
   const int64_t top_k = sampling.top_k.value_or(d.top_k);
   const double top_p = Finite("top-p", sampling.top_p.value_or(d.top_p));
   const double temperature = Finite("temperature", sampling.temperature.value_or(d.temperature));

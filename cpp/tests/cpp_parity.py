@@ -7,14 +7,18 @@ fixture, and its refusals. Runs with the project's Python (rar-deploy installed 
     cpp_parity.py official_greedy WORK RAR_GENERATE   the official greedy tokens at temperature 0
     cpp_parity.py var_parity WORK RAR_GENERATE        VAR: tokens and pixels equal to the Python runtime's
     cpp_parity.py var_official_greedy WORK RAR_GENERATE   VAR: the official greedy tokens at temperature 0
+    cpp_parity.py var_scales WORK RAR_GENERATE        VAR: the scales of other models derived as Python does
     cpp_parity.py cli_refusals WORK RAR_GENERATE      bad input: one line, exit 1 or 2, nothing written
     cpp_parity.py tensorrt WORK RAR_GENERATE   the tensorrt backend (GPU machines; exit 77 = skipped)
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import math
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +34,22 @@ SKIP = 77
 SEEDS, BATCH_SIZES, TEMPERATURES = (0, 1, 2), (1, 3), (0.0, 1.0)
 SCHEDULES = {"const": (4.0, 0.0), "powcos": (16.0, 2.75)}
 LABELS = [3, 500, 999]
+# VAR models whose scales only their manifests hold (patch_nums, num_phi): the released one, near and exact
+# ties of the Phi rule, one Phi, sides above P (area up, bicubic down); ratios whose weights round in float32.
+# one_phi's up matrices and unordered's Phi tie at k / (K - 1) = 0.5 come out otherwise with fused multiply-adds
+OTHER_VAR_MODELS = {"var_d16": ((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 4), "near_tie": ((1, 3, 7, 16), 3),
+                    "tie": ((1, 2, 3), 2), "one_phi": ((3, 5, 7, 9, 21), 1), "unordered": ((16, 9, 4, 1, 7), 6)}
+# edits of the tiny VAR export's scales, each refused with Python's message: a Phi index, one float32 ulp of a
+# down and of an up value, and an up value one double away (it rounds to the same float32: Python compares
+# the numbers, so it is refused too)
+SCALE_EDITS = {
+    "var_edited_phi": lambda scales: scales[2].update(phi_index=3),
+    "var_edited_down": lambda scales: scales[2]["down"][1].__setitem__(1, float(np.nextafter(
+        np.float32(scales[2]["down"][1][1]), np.float32(1)))),
+    "var_edited_up": lambda scales: scales[1]["up"][1].__setitem__(0, float(np.nextafter(
+        np.float32(scales[1]["up"][1][0]), np.float32(1)))),
+    "var_rounded_up": lambda scales: scales[1]["up"][1].__setitem__(0, math.nextafter(scales[1]["up"][1][0], 1)),
+}
 
 
 def prepare(work: Path) -> None:
@@ -69,10 +89,53 @@ def prepare(work: Path) -> None:
     manifest["scales"][2]["side"] = 4
     (work / "var_edited_manifest").mkdir()
     (work / "var_edited_manifest" / "manifest.json").write_text(json.dumps(manifest))
+    for name, edit in SCALE_EDITS.items():
+        manifest = json.loads((work / "var_fp32" / "manifest.json").read_text())
+        edit(manifest["scales"])
+        (work / name).mkdir()
+        (work / name / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((work / "var_fp32" / "manifest.json").read_text())
+    for name, (patch_nums, num_phi) in OTHER_VAR_MODELS.items():
+        (work / f"var_scales_{name}").mkdir()
+        (work / f"var_scales_{name}" / "manifest.json").write_text(json.dumps(other_var_model(manifest, patch_nums,
+                                                                                               num_phi)))
+    integers = copy.deepcopy(manifest)  # JSON numbers compared as numbers: 2.0 is the index 2, 1 the weight 1.0
+    integers["scales"][2]["phi_index"] = float(integers["scales"][2]["phi_index"])
+    integers["scales"][3]["up"] = [[int(value) for value in row] for row in integers["scales"][3]["up"]]
+    (work / "var_scales_integers").mkdir()
+    (work / "var_scales_integers" / "manifest.json").write_text(json.dumps(integers))
     manifest = json.loads((work / "fp32" / "manifest.json").read_text())
     manifest["family"] = "diffusion"
     (work / "unknown_family").mkdir()
     (work / "unknown_family" / "manifest.json").write_text(json.dumps(manifest))
+
+
+def other_var_model(manifest: dict, patch_nums: tuple[int, ...], num_phi: int) -> dict:
+    """A VAR manifest for another model: its graphs' I/O, cache and scales from the contract (no graph files)."""
+    from rar_deploy.contract import var_cache_layout, var_graph_specs, var_scales
+    from rar_deploy.manifest import FLOAT_DTYPES, manifest_generator_config, manifest_tokenizer_config
+
+    manifest = copy.deepcopy(manifest)
+    manifest["model"]["patch_nums"], manifest["tokenizer"]["num_phi"] = list(patch_nums), num_phi
+    generator, tokenizer = manifest_generator_config(manifest), manifest_tokenizer_config(manifest)
+    dtype = FLOAT_DTYPES[manifest["precision"]]
+    for name, specs in var_graph_specs(generator, tokenizer, dtype).items():
+        for kind in ("inputs", "outputs"):
+            manifest["graphs"][name][kind] = [spec.to_dict() for spec in specs[kind]]
+    manifest["kv_cache"], manifest["scales"] = var_cache_layout(generator, dtype), var_scales(generator, num_phi)
+    return manifest
+
+
+def python_refusal(folder: Path) -> str:
+    """The message Python's manifest check gives for a folder."""
+    from rar_deploy.errors import RARDeployError
+    from rar_deploy.manifest import read_manifest
+
+    try:
+        read_manifest(folder)
+    except RARDeployError as error:
+        return str(error)
+    raise AssertionError(f"Python opened {folder}")
 
 
 def run(exe: str, *args, check: bool = True) -> subprocess.CompletedProcess:
@@ -177,6 +240,17 @@ def var_official_greedy(work: Path, exe: str) -> None:
     print("rar_generate reproduces the official VAR greedy tokens (cfg 4 and 1.5) from the fp32 export")
 
 
+def var_scales(work: Path, exe: str) -> None:
+    from rar_deploy.manifest import read_manifest
+
+    for folder in sorted(work.glob("var_scales_*")):
+        read_manifest(folder)  # Python opens it
+        result = run(exe, "--artifacts", folder, "--class-labels", "1", "--out", work / "out" / "scales", check=False)
+        line = result.stderr.strip()
+        assert f"{folder / 'var_decoder.onnx'} is missing" in line, f"{folder.name}: {line}"  # past the manifest
+        print(f"ok   {folder.name}: the scales its manifest lists are the ones C++ derives")
+
+
 def cli_refusals(work: Path, exe: str) -> None:
     out = work / "refused"
     shutil.rmtree(out, ignore_errors=True)
@@ -223,6 +297,28 @@ def cli_refusals(work: Path, exe: str) -> None:
         ("negative VAR guidance", ["--artifacts", work / "var_fp32", *base, "--guidance-scale", "-1"], ">= 0"),
         ("VAR class id out of range", ["--artifacts", work / "var_fp32", "--class-labels", "1000", "--out", out],
          "out of range"),
+        *[(f"{name} (Python's message)", ["--artifacts", work / name, *base], f"Error: {python_refusal(work / name)}")
+          for name in ("var_edited_manifest", *SCALE_EDITS)],
+        ("guidance over 1e4", ["--artifacts", work / "fp32", *base, "--guidance-scale", "100000"],
+         "guidance scale must lie within +-10000 (published values are 1.5 to 16), got 100000"),
+        ("VAR guidance under -1e4", ["--artifacts", work / "var_fp32", *base, "--guidance-scale", "-10000.5"],
+         "guidance scale must lie within +-10000 (published values are 1.5 to 16), got -10000.5"),
+        ("over a million images", ["--artifacts", work / "fp32", "--class-labels", "1,2", "--num-per-class",
+                                   "500001", "--out", out],
+         "1000002 images (--class-labels x --num-per-class) are more than one call makes (1000000): split the "
+         "request"),
+        ("images past 2**64", ["--artifacts", work / "fp32", "--class-labels", "1,2,3", "--num-per-class",
+                               str(2**63 - 1), "--out", out],
+         f"{3 * (2**63 - 1)} images (--class-labels x --num-per-class) are more than one call makes"),
+        ("no labels", ["--artifacts", work / "fp32", "--class-labels", " , ", "--out", out],
+         "no class labels given: pass at least one ImageNet class id"),
+        ("--save-tokens is --out", ["--artifacts", work / "fp32", *base, "--save-tokens", f"{out}/"],
+         f"--save-tokens {out}/ is --out {out}, lies inside it or holds it: save the tokens outside --out"),
+        ("--save-tokens inside --out", ["--artifacts", work / "fp32", "--class-labels", "1", "--out",
+                                        os.path.relpath(out), "--save-tokens", out / "tokens.npy"],
+         "lies inside it or holds it"),
+        ("--save-tokens holds --out", ["--artifacts", work / "fp32", "--class-labels", "1", "--out",
+                                       out / "images", "--save-tokens", out], "lies inside it or holds it"),
     ]
     for name, args, phrase in cases:
         result = run(exe, *args, check=False)
@@ -258,5 +354,5 @@ if __name__ == "__main__":
         prepare(work)
     else:
         {"parity": parity, "official_greedy": official_greedy, "var_parity": var_parity,
-         "var_official_greedy": var_official_greedy, "cli_refusals": cli_refusals,
+         "var_official_greedy": var_official_greedy, "var_scales": var_scales, "cli_refusals": cli_refusals,
          "tensorrt": tensorrt}[command](work, sys.argv[3])

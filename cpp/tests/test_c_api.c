@@ -99,6 +99,8 @@ int main(int argc, char** argv) {
          "class id 1000 is out of range", "class id out of range");
   expect(RarPipelineGenerateTokens(pipeline, labels, 0, params, tokens), RAR_ERROR_INVALID_ARGUMENT,
          "no class labels", "no labels");
+  expect(RarPipelineGenerate(pipeline, NULL, 0, params, NULL, NULL), RAR_ERROR_INVALID_ARGUMENT,
+         "no class labels given", "no labels, NULL arrays (an empty std::vector's data())");
   RarResultDestroy(RarGenerateParamsSetBatchSize(params, 5));
   expect(RarPipelineGenerateTokens(pipeline, labels, 5, params, tokens), RAR_ERROR_INVALID_ARGUMENT,
          "outside the artifacts' profile [1, 4]", "batch over the profile");
@@ -106,6 +108,11 @@ int main(int argc, char** argv) {
   RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, NAN));
   expect(RarPipelineGenerateTokens(pipeline, labels, 1, params, tokens), RAR_ERROR_INVALID_ARGUMENT, "finite",
          "NaN guidance scale");
+  RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, 10000.5));
+  expect(RarPipelineGenerateTokens(pipeline, labels, 1, params, tokens), RAR_ERROR_INVALID_ARGUMENT,
+         "guidance scale must lie within +-10000 (published values are 1.5 to 16), got 10000.5", "guidance over 1e4");
+  RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, -1e4));
+  expect_ok(RarPipelineGenerateTokens(pipeline, labels, 1, params, tokens), "guidance -1e4: the bound is allowed");
   RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, 4.0));
   RarResultDestroy(RarGenerateParamsSetTemperature(params, INFINITY));
   expect(RarPipelineGenerateTokens(pipeline, labels, 1, params, tokens), RAR_ERROR_INVALID_ARGUMENT, "finite",
@@ -165,6 +172,12 @@ int main(int argc, char** argv) {
   /* VAR */
   expect_open_fails(work, "unknown_family", "onnxruntime", RAR_ERROR_ARTIFACTS, "does not know");
   expect_open_fails(work, "var_edited_manifest", "onnxruntime", RAR_ERROR_ARTIFACTS, "was edited");
+  expect_open_fails(work, "var_edited_phi", "onnxruntime", RAR_ERROR_ARTIFACTS,
+                    "scale 2's phi_index is 3, its model gives 2");
+  expect_open_fails(work, "var_edited_down", "onnxruntime", RAR_ERROR_ARTIFACTS,
+                    "scale 2's down is its matrix, its model gives another");
+  expect_open_fails(work, "var_edited_up", "onnxruntime", RAR_ERROR_ARTIFACTS,
+                    "scale 1's up is its matrix, its model gives another");
   pipeline = open_pipeline(work, "var_fp32");
   RarResult* got = RarPipelineGetModelInfo(pipeline, &info);
   expect_true(got == NULL && info.family == RAR_FAMILY_VAR && info.image_seq_len == 30 && info.num_scales == 4 &&
@@ -196,6 +209,12 @@ int main(int argc, char** argv) {
   RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, -1.0));
   expect(RarPipelineGenerate(pipeline, labels, 1, params, var_tokens, generated), RAR_ERROR_INVALID_ARGUMENT,
          "guidance scale must be >= 0", "negative VAR guidance");
+  RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, 3e38));
+  expect(RarPipelineGenerate(pipeline, labels, 1, params, var_tokens, generated), RAR_ERROR_INVALID_ARGUMENT,
+         "guidance scale must lie within +-10000 (published values are 1.5 to 16), got 3e+38", "VAR guidance 3e38");
+  RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, 1e300));
+  expect(RarPipelineGenerate(pipeline, labels, 1, params, var_tokens, generated), RAR_ERROR_INVALID_ARGUMENT,
+         "guidance scale must be a finite number within float32's range, got 1e+300", "VAR guidance past float32");
   RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, 4.0));
   expect(RarPipelineGenerate(pipeline, labels, 1, params, var_tokens, NULL), RAR_ERROR_INVALID_ARGUMENT, "NULL",
          "NULL images");

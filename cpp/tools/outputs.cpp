@@ -15,8 +15,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool Inside(const fs::path& path, const fs::path& folder) {
-  const auto p = fs::weakly_canonical(path), f = fs::weakly_canonical(folder);
+// Absolute, links resolved as far as the path exists, no trailing separator ("out/" is "out"), as Python's
+// Path.resolve: a relative path and a trailing slash must not hide that two paths meet.
+fs::path Resolved(const fs::path& path) {
+  const fs::path resolved = fs::weakly_canonical(fs::absolute(path));
+  return resolved.has_filename() || resolved == resolved.root_path() ? resolved : resolved.parent_path();
+}
+
+bool Inside(const fs::path& path, const fs::path& folder) {  // or the same path
+  const fs::path p = Resolved(path), f = Resolved(folder);
   return std::mismatch(f.begin(), f.end(), p.begin(), p.end()).first == f.end();
 }
 
@@ -65,6 +72,8 @@ void Output::Check() const {
                      "rar-generate's own outputs; remove it yourself or choose another " + option);
   }
 }
+
+bool Overlap(const fs::path& a, const fs::path& b) { return Inside(a, b) || Inside(b, a); }
 
 Lock::Lock(const fs::path& target) : path_(target.parent_path() / ("." + target.filename().string() + ".lock")) {
   fs::create_directories(target.parent_path().empty() ? fs::path(".") : target.parent_path());

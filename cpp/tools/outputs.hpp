@@ -39,6 +39,7 @@ class Lock {
   int fd_ = -1;
 };
 
+bool Overlap(const std::filesystem::path& a, const std::filesystem::path& b);  // one path, or one inside the other
 std::filesystem::path TemporaryBeside(const std::filesystem::path& target, bool directory);
 void Publish(const std::filesystem::path& temporary, const Output& output);  // re-checks, then swaps in
 

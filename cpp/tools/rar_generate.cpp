@@ -40,6 +40,17 @@ std::vector<int64_t> ParseLabels(const std::string& text) {
   return labels;
 }
 
+constexpr uint64_t kMaxImages = 1000000;  // one call: its labels, tokens and images are held in memory
+
+std::string Decimal(unsigned __int128 value) {  // std::to_string has no 128-bit overload
+  std::string digits;
+  do {
+    digits.insert(digits.begin(), static_cast<char>('0' + static_cast<int>(value % 10)));
+    value /= 10;
+  } while (value != 0);
+  return digits;
+}
+
 std::string ImageName(size_t index, int64_t label) {
   char name[64];
   std::snprintf(name, sizeof(name), "%04zu_class%lld.png", index, static_cast<long long>(label));
@@ -83,14 +94,27 @@ int Generate(int argc, char** argv) {
   }
 
   // Every check before any heavy work: the values, both outputs, then the folder.
+  const std::vector<int64_t> per_class = ParseLabels(class_labels);
+  // counted before the list is built (in 128 bits: a label count times a num-per-class below 2^63 fits); no
+  // labels at all is the pipeline's refusal, as in Python
+  const unsigned __int128 count = static_cast<unsigned __int128>(per_class.size()) *
+                                   static_cast<uint64_t>(num_per_class);
+  if (count > kMaxImages) {
+    throw UsageError(Decimal(count) + " images (--class-labels x --num-per-class) are more than one call makes (" +
+                     std::to_string(kMaxImages) + "): split the request");
+  }
   std::vector<int64_t> labels;
-  for (int64_t label : ParseLabels(class_labels)) labels.insert(labels.end(), num_per_class, label);
+  for (int64_t label : per_class) labels.insert(labels.end(), num_per_class, label);
   if (seed < 0) throw UsageError("seed must lie in [0, 2**63), got " + std::to_string(seed));
   const Output images{out, "--out", Kind::kSamplesFolder, force, {artifacts}};
   images.Check();
   std::optional<Output> tokens_out;
   if (!save_tokens.empty()) {
     tokens_out = Output{save_tokens, "--save-tokens", Kind::kNumpyFile, force, {artifacts}};
+    if (rar::tools::Overlap(save_tokens, out)) {  // publishing one would replace or drop the other
+      throw UsageError("--save-tokens " + save_tokens.string() + " is --out " + out.string() +
+                       ", lies inside it or holds it: save the tokens outside --out");
+    }
     tokens_out->Check();
   }
   rar::tools::Lock lock(out);

@@ -67,7 +67,8 @@ RAR_API RarResult* RarPipelineGetModelInfo(const RarPipeline* pipeline, RarModel
  * generation fail with RAR_ERROR_INVALID_ARGUMENT. */
 RAR_API RarResult* RarGenerateParamsCreate(RarGenerateParams** out);
 RAR_API void RarGenerateParamsDestroy(RarGenerateParams* params);
-RAR_API RarResult* RarGenerateParamsSetGuidanceScale(RarGenerateParams* params, double scale); /* 0: no guidance */
+/* guidance scale: 0 is no guidance; |scale| <= 10000 (beyond it the guided logits overflow float32) */
+RAR_API RarResult* RarGenerateParamsSetGuidanceScale(RarGenerateParams* params, double scale);
 RAR_API RarResult* RarGenerateParamsSetGuidancePow(RarGenerateParams* params, double pow);
 RAR_API RarResult* RarGenerateParamsSetTemperature(RarGenerateParams* params, double temperature); /* 0: greedy */
 RAR_API RarResult* RarGenerateParamsSetSeed(RarGenerateParams* params, uint64_t seed); /* < 2^63; default 0 */

@@ -48,9 +48,8 @@ NOISE = {"generator": "splitmix64", "bits": 23,
 
 def build_manifest(*, generator: GeneratorConfig | VARConfig, tokenizer: TokenizerConfig | VARTokenizerConfig,
                    checkpoints: dict, precision: str, graphs: dict, files: dict, tools: dict, engines: dict,
-                   batch_profile: list[int], scales: list[dict] | None = None) -> dict:
-    """graphs: name -> {"file", "external_data", ...}; files: relative path -> integrity.file_record; scales: VAR's
-    per-scale constants (var_scales)."""
+                   batch_profile: list[int]) -> dict:
+    """graphs: name -> {"file", "external_data", ...}; files: relative path -> integrity.file_record."""
     dtype = FLOAT_DTYPES[precision]
     family = "var" if isinstance(generator, VARConfig) else "rar"
     specs = (var_graph_specs if family == "var" else graph_specs)(generator, tokenizer, dtype)
@@ -67,7 +66,7 @@ def build_manifest(*, generator: GeneratorConfig | VARConfig, tokenizer: Tokeniz
                           "outputs": [s.to_dict() for s in specs[name]["outputs"]]} for name in FAMILY_GRAPHS[family]},
         "files": files,
     }
-    manifest.update(_var_sections(generator, dtype, scales) if family == "var" else _rar_sections(generator, dtype))
+    manifest.update(_var_sections(generator, tokenizer, dtype) if family == "var" else _rar_sections(generator, dtype))
     manifest.update({
         "batch_profile": {"min": batch_profile[0], "opt": batch_profile[1], "max": batch_profile[2]},
         "tools": {**tools, "python": platform.python_version(), "numpy": np.__version__},
@@ -102,11 +101,11 @@ def _rar_sections(generator: GeneratorConfig, dtype: str) -> dict:
     }
 
 
-def _var_sections(generator: VARConfig, dtype: str, scales: list[dict] | None) -> dict:
+def _var_sections(generator: VARConfig, tokenizer: VARTokenizerConfig, dtype: str) -> dict:
     defaults = VARSamplingDefaults()
     return {
         "kv_cache": var_cache_layout(generator, dtype),
-        "scales": scales,
+        "scales": var_scales(generator, tokenizer.num_phi),
         "guidance": {
             "rows": "rows = class_labels, then as many null_class rows (always: guidance scale 0 is t = 0)",
             "null_class": generator.null_class,

@@ -14,7 +14,7 @@ import torch
 
 from ..checkpoint import load_models, require_file, resolve_checkpoint
 from ..config import VARConfig
-from ..contract import FAMILY_GRAPHS, var_scales
+from ..contract import FAMILY_GRAPHS
 from ..engines import (
     RTX_DEFAULT_CAPABILITIES,
     BatchProfile,
@@ -77,7 +77,6 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
         generator, tokenizer = load_models(ckpt, tokenizer_path)
         _check_compatible(generator.config, tokenizer.config, tokenizer_path)
         configs = generator.config, tokenizer.config
-        scales = var_scales(configs[0], configs[1].num_phi) if isinstance(generator, VARGenerator) else None
         graphs = _export_graphs(generator, tokenizer, tmp, request, progress)
         checkpoints = {kind: {"file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
                        for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))}
@@ -93,8 +92,7 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
             manifest = build_manifest(
                 generator=configs[0], tokenizer=configs[1], precision=request.precision, checkpoints=checkpoints,
                 graphs=graphs, files={name: file_record(tmp / name) for name in listed}, engines={},
-                batch_profile=[request.profile.min, request.profile.opt, request.profile.max], tools=tools,
-                scales=scales)
+                batch_profile=[request.profile.min, request.profile.opt, request.profile.max], tools=tools)
             write_manifest(manifest, tmp)
             return manifest
 

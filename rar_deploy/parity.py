@@ -89,16 +89,23 @@ def polygraphy_compare(expected: dict[str, np.ndarray], actual: dict[str, np.nda
     return report
 
 
-def step_inputs(record: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
-    """The decode_step feeds of the record: the stored cache prefix placed in a full static cache."""
-    k_prefix, v_prefix = record["decode_step.k_prefix"], record["decode_step.v_prefix"]
-    feeds = {name: record[f"decode_step.{name}"] for name in ("tokens", "position", "condition", "guidance_scale",
-                                                                 "temperature", "noise")}
-    for kv, prefix in (("k", k_prefix), ("v", v_prefix)):
-        cache = np.zeros(prefix.shape[:3] + (config.cache_len, prefix.shape[-1]), prefix.dtype)
+def cache_feeds(record: dict[str, np.ndarray], graph: str, length: int) -> dict[str, np.ndarray]:
+    """A step graph's k_cache.i / v_cache.i feeds: the record's stored prefix `<graph>.k_prefix` / `.v_prefix`
+    [L, R, H, p, Dh] placed at the start of a zeroed static cache of `length` positions."""
+    feeds = {}
+    for kv in ("k", "v"):
+        prefix = record[f"{graph}.{kv}_prefix"]
+        cache = np.zeros(prefix.shape[:3] + (length, prefix.shape[-1]), prefix.dtype)
         cache[..., : prefix.shape[3], :] = prefix
         feeds.update({f"{kv}_cache.{i}": layer for i, layer in enumerate(cache)})
     return feeds
+
+
+def step_inputs(record: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
+    """The decode_step feeds of the record: the stored cache prefix placed in a full static cache."""
+    feeds = {name: record[f"decode_step.{name}"] for name in ("tokens", "position", "condition", "guidance_scale",
+                                                                 "temperature", "noise")}
+    return {**feeds, **cache_feeds(record, "decode_step", config.cache_len)}
 
 
 def compare_graphs(pipeline: RARPipeline, record: dict[str, np.ndarray], rel_tol: float) -> dict:
@@ -213,12 +220,7 @@ def var_parity_results(pipeline, record: dict[str, np.ndarray], rel_tol: float,
     feeds = {key.removeprefix("var_step."): value for key, value in record.items()
              if key.startswith("var_step.") and not key.startswith(("var_step.expected.", "var_step.k_prefix",
                                                                      "var_step.v_prefix"))}
-    for kv in ("k", "v"):
-        prefix = record[f"var_step.{kv}_prefix"]
-        cache = np.zeros(prefix.shape[:3] + (c.seq_len, prefix.shape[-1]), prefix.dtype)
-        cache[..., : prefix.shape[3], :] = prefix
-        feeds.update({f"{kv}_cache.{i}": layer for i, layer in enumerate(cache)})
-    step = backend.run_host("var_step", feeds)
+    step = backend.run_host("var_step", {**feeds, **cache_feeds(record, "var_step", c.seq_len)})
     images = backend.run_host("var_decoder", {"f_hat": record["var_decoder.f_hat"]})
     results = {"graphs": {
         "var_step": polygraphy_compare({k: record[f"var_step.expected.{k}"] for k in VAR_STEP_COMPARED}, step,

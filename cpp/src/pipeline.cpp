@@ -40,6 +40,12 @@ double GuidanceScale(double value) {
   return value;
 }
 
+// labels[start, start + batch_size), the last batch shorter
+std::vector<int64_t> Batch(const std::vector<int64_t>& labels, size_t start, int64_t batch_size) {
+  const size_t end = std::min(labels.size(), start + static_cast<size_t>(batch_size));
+  return {labels.begin() + static_cast<std::ptrdiff_t>(start), labels.begin() + static_cast<std::ptrdiff_t>(end)};
+}
+
 double Milliseconds(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
@@ -132,9 +138,7 @@ std::vector<int64_t> Pipeline::RarTokens(const std::vector<int64_t>& labels, con
   timings_.start_ms = timings_.prefill_ms = timings_.steps_ms = 0, timings_.steps = 0;
   std::vector<int64_t> tokens;
   for (size_t start = 0; start < labels.size(); start += static_cast<size_t>(batch_size)) {
-    const std::vector<int64_t> chunk(labels.begin() + static_cast<std::ptrdiff_t>(start),
-                                     labels.begin() + static_cast<std::ptrdiff_t>(
-                                         std::min(labels.size(), start + static_cast<size_t>(batch_size))));
+    const std::vector<int64_t> chunk = Batch(labels, start, batch_size);
     const int64_t batch = static_cast<int64_t>(chunk.size());
     const std::vector<float> noise = SamplingNoise(sampling.seed, batch, m.image_seq_len, m.codebook_size,
                                                    static_cast<int64_t>(start));
@@ -192,9 +196,7 @@ std::vector<int64_t> Pipeline::VarGenerate(const std::vector<int64_t>& labels, c
   timings_ = RarTimings{};
   std::vector<int64_t> tokens;
   for (size_t start = 0; start < labels.size(); start += static_cast<size_t>(batch_size)) {
-    const std::vector<int64_t> chunk(labels.begin() + static_cast<std::ptrdiff_t>(start),
-                                     labels.begin() + static_cast<std::ptrdiff_t>(
-                                         std::min(labels.size(), start + static_cast<size_t>(batch_size))));
+    const std::vector<int64_t> chunk = Batch(labels, start, batch_size);
     const int64_t batch = static_cast<int64_t>(chunk.size());
     const std::vector<float> noise = SamplingNoise(sampling.seed, batch, m.seq_len(), m.codebook_size,
                                                    static_cast<int64_t>(start));

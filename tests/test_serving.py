@@ -52,10 +52,8 @@ def artifacts(export_tiny, tmp_path_factory) -> Path:
     return export_tiny(tmp_path_factory.mktemp("serving") / "fp32", "fp32")
 
 
-@pytest.fixture(scope="module")
-def server(artifacts, tmp_path_factory):
+def start_server(artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "rar-serve.log"
     command = [str(Path(sys.executable).with_name("rar-serve")), "--artifacts", str(artifacts), "--port", str(port),
                "--threads", "1", "--batch-wait-ms", "20", "--max-batch-size", "3"]
     with open(log, "w") as out:
@@ -72,6 +70,13 @@ def server(artifacts, tmp_path_factory):
             pass
         assert time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(1)
+    return process, url
+
+
+@pytest.fixture(scope="module")
+def server(artifacts, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve-log") / "rar-serve.log"
+    process, url = start_server(artifacts, log)
     yield process, url, log
     if process.poll() is None:
         process.kill()
@@ -130,8 +135,10 @@ def test_tokens_output_and_per_request_sampling_values(server, artifacts):
     ({"class_labels": [1], "labels": [2]}, "unknown field 'labels'"),
     ({"class_labels": [2**64]}, "out of range"),  # beyond int64
     ({"class_labels": [1], "guidance_scale": 1e39}, "within float32's range"),
-    (b'{"class_labels": [1], "guidance_scale": 1' + b"0" * 400 + b"}", "within float32's range"),  # an int
+    (b'{"class_labels": [1], "guidance_scale": 1' + b"0" * 400 + b"}", "a 401-digit integer"),
     (b'{"class_labels": [1], "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", "not JSON"),  # too deep to decode
+    (b'{"class_labels": [1], "seed": ' + b"7" * 5000 + b"}", "seed holds a 5000-digit integer"),
+    (b'{"class_labels": [1, ' + b"7" * 5000 + b"]}", "class_labels holds a 5000-digit integer"),
 ])
 def test_invalid_requests_get_400_with_one_line(server, body, phrase):
     status, reply = post(server[1], body)
@@ -194,14 +201,51 @@ def test_rar_serve_refuses_bad_options_before_starting_ray(artifacts, args, phra
     assert result.exit_code == 1 and phrase in result.output and "Traceback" not in result.output, result.output
 
 
-def test_sigterm_stops_the_server_and_its_ray_processes(server):
+def listening(processes: list[psutil.Process]) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket and bound UDP socket of the processes."""
+    found = []
+    for process in processes:
+        try:
+            for connection in process.net_connections(kind="inet"):
+                if connection.status == psutil.CONN_LISTEN or connection.type == socket.SOCK_DGRAM:
+                    found.append((process.name(), connection.laddr.ip, connection.laddr.port))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_the_server_and_its_ray_processes_listen_on_loopback_only(server):
+    process = psutil.Process(server[0].pid)
+    sockets = listening([process, *process.children(recursive=True)])
+    assert len(sockets) > 5  # GCS, raylet, agents, controller, proxy, replica ...
+    exposed = [s for s in sockets if s[1] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert not exposed, exposed
+
+
+def test_sigterm_answers_the_requests_in_flight_then_stops_everything(server):
     process, url, log = server
     ray_processes = psutil.Process(process.pid).children(recursive=True)
     assert ray_processes  # Ray's GCS, raylet, controller, proxy and replica run under rar-serve
-    process.send_signal(signal.SIGTERM)
+    labels = list(range(64))
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(post, url, {"class_labels": labels})
+        time.sleep(1.0)  # the request is being generated (64 images in batches of 3) ...
+        process.send_signal(signal.SIGTERM)  # ... when the server is told to stop
+        status, reply = in_flight.result(timeout=120)
+    assert status == 200 and len(reply["images"]) == 64, reply
     assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
-    assert "stopping" in log.read_text()
-    _, alive = psutil.wait_procs(ray_processes, timeout=60)
+    assert "stopping: answering the requests in flight" in log.read_text()
+    _, alive = psutil.wait_procs(ray_processes, timeout=30)
     assert not alive, [p.info for p in alive]
     with pytest.raises(OSError):
         get(url, "/healthz")
+
+
+def test_a_killed_server_leaves_no_ray_process_behind(artifacts, tmp_path):
+    process, url = start_server(artifacts, tmp_path / "rar-serve.log")
+    descendants = psutil.Process(process.pid).children(recursive=True)
+    assert len(descendants) > 5
+    process.kill()
+    process.wait()
+    _, alive = psutil.wait_procs(descendants, timeout=10)  # Ray alone leaves its agents for a minute
+    assert not alive, [p.name() for p in alive]

@@ -12,6 +12,7 @@ the same labels and seed, byte for byte, whatever else shares its batch on the s
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,30 @@ from ..samples import png_bytes
 FIELDS = ("class_labels", "seed", "guidance_scale", "guidance_pow", "temperature", "output")
 OUTPUTS = ("png", "tokens")
 MAX_IMAGES_PER_REQUEST = 64
+_MAX_DIGITS = 40  # longer integers are refused as what they are, not parsed (Python caps int parsing at 4300)
+
+
+class _LongInteger(str):
+    """An integer literal of more than _MAX_DIGITS digits in a request."""
+
+
+def decode_body(body: bytes) -> Any:
+    """The request body as JSON; RARDeployError with one line otherwise."""
+    def integer(text: str) -> int | _LongInteger:
+        return int(text) if len(text.lstrip("-")) <= _MAX_DIGITS else _LongInteger(text)
+
+    try:
+        return json.loads(body, parse_int=integer)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for the decoder
+        raise RARDeployError('the request body is not JSON: send an object such as {"class_labels": [207]}') from None
+
+
+def _refuse_long_integers(body: dict) -> None:
+    for name, value in body.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, _LongInteger):
+                raise RARDeployError(f"{name} holds a {len(item.lstrip('-'))}-digit integer, far outside what "
+                                     f"{name} accepts")
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,7 @@ def parse_generate_request(body: Any, pipeline: RARPipeline,
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise RARDeployError(f"unknown field {unknown[0]!r}: the fields are {', '.join(FIELDS)}")
+    _refuse_long_integers(body)
     if "class_labels" not in body:
         raise RARDeployError('class_labels is required, e.g. {"class_labels": [207, 360]}')
     labels = check_class_labels(body["class_labels"], pipeline.config.num_classes)

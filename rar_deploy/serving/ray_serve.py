@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import RARDeployError
 from ..runtime import RARPipeline, Sample
-from .protocol import generate_response, model_description, parse_generate_request
+from .protocol import decode_body, generate_response, model_description, parse_generate_request
 
 api = FastAPI(title="rar-deploy", docs_url=None, redoc_url=None)
 
@@ -56,11 +56,7 @@ class RARDeployment:
     @api.post("/generate")
     async def generate(self, request: Request) -> JSONResponse:
         try:
-            body = await request.json()
-        except (ValueError, RecursionError):  # RecursionError: nested too deep for the decoder
-            return error_response("the request body is not JSON")
-        try:
-            parsed = parse_generate_request(body, self.pipeline)
+            parsed = parse_generate_request(decode_body(await request.body()), self.pipeline)
         except RARDeployError as exc:
             return error_response(str(exc))
         results = await asyncio.gather(*(self.generate_batch(sample) for sample in parsed.samples))
@@ -79,22 +75,25 @@ class RARDeployment:
 
 def build_app(artifacts: str, backend: str = "onnxruntime", device: str | None = None, threads: int | None = None,
               replicas: int = 1, max_replicas: int | None = None, num_cpus: float = 1.0, num_gpus: float = 0.0,
-              max_batch_size: int | None = None, batch_wait_s: float = 0.005):
+              max_batch_size: int | None = None, batch_wait_s: float = 0.005, drain_s: float = 30.0):
     """The bound application: `replicas` replicas (autoscaling up to `max_replicas` when it is larger),
-    each holding `num_cpus` CPUs and `num_gpus` GPUs of the cluster."""
+    each holding `num_cpus` CPUs and `num_gpus` GPUs of the cluster; a replica being stopped answers the
+    requests it holds for up to `drain_s` seconds."""
     from ..runtime.artifacts import Artifacts
 
     Artifacts.load(artifacts).require_family("rar", "rar-serve")  # before any replica starts
     scaling = ({"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,
                                        "target_ongoing_requests": 2}}
                if max_replicas and max_replicas > replicas else {"num_replicas": replicas})
-    deployment = RARDeployment.options(**scaling, max_ongoing_requests=64,
+    deployment = RARDeployment.options(**scaling, max_ongoing_requests=64, graceful_shutdown_timeout_s=drain_s,
+                                       graceful_shutdown_wait_loop_s=0.5,
                                        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus})
     return deployment.bind(artifacts, backend, device, threads, max_batch_size, batch_wait_s)
 
 
 BUILDER_ARGS = {"artifacts": str, "backend": str, "device": str, "threads": int, "replicas": int, "max_replicas": int,
-                "num_cpus": float, "num_gpus": float, "max_batch_size": int, "batch_wait_s": float}
+                "num_cpus": float, "num_gpus": float, "max_batch_size": int, "batch_wait_s": float,
+                "drain_s": float}
 
 
 def app_builder(args: dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -27,11 +28,20 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     address: str | None = None
+    drain_s: float = 30.0  # on a stop, how long requests in flight may still take
 
 
-def import_ray():
-    """ray and ray.serve, or one line saying how to install them."""
+LOOPBACK_HOOK = "rar_deploy.serving.loopback.bind_replica_grpc_to_loopback"
+
+
+def import_ray(local: bool = False):
+    """ray and ray.serve, or one line saying how to install them. local: a single-machine Ray is to be started,
+    every port of which must listen on loopback only."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from a deployment tool
+    if local:
+        # Ray treats 127.0.0.1 as "use this machine's address" unless clusters are off (its default off Linux);
+        # with them off, its GCS, raylet, agents, workers and metrics ports all bind to 127.0.0.1
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
         import ray
         from ray import serve
@@ -66,6 +76,11 @@ def check_before_start(options: ServeOptions) -> None:
 
 
 def serve_until_stopped(options: ServeOptions, echo: Callable[[str], None] = print) -> None:
+    """Start (or join) Ray, serve, and on SIGINT/SIGTERM stop: new requests are turned away while those in flight
+    get their answers (for up to options.drain_s), then the replicas, Serve and Ray stop. A single-machine Ray
+    listens on loopback only, and its processes end with this one even when it is killed (watchdog.py)."""
+    from . import watchdog
+
     stop = threading.Event()
 
     def catch_signals() -> None:
@@ -73,25 +88,33 @@ def serve_until_stopped(options: ServeOptions, echo: Callable[[str], None] = pri
             signal.signal(signum, lambda *_: stop.set())
 
     catch_signals()  # a stop while Ray loads and starts is kept, and honoured once Ray can be shut down cleanly
-    ray, serve = import_ray()
+    local = options.address is None
+    ray, serve = import_ray(local)
     from .ray_serve import build_app
 
+    guard = watchdog.start() if local else None
     try:
-        if options.address:
+        if local:  # a one-machine cluster of this process, on loopback
+            ray.init(include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1",
+                     runtime_env={"worker_process_setup_hook": LOOPBACK_HOOK})
+        else:
             ray.init(address=options.address, logging_level="ERROR")
-        else:  # a one-machine cluster of this process, on loopback
-            ray.init(include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
         catch_signals()  # again: ray.init installs its own (fatal) handlers
         if not stop.is_set():
             serve.start(http_options={"host": options.host, "port": options.port})
             app = build_app(options.artifacts, options.backend, options.device, options.threads, options.replicas,
                             options.max_replicas, options.num_cpus, options.num_gpus, options.max_batch_size,
-                            options.batch_wait_s)
+                            options.batch_wait_s, options.drain_s)
             serve.run(app, name="rar", route_prefix="/")
             echo(f"serving {options.artifacts} ({options.backend}, {options.replicas} replica(s)) at "
                  f"http://{options.host}:{options.port}: POST /generate, GET /healthz, GET /ready; Ctrl-C stops")
         stop.wait()
-        echo("stopping")
+        echo(f"stopping: answering the requests in flight (up to {options.drain_s:g} s)")
+        with contextlib.suppress(Exception):  # the app may not have started
+            serve.delete("rar")  # its replicas finish what they hold; the proxy turns new requests away
     finally:
         serve.shutdown()
         ray.shutdown()
+        if guard is not None:
+            guard.stdin.close()  # the watchdog ends whatever Ray left running
+            guard.wait(timeout=30)

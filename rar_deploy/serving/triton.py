@@ -67,12 +67,16 @@ def write_model(folder: Path, artifacts: Artifacts, backend: str = "onnxruntime"
     shutil.copyfile(Path(__file__).with_name("triton_model.py"), folder / "1" / "model.py")
 
 
-def is_our_model(path: Path) -> bool:
-    """A model folder this tool wrote (the only kind its --force replaces)."""
+def model_files(path: Path) -> frozenset[str] | None:
+    """The files this tool wrote in a model folder (and the bytecode Triton's Python made of model.py), or None if
+    it did not write the folder: the only kind its --force replaces."""
     try:
-        return (path / "config.pbtxt").read_text().startswith(MARKER)
-    except OSError:
-        return False
+        if not (path / "config.pbtxt").read_text().startswith(MARKER):
+            return None
+    except (OSError, UnicodeDecodeError):
+        return None
+    cached = {f"1/__pycache__/{p.name}" for p in (path / "1" / "__pycache__").glob("model.*.pyc")}
+    return frozenset({"config.pbtxt", "1/model.py", *cached})
 
 
 def pbtxt_string(value: str) -> str:

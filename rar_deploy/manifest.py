@@ -7,8 +7,10 @@ own model configuration was edited or damaged, and is refused before any graph i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import struct
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -36,7 +38,12 @@ from .errors import RARDeployError
 from .version import __version__
 
 SCHEMA = "rar-deploy/manifest"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# What a manifest's contract_sha256 does not cover: what rar-build rewrites (files, engines, batch_profile,
+# tools), where the checkpoints were, and the part a user may edit (sampling.defaults).
+OUTSIDE_CONTRACT = ("contract_sha256", "rar_deploy_version", "checkpoints", "files", "engines", "batch_profile",
+                    "tools")
+EDITABLE_SAMPLING = ("defaults", "demo_guidance_scale")
 FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 
@@ -44,6 +51,27 @@ NOISE = {"generator": "splitmix64", "bits": 23,
          "key": "splitmix64(splitmix64(seed) ^ image)",
          "value": "u[image][t][v] = ((splitmix64(key + (t * V + v) * 0x9E3779B97F4A7C15) >> 41) + 0.5) "
                   "/ 2**23, splitmix64(x) = mix(x + 0x9E3779B97F4A7C15), uint64 arithmetic"}
+
+
+def canonical(value) -> str:
+    """The text contract_sha256 hashes (docs/CONTRACT.md): JSON with keys sorted and no spaces, except that a
+    float is `f` and the 16 hex digits of its IEEE-754 bits (so that every language writes it the same way)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{canonical(v)}" for k, v in sorted(value.items())) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(canonical(v) for v in value) + "]"
+    if isinstance(value, float):
+        return "f" + struct.pack(">d", value).hex()
+    return json.dumps(value)  # str (ASCII-escaped), int, bool, None
+
+
+def contract_sha256(manifest: dict) -> str:
+    """SHA-256 of every section a runtime builds its computation from (all but OUTSIDE_CONTRACT and the editable
+    sampling defaults): recorded at export, recomputed by every runtime on load."""
+    sections = {key: value for key, value in manifest.items() if key not in OUTSIDE_CONTRACT}
+    if isinstance(sections.get("sampling"), dict):
+        sections["sampling"] = {k: v for k, v in sections["sampling"].items() if k not in EDITABLE_SAMPLING}
+    return hashlib.sha256(canonical(sections).encode("ascii")).hexdigest()
 
 
 def build_manifest(*, generator: GeneratorConfig | VARConfig, tokenizer: TokenizerConfig | VARTokenizerConfig,
@@ -72,6 +100,7 @@ def build_manifest(*, generator: GeneratorConfig | VARConfig, tokenizer: Tokeniz
         "tools": {**tools, "python": platform.python_version(), "numpy": np.__version__},
         "engines": engines,
     })
+    manifest["contract_sha256"] = contract_sha256(manifest)
     return manifest
 
 
@@ -134,12 +163,23 @@ def write_manifest(manifest: dict, directory: Path) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def is_artifact_directory(path: Path) -> bool:
-    """A folder rar-export wrote (any schema version): the only kind of folder its --force replaces."""
+RECORD_FILE = "reference.npz"  # the float32 reference's inputs and outputs (rar-parity on the target)
+PARITY_FILE = "parity.json"  # export-time verification's report
+
+
+def exported_files(path: Path) -> frozenset[str] | None:
+    """The files rar-export (and rar-build) wrote in a folder, any schema version: what its manifest lists, the
+    manifest itself, the verification report and the engines' timing cache; None if it is not an export."""
     try:
-        return json.loads((Path(path) / "manifest.json").read_text()).get("schema") == SCHEMA
-    except (OSError, ValueError, AttributeError):
-        return False
+        manifest = json.loads((Path(path) / "manifest.json").read_text())
+        if manifest.get("schema") != SCHEMA:
+            return None
+        files = {str(name) for name in manifest.get("files", {})}
+        files |= {str(engine["timing_cache"]) for engine in manifest.get("engines", {}).values()
+                  if engine.get("timing_cache")}
+        return frozenset(files | {"manifest.json", PARITY_FILE})
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return None
 
 
 @cache
@@ -169,8 +209,29 @@ def read_manifest(directory: str | Path) -> dict:
         where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
         raise RARDeployError(f"{path} is not a valid manifest at {where}: {error.message}; it was edited or is "
                              "damaged: export the artifacts again")
+    if manifest["contract_sha256"] != contract_sha256(manifest):
+        raise RARDeployError(f"{path} was edited: its contract sections (model, graphs, layouts, scales; everything "
+                             "but sampling.defaults) no longer match their contract_sha256; export the artifacts "
+                             "again (only sampling.defaults may be edited)")
     _check_consistent(manifest, path)
+    _check_defaults(manifest, path)
     return manifest
+
+
+def _check_defaults(manifest: dict, path: Path) -> None:
+    """sampling.defaults, the editable part, must hold values the runtime accepts from a user."""
+    from .arguments import check_sampling, check_var_sampling
+
+    defaults = manifest["sampling"]["defaults"]
+    try:
+        if manifest_family(manifest) == "var":
+            check_var_sampling(defaults["guidance_scale"], defaults["top_k"], defaults["top_p"],
+                               defaults["temperature"])
+        else:
+            check_sampling(defaults["guidance_scale"], defaults["guidance_pow"], defaults["temperature"])
+    except RARDeployError as exc:
+        raise RARDeployError(f"{path}: sampling.defaults holds a value the runtime refuses ({exc}); fix it there or "
+                             "export the artifacts again") from None
 
 
 def manifest_family(manifest: dict) -> str:

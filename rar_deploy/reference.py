@@ -128,9 +128,9 @@ def reference_record(generator: RARGenerator, tokenizer, float_dtype: str, batch
     # whole generations
     noise = sampling_noise(seed, batch, c.image_seq_len, c.codebook_size)
     guided = reference_generate(generator, labels, scale, pow_, 1.0, noise=noise, keep_logits=True)
-    unguided = reference_generate(generator, labels, 0.0, pow_, 1.0, noise=noise)
+    unguided = reference_generate(generator, labels, 0.0, pow_, 1.0, noise=noise, keep_logits=True)
     record.update({"tokens": guided.tokens.numpy(), "guided_logits": guided.logits.numpy(),
-                   "unguided_tokens": unguided.tokens.numpy(),
+                   "unguided_tokens": unguided.tokens.numpy(), "unguided_logits": unguided.logits.numpy(),
                    "images_uint8": images_to_uint8(tokenizer.decode(guided.tokens)).numpy()})
     return record
 
@@ -224,7 +224,7 @@ def var_reference_record(generator, vqvae, float_dtype: str, batch: int = 2, see
         "top_k": np.int64(defaults.top_k), "top_p": np.float32(defaults.top_p),
         "temperature": np.float32(defaults.temperature), "tokens": run.tokens.numpy(),
         "guided_logits": run.guided_logits.numpy(), "f_hats": run.f_hats.numpy(),
-        "greedy_tokens": greedy.tokens.numpy(),
+        "greedy_tokens": greedy.tokens.numpy(), "greedy_logits": greedy.guided_logits.numpy(),
         "images_uint8": VARDecoderGraph(vqvae)(run.f_hats[-1])[1].numpy(),
     }
 

@@ -238,10 +238,10 @@ def test_forced_external_data_exports_parses_and_builds(export_tiny, tmp_path):
 
 
 def test_the_manifest_lists_every_file_the_export_wrote(export_tiny, tmp_path):
-    """Integrity covers the whole folder: every file but the manifest itself and the parity report is listed
-    (weights torch moves to `.onnx.data` on its own, above 1.5 GiB, included: the listing is of what was written)."""
+    """Integrity covers the whole folder: every file but the manifest itself is listed (weights torch moves to
+    `.onnx.data` on its own, above 1.5 GiB, included: the listing is of what was written)."""
     for out in (export_tiny(tmp_path / "inline", "fp32"), export_tiny(tmp_path / "ext", "fp32", external_data=True)):
-        written = {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()} - {"manifest.json", "parity.json"}
+        written = {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()} - {"manifest.json"}
         assert written == set(_manifest(out)["files"]), out
 
 

@@ -173,7 +173,7 @@ def _assert_refused(result, out: Path, message: str) -> None:
 
 
 @pytest.mark.parametrize("labels, message", [("1000", "class id 1000 is out of range"), ("-3", "out of range"),
-                                             (",", "no class labels"), ("cat", "comma-separated integers")])
+                                             (",", "no class labels"), ("cat", "comma-separated decimal integers")])
 def test_bad_class_labels(fp32_artifacts, tmp_path, labels, message):
     out = tmp_path / "out"
     _assert_refused(_generate(["--artifacts", str(fp32_artifacts), "--class-labels", labels, "--out", str(out)]),
@@ -205,9 +205,12 @@ def test_missing_and_corrupt_manifest(fp32_artifacts, tmp_path):
 
 
 def test_artifacts_from_another_tokenizer(fp32_artifacts, demo_checkpoints, tmp_path):
+    from rar_deploy.manifest import contract_sha256
+
     copy = _copy(fp32_artifacts, tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["tokenizer"]["codebook_size"] = 512
+    manifest["contract_sha256"] = contract_sha256(manifest)  # consistent hash, inconsistent model: still refused
     (copy / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "out"
     _assert_refused(_generate(["--artifacts", str(copy), "--class-labels", "1", "--out", str(out)]), out,

@@ -52,8 +52,7 @@ def test_export_writes_a_var_manifest(var_exports):
         assert m["kv_cache"]["dtype"] == {"fp32": "float32", "fp16": "float16"}[precision]
         parity = json.loads((folder / "parity.json").read_text())
         assert parity["failures"] == [] and parity["free_running"]["greedy"]["token_agreement"] == 1.0
-        assert sorted(m["files"]) == sorted(p.name for p in folder.iterdir() if p.name not in ("manifest.json",
-                                                                                                "parity.json"))
+        assert sorted(m["files"]) == sorted(p.name for p in folder.iterdir() if p.name != "manifest.json")
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
@@ -151,13 +150,21 @@ def test_family_mismatches_are_one_line(var_exports, export_tiny, tmp_path):
     (lambda m: m["model"].update(vae_channels=16), "not a VAR generator and its VQVAE"),
     (lambda m: m["sampling"]["defaults"].update(top_p=1.5), "is not a valid manifest at sampling.defaults.top_p"),
 ])
-def test_an_edited_var_manifest_is_refused(var_exports, tmp_path, edit, message):
+@pytest.mark.parametrize("rehashed", [False, True], ids=["edited", "rehashed"])
+def test_an_edited_var_manifest_is_refused(var_exports, tmp_path, edit, message, rehashed):
+    """An edit is refused by the contract hash; one whose hash was recomputed (an inconsistent manifest another
+    tool might write) by the consistency checks behind it, each with its own message."""
+    from rar_deploy.manifest import contract_sha256
+
     folder = tmp_path / "edited"
     shutil.copytree(var_exports["fp32"], folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     edit(manifest)
+    if rehashed:
+        manifest["contract_sha256"] = contract_sha256(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RARDeployError, match=message):
+    schema = "not a valid manifest" in message
+    with pytest.raises(RARDeployError, match=message if rehashed or schema or "defaults" in message else "was edited"):
         Artifacts.load(folder)
 
 

@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <limits>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -18,7 +21,7 @@ using json = nlohmann::json;
 
 namespace {
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 constexpr uint64_t kChunk = 1 << 16;
 constexpr uint64_t kChunks = 16;
 
@@ -49,6 +52,77 @@ std::string Hex(const unsigned char* digest, unsigned int length) {
     text += digits[digest[i] & 15];
   }
   return text;
+}
+
+// The text contract_sha256 hashes (docs/CONTRACT.md; Python's manifest.canonical): JSON with sorted keys and no
+// spaces, a float written as `f` and the 16 hex digits of its IEEE-754 bits.
+std::string Canonical(const json& value) {
+  switch (value.type()) {
+    case json::value_t::object: {
+      std::string text = "{";
+      for (auto item = value.begin(); item != value.end(); ++item) {  // std::map: keys in byte order
+        text += (item == value.begin() ? "" : ",") + json(item.key()).dump(-1, ' ', true) + ":" +
+                Canonical(item.value());
+      }
+      return text + "}";
+    }
+    case json::value_t::array: {
+      std::string text = "[";
+      for (size_t i = 0; i < value.size(); ++i) text += (i ? "," : "") + Canonical(value[i]);
+      return text + "]";
+    }
+    case json::value_t::number_float: {
+      const double number = value.get<double>();
+      uint64_t bits = 0;
+      std::memcpy(&bits, &number, sizeof bits);
+      char hex[20];
+      std::snprintf(hex, sizeof hex, "f%016llx", static_cast<unsigned long long>(bits));
+      return hex;
+    }
+    default:
+      return value.dump(-1, ' ', true);  // strings (ASCII-escaped), integers, booleans, null
+  }
+}
+
+// SHA-256 of every section a runtime builds its computation from: all but those rar-build rewrites, the
+// checkpoints' places and the editable sampling defaults (Python's manifest.contract_sha256).
+std::string ContractSha256(const json& manifest) {
+  json sections = manifest;
+  for (const char* key : {"contract_sha256", "rar_deploy_version", "checkpoints", "files", "engines", "batch_profile",
+                          "tools"}) {
+    sections.erase(key);
+  }
+  if (sections.contains("sampling") && sections["sampling"].is_object()) {
+    sections["sampling"].erase("defaults");
+    sections["sampling"].erase("demo_guidance_scale");
+  }
+  const std::string text = Canonical(sections);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr);
+  return Hex(digest, length);
+}
+
+// sampling.defaults, the editable part of a manifest, must hold values a caller could pass (Python's
+// manifest._check_defaults).
+void CheckDefaults(const SamplingDefaults& d, bool var, const fs::path& path) {
+  std::string wrong;
+  const double limit = std::numeric_limits<float>::max();
+  for (const auto& [name, value] : {std::pair<const char*, double>{"guidance_scale", d.guidance_scale},
+                                    {"guidance_pow", d.guidance_pow}, {"temperature", d.temperature},
+                                    {"top_p", d.top_p}}) {
+    if (!std::isfinite(value) || std::fabs(value) > limit) wrong = name;
+  }
+  if (wrong.empty() && (std::fabs(d.guidance_scale) > 1e4 || d.temperature < 0 || d.guidance_pow < 0)) {
+    wrong = std::fabs(d.guidance_scale) > 1e4 ? "guidance_scale" : d.temperature < 0 ? "temperature" : "guidance_pow";
+  }
+  if (wrong.empty() && var && (d.guidance_scale < 0 || d.top_k < 0 || !(d.top_p >= 0 && d.top_p < 1))) {
+    wrong = d.guidance_scale < 0 ? "guidance_scale" : d.top_k < 0 ? "top_k" : "top_p";
+  }
+  if (!wrong.empty()) {
+    Fail(RAR_ERROR_ARTIFACTS, path.string() + ": sampling.defaults." + wrong + " holds a value the runtime refuses; "
+                              "fix it there or export the artifacts again");
+  }
 }
 
 // The recorded I/O of every graph of the family must be the one the contract gives for the model.
@@ -387,6 +461,11 @@ Artifacts Artifacts::Load(const fs::path& directory) {
                                 "runtime does not know (it runs rar and var): use a rar-deploy runtime as new as "
                                 "the export");
     }
+    if (!manifest.contains("contract_sha256") || manifest.at("contract_sha256") != ContractSha256(manifest)) {
+      Fail(RAR_ERROR_ARTIFACTS, path.string() + " was edited: its contract sections (model, graphs, layouts, scales; "
+                                "everything but sampling.defaults) no longer match their contract_sha256; export the "
+                                "artifacts again (only sampling.defaults may be edited)");
+    }
     const std::string precision = manifest.at("precision").get<std::string>();
     if (precision != "fp16" && precision != "fp32") Invalid(path, "precision must be fp16 or fp32");
     artifacts.float_dtype = precision == "fp16" ? DType::kFloat16 : DType::kFloat32;
@@ -404,6 +483,7 @@ Artifacts Artifacts::Load(const fs::path& directory) {
     } else {
       LoadRar(manifest, path, artifacts);
     }
+    CheckDefaults(artifacts.defaults, artifacts.is_var(), path);
     for (const auto& [name, node] : manifest.at("engines").items()) {
       EngineInfo engine{node.at("file").get<std::string>(), node.at("flavour").get<std::string>(),
                         node.at("tensorrt_version").get<std::string>(), {}};

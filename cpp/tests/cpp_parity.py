@@ -9,6 +9,7 @@ fixture, and its refusals. Runs with the project's Python (rar-deploy installed 
     cpp_parity.py var_official_greedy WORK RAR_GENERATE   VAR: the official greedy tokens at temperature 0
     cpp_parity.py var_scales WORK RAR_GENERATE        VAR: the scales of other models derived as Python does
     cpp_parity.py cli_refusals WORK RAR_GENERATE      bad input: one line, exit 1 or 2, nothing written
+    cpp_parity.py outputs WORK RAR_GENERATE           docs/RELIABILITY.md's promises about outputs
     cpp_parity.py tensorrt WORK RAR_GENERATE   the tensorrt backend (GPU machines; exit 77 = skipped)
 """
 
@@ -103,11 +104,15 @@ def prepare(work: Path) -> None:
     integers["scales"][2]["phi_index"] = float(integers["scales"][2]["phi_index"])
     integers["scales"][3]["up"] = [[int(value) for value in row] for row in integers["scales"][3]["up"]]
     (work / "var_scales_integers").mkdir()
-    (work / "var_scales_integers" / "manifest.json").write_text(json.dumps(integers))
+    (work / "var_scales_integers" / "manifest.json").write_text(json.dumps(rehashed(integers)))
     manifest = json.loads((work / "fp32" / "manifest.json").read_text())
-    manifest["family"] = "diffusion"
+    manifest["model"]["num_classes"] = 5  # a value no I/O shape shows: the contract hash catches it
+    (work / "edited_classes").mkdir()
+    (work / "edited_classes" / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((work / "fp32" / "manifest.json").read_text())
+    manifest["family"] = "diffusion"  # an honest manifest of a family newer than this runtime
     (work / "unknown_family").mkdir()
-    (work / "unknown_family" / "manifest.json").write_text(json.dumps(manifest))
+    (work / "unknown_family" / "manifest.json").write_text(json.dumps(rehashed(manifest)))
 
 
 def other_var_model(manifest: dict, patch_nums: tuple[int, ...], num_phi: int) -> dict:
@@ -123,7 +128,14 @@ def other_var_model(manifest: dict, patch_nums: tuple[int, ...], num_phi: int) -
         for kind in ("inputs", "outputs"):
             manifest["graphs"][name][kind] = [spec.to_dict() for spec in specs[kind]]
     manifest["kv_cache"], manifest["scales"] = var_cache_layout(generator, dtype), var_scales(generator, num_phi)
-    return manifest
+    return rehashed(manifest)
+
+
+def rehashed(manifest: dict) -> dict:
+    """A manifest whose contract hash is recomputed: an honest manifest of another model."""
+    from rar_deploy.manifest import contract_sha256
+
+    return {**manifest, "contract_sha256": contract_sha256(manifest)}
 
 
 def python_refusal(folder: Path) -> str:
@@ -286,6 +298,11 @@ def cli_refusals(work: Path, exe: str) -> None:
                                                     work / "precious.bin"], "exists"),
         ("unknown model family", ["--artifacts", work / "unknown_family", *base], "does not know"),
         ("edited VAR manifest", ["--artifacts", work / "var_edited_manifest", *base], "was edited"),
+        ("edited number of classes", ["--artifacts", work / "edited_classes", *base], "was edited"),
+        ("no images per class", ["--artifacts", work / "fp32", *base, "--num-per-class", "0"],
+         "--num-per-class: must be at least 1, got 0"),
+        ("a name longer than the file system allows", ["--artifacts", work / "fp32", "--class-labels", "1",
+                                                      "--out", work / ("m" * 256)], "256 bytes long"),
         ("--top-k on RAR", ["--artifacts", work / "fp32", *base, "--top-k", "5"], "top-k does not apply to a RAR"),
         ("--top-p on RAR", ["--artifacts", work / "fp32", *base, "--top-p", "0.5"], "top-p does not apply to a RAR"),
         ("--guidance-pow on VAR", ["--artifacts", work / "var_fp32", *base, "--guidance-pow", "1"],
@@ -331,6 +348,61 @@ def cli_refusals(work: Path, exe: str) -> None:
     assert (work / "precious.bin").read_bytes() == b"a checkpoint"
 
 
+def outputs(work: Path, exe: str) -> None:
+    """docs/RELIABILITY.md's output promises for rar_generate: replace only what it wrote, all outputs together,
+    no leftovers, one line for a failed write, links followed, long names, the tokens file Python recognises."""
+    from rar_deploy.samples import tokens_written
+
+    root = work / "outputs"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    out, args = root / "g", ["--artifacts", work / "fp32", "--class-labels", "1,2"]
+
+    def refused(result: subprocess.CompletedProcess, *phrases: str) -> None:
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert all(phrase in lines[0] for phrase in phrases), result.stderr
+        assert not [p for p in root.rglob("*") if p.name.endswith((".lock", ".partial"))], "leftovers"
+
+    run(exe, *args, "--out", out, "--save-tokens", root / "t.npy")
+    assert tokens_written(root / "t.npy") is not None  # Python's --force recognises C++'s tokens file
+    (out / "thesis.txt").write_text("weeks of work")
+    refused(run(exe, *args, "--out", out, "--force", check=False), "thesis.txt", "did not write")
+    (out / "thesis.txt").unlink()
+    np.save(root / "mine.npy", np.zeros(3))
+    refused(run(exe, *args, "--out", root / "h", "--save-tokens", root / "mine.npy", "--force", check=False),
+            "was not written by rar-generate")
+    link = root / "link"
+    link.symlink_to(out)
+    run(exe, *args, "--out", link, "--force", "--seed", "4", "--save-tokens", root / "t.npy")
+    assert link.is_symlink() and json.loads((out / "samples.json").read_text())["seed"] == 4
+    long_name = root / ("n" * 250)
+    run(exe, *args, "--out", long_name)
+    run(exe, *args, "--out", long_name, "--force")
+    here = subprocess.run([exe, *map(str, args), "--out", "."], capture_output=True, text=True, cwd=out)
+    refused(here, "the folder you are in")
+    limited = subprocess.run(["bash", "-c", 'ulimit -f 4 && exec "$@"', "limit", exe, *map(str, args), "--out",
+                              root / "big"], capture_output=True, text=True)
+    refused(limited, "File too large", "ulimit -f")
+    assert not (root / "big").exists()
+    small = root / "small"  # tokens on a full disk: the images are not published either
+    small.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small)]
+    if os.geteuid() == 0 and subprocess.run(mount).returncode == 0:
+        try:
+            (small / "fill").write_bytes(b"\0" * 14000)
+            refused(run(exe, "--artifacts", work / "fp32", "--class-labels", ",".join(["1"] * 60), "--out",
+                        root / "together", "--save-tokens", small / "t.npy", check=False), "No space left on device",
+                    "nothing was written")
+            assert not (root / "together").exists() and sorted(p.name for p in small.iterdir()) == ["fill"]
+        finally:
+            subprocess.run(["umount", "-l", str(small)], check=True)
+        print("ok   full disk: nothing published, nothing left")
+    else:
+        print("skipped: full disk (mounting a small tmpfs needs root)")
+    print("ok   outputs")
+
+
 def tensorrt(work: Path, exe: str) -> None:
     from rar_deploy import RARPipeline
     from rar_deploy.gpu import cuda_capability
@@ -355,4 +427,5 @@ if __name__ == "__main__":
     else:
         {"parity": parity, "official_greedy": official_greedy, "var_parity": var_parity,
          "var_official_greedy": var_official_greedy, "var_scales": var_scales, "cli_refusals": cli_refusals,
+         "outputs": outputs,
          "tensorrt": tensorrt}[command](work, sys.argv[3])

@@ -27,9 +27,8 @@ from ..engines import (
 from ..errors import ExportError
 from ..files import Output, atomic_directory
 from ..integrity import file_record, sha256_of
-from ..manifest import build_manifest, is_artifact_directory, write_manifest
+from ..manifest import PARITY_FILE, RECORD_FILE, build_manifest, exported_files, write_manifest
 from ..model.var import VARGenerator
-from ..parity import RECORD_FILE
 from .onnx_export import OPSET, cast_models, export_graph, graph_exports, release_cast_copy, release_memory
 from .verify import reference_for_export, verify_export
 
@@ -66,9 +65,9 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
     trt = require_tensorrt() if request.engine else (find_tensorrt() if request.engine is None else None)
     build = check_build(trt, BuildOptions(request.profile, request.opt_level, request.compute_capabilities,
                                           request.timing_cache), progress)
-    ckpt, tokenizer_path = resolve_checkpoint(request.ckpt), resolve_checkpoint(request.tokenizer)
-    require_file(ckpt), require_file(tokenizer_path)
-    output = Output(request.out, "--out", request.force, owned=is_artifact_directory, owner="rar-export",
+    ckpt = require_file(resolve_checkpoint(request.ckpt))  # first: a wrong --ckpt is named before any tokenizer
+    tokenizer_path = require_file(resolve_checkpoint(request.tokenizer))
+    output = Output(request.out, "--out", request.force, written=exported_files, owner="rar-export",
                     inputs=(ckpt, tokenizer_path, *filter(None, [request.timing_cache])))
     output.check()
 
@@ -88,7 +87,7 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
             """The manifest of what `tmp` holds now (the engines add themselves)."""
             listed = [graph["file"] for graph in graphs.values()]
             listed += [graph["external_data"] for graph in graphs.values() if graph["external_data"]]
-            listed += [RECORD_FILE] if (tmp / RECORD_FILE).exists() else []
+            listed += [name for name in (RECORD_FILE, PARITY_FILE) if (tmp / name).exists()]
             manifest = build_manifest(
                 generator=configs[0], tokenizer=configs[1], precision=request.precision, checkpoints=checkpoints,
                 graphs=graphs, files={name: file_record(tmp / name) for name in listed}, engines={},
@@ -105,7 +104,8 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
         parity = None
         if record is not None:
             parity = verify_export(tmp, record, progress)
-            (tmp / "parity.json").write_text(json.dumps(parity, indent=1) + "\n")
+            (tmp / PARITY_FILE).write_text(json.dumps(parity, indent=1) + "\n")
+            manifest = write()  # now listing parity.json too
             if parity["failures"]:
                 overflow = request.precision == "fp16" and any("inf/nan" in f for f in parity["failures"])
                 raise ExportError("export verification failed: " + "; ".join(parity["failures"][:3])

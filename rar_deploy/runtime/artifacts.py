@@ -27,14 +27,18 @@ class Artifacts:
 
     @classmethod
     def load(cls, directory: str | Path, verify: str = "fingerprint") -> "Artifacts":
-        """verify: how the graph files are checked against the manifest, "fingerprint" (every load: size and
-        sampled chunks) or "sha256" (every byte)."""
+        """verify: how files are checked against the manifest: "fingerprint" (every load: the graphs' size and
+        sampled chunks), "sha256" (every byte of the graphs) or "all" (every byte of every file the manifest
+        lists: graphs, engines, reference.npz, parity.json)."""
         directory = Path(directory)
         if not directory.is_dir():
             raise RARDeployError(f"artifact directory not found: {directory}")
         artifacts = cls(directory, read_manifest(directory))
-        for name in artifacts.graph_names:
-            artifacts.check_files(name, verify)
+        if verify == "all":
+            artifacts.verify_all()
+        else:
+            for name in artifacts.graph_names:
+                artifacts.check_files(name, verify)
         return artifacts
 
     @property
@@ -99,6 +103,13 @@ class Artifacts:
         return self.manifest["condition"]["width"]
 
     @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the images the decoder graph draws."""
+        decoder = "var_decoder" if self.family == "var" else "vq_decoder"
+        shape = next(s["shape"] for s in self.graph_outputs(decoder) if s["name"] == "images_uint8")
+        return int(shape[1]), int(shape[2])
+
+    @property
     def max_batch(self) -> int:
         return self.manifest["batch_profile"]["max"]
 
@@ -129,7 +140,9 @@ class Artifacts:
             return self.max_batch
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
             raise RARDeployError(f"batch size must be an integer, got {batch_size!r}")
-        if not 1 <= batch_size <= self.max_batch:
+        if batch_size < 1:
+            raise RARDeployError(f"batch size must be at least 1, got {batch_size}")
+        if batch_size > self.max_batch:
             raise RARDeployError(f"batch size {batch_size} is outside the artifacts' profile [1, {self.max_batch}]: "
                                  f"use a smaller one or export again with a larger --max-batch")
         return int(batch_size)

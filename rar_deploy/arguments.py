@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 from typing import Any, Sequence
 
@@ -32,7 +33,10 @@ def check_class_labels(labels: Any, num_classes: int) -> np.ndarray:
     if isinstance(labels, np.ndarray):
         if labels.dtype.kind not in "iu":
             raise RARDeployError(f"class labels must be integers, got an array of {labels.dtype}")
-        array = labels.astype(np.int64).reshape(-1)
+        if labels.ndim != 1:
+            raise RARDeployError(f"class labels must be one list of class ids (a 1-D array), got an array of shape "
+                                 f"{list(labels.shape)}")
+        array = labels.astype(np.int64)
     else:
         if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
             raise RARDeployError(f"class labels must be a list of integer class ids, got {type(labels).__name__}")
@@ -120,6 +124,23 @@ def check_device(device: Any) -> str | None:
     return device
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_threads(threads: Any) -> int | None:
+    """None (every core), or 1 .. this machine's cores: more threads only slow ONNX Runtime and torch down, and
+    creating thousands of them takes minutes and memory."""
+    if threads is None:
+        return None
+    cores = cpu_cores()
+    if not _is_integer(threads) or not 1 <= threads <= cores:
+        raise RARDeployError(f"threads must be an integer from 1 to {cores} (this machine's CPU cores), got "
+                             f"{threads!r}"[:200])
+    return int(threads)
+
+
 def check_count(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
     """An integer in [low, high]."""
     if not _is_integer(value):
@@ -142,11 +163,13 @@ def check_tokens(tokens: Any, image_seq_len: int, codebook_size: int) -> np.ndar
     return array.astype(np.int64)
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")  # decimal digits only: no "1_0", no 5000-digit numbers
+
+
 def parse_integers(text: str, option: str) -> list[int]:
     """'1,2, 3' -> [1, 2, 3] (possibly empty); names the option when the text is not a list of integers."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
-    try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        raise RARDeployError(f"{option} must be comma-separated integers, got {text!r}") from None
-    return values
+    wrong = [part for part in parts if not _INTEGER.fullmatch(part)]
+    if wrong:
+        raise RARDeployError(f"{option} must be comma-separated decimal integers, got {wrong[0][:40]!r}")
+    return [int(part) for part in parts]

@@ -14,7 +14,7 @@ from typing import Callable
 
 from .engines import RTX_DEFAULT_CAPABILITIES, BatchProfile, BuildOptions, build_engines, check_build, require_tensorrt
 from .files import Output, atomic_directory
-from .manifest import is_artifact_directory
+from .manifest import exported_files
 from .runtime.artifacts import Artifacts
 
 
@@ -25,10 +25,12 @@ def rebuild_engines(directory: Path, options: BuildOptions | None = None,
     trt = require_tensorrt()
     artifacts = Artifacts.load(directory, verify="sha256")
     options = check_build(trt, options or recorded_options(artifacts.manifest), progress)
-    output = Output(artifacts.directory, "--artifacts", force=True, owned=is_artifact_directory, owner="rar-export")
+    # a link names the folder to rebuild (Output follows it); what rar-build did not write is carried over
+    output = Output(directory, "--artifacts", force=True, written=exported_files, owner="rar-export",
+                    keeps_foreign=True)
     with atomic_directory(output, report=progress) as tmp:
-        for name in _kept_files(artifacts.directory):
-            _link_or_copy(artifacts.directory / name, tmp / name)
+        for name in _kept_files(output.target, artifacts.manifest):
+            _link_or_copy(output.target / name, tmp / name)
         return build_engines(trt, tmp, artifacts.manifest, options, progress)
 
 
@@ -47,10 +49,13 @@ def recorded_options(manifest: dict, **overrides) -> BuildOptions:
     return replace(options, **{key: value for key, value in overrides.items() if value})
 
 
-def _kept_files(directory: Path) -> list[str]:
-    """Everything in the folder but its engines and manifest, as paths relative to it."""
+def _kept_files(directory: Path, manifest: dict) -> list[str]:
+    """Everything in the folder but what a rebuild replaces (the manifest, the engines it lists and their timing
+    cache), as paths relative to it: the graphs, the reference record, and whatever a user put there."""
+    replaced = {"manifest.json"} | {engine["file"] for engine in manifest["engines"].values()}
+    replaced |= {engine["timing_cache"] for engine in manifest["engines"].values() if engine.get("timing_cache")}
     return sorted(str(path.relative_to(directory)) for path in directory.rglob("*")
-                  if path.is_file() and path.relative_to(directory).parts[0] not in ("engines", "manifest.json"))
+                  if (path.is_file() or path.is_symlink()) and str(path.relative_to(directory)) not in replaced)
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:

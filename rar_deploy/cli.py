@@ -12,13 +12,26 @@ import click
 from .errors import RARDeployError
 
 BACKEND_CHOICE = click.Choice(["onnxruntime", "torch", "tensorrt"])
-THREADS_OPTION = click.option("--threads", type=click.IntRange(1),
-                              help="CPU threads of ONNX Runtime's and torch's pools [default: every core].")
 PATH_TYPE = click.Path(path_type=Path)
 
 
+def _threads(context, parameter, value: int | None) -> int | None:
+    from .arguments import check_threads
+
+    try:
+        return check_threads(value)
+    except RARDeployError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+THREADS_OPTION = click.option("--threads", type=int, callback=_threads,
+                              help="CPU threads of ONNX Runtime's and torch's pools, at most this machine's cores "
+                                   "[default: every core].")
+
+
 def friendly_errors(command: Callable) -> Callable:
-    """Turn RARDeployError into click's one-line 'Error: ...' and exit status 1."""
+    """Turn RARDeployError into click's one-line 'Error: ...' and exit status 1; so too an OS error no output
+    layer named (a file that cannot be read or written), with the file and the reason."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -26,6 +39,9 @@ def friendly_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except RARDeployError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"cannot use{where}: {exc.strerror or exc}") from None
 
     return wrapper
 
@@ -168,7 +184,8 @@ def export_summary(result) -> str:
 @click.option("--tokenizer", help="torch backend: tokenizer checkpoint, if it moved since export.")
 @click.option("--force", is_flag=True,
               help="Replace an earlier rar-generate --out / --save-tokens (never anything else).")
-@click.option("--verify-files", is_flag=True, help="Check every byte of the graphs (SHA-256) before running.")
+@click.option("--verify-files", is_flag=True,
+              help="Check every byte of every file the manifest lists (SHA-256) before running.")
 @click.option("--condition-budget", type=click.IntRange(0),
               help="Bytes of condition rows a generation may hold (0: one position a step) [default: 2 GiB].")
 @THREADS_OPTION
@@ -177,17 +194,16 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
                      guidance_pow, temperature, top_k, top_p, batch_size, save_tokens, ckpt, tokenizer, force,
                      verify_files, condition_budget, threads) -> None:
     """Generate images from exported artifacts (RAR or VAR): one PNG per image, grid.png and samples.json."""
-    import numpy as np
     from tqdm import tqdm
 
     from .arguments import MAX_IMAGES, check_class_labels, check_seed, parse_integers
-    from .files import Output, atomic_directory, atomic_file
+    from .files import Output, atomic_outputs
     from .runtime import Artifacts, open_pipeline
-    from .samples import is_numpy_file, is_samples_folder, save_samples
+    from .samples import SamplesWriter, TokensWriter, samples_written, tokens_written
     from .version import __version__
 
     # Every check before any heavy work: the manifest, the values, both outputs.
-    artifacts = Artifacts.load(artifacts_dir, verify="sha256" if verify_files else "fingerprint")
+    artifacts = Artifacts.load(artifacts_dir, verify="all" if verify_files else "fingerprint")
     var = artifacts.family == "var"
     per_class = parse_integers(class_labels, "--class-labels")
     if len(per_class) * num_per_class > MAX_IMAGES:  # before the label list is built: it could fill the memory
@@ -206,40 +222,36 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
         sampling = dict(zip(("guidance_scale", "guidance_pow", "temperature"), values))
     seed, batch_size = check_seed(seed), artifacts.check_batch_size(batch_size)
     inputs = (artifacts.directory, *artifacts.checkpoint_paths(), *filter(None, [ckpt, tokenizer]))
-    images_out = Output(out, "--out", force, owned=is_samples_folder, owner="rar-generate", inputs=inputs)
-    tokens_out = save_tokens and Output(save_tokens, "--save-tokens", force, owned=is_numpy_file,
-                                        owner="rar-generate", inputs=inputs)
-    if save_tokens and _overlap(save_tokens, out):
-        raise RARDeployError(f"--save-tokens {save_tokens} is --out {out}, lies inside it or holds it: save the "
-                             "tokens outside --out")
-    tokens_out and tokens_out.check()
+    outputs = [Output(out, "--out", force, written=samples_written, owner="rar-generate", inputs=inputs)]
+    if save_tokens:
+        if _overlap(save_tokens, out):
+            raise RARDeployError(f"--save-tokens {save_tokens} is --out {out}, lies inside it or holds it: save the "
+                                 "tokens outside --out")
+        outputs.append(Output(save_tokens, "--save-tokens", force, written=tokens_written, owner="rar-generate",
+                              inputs=inputs, directory=False))
 
-    with atomic_directory(images_out) as folder:
+    with atomic_outputs(outputs) as temporaries:  # all published together at the end, or none
         pipeline = open_pipeline(artifacts_dir, backend=backend, device=device, ckpt=ckpt, tokenizer=tokenizer,
                                  threads=threads)
         if condition_budget is not None:
             pipeline.backend.condition_table_budget = condition_budget
         per_image, unit = (pipeline.config.seq_len, "token") if var else (pipeline.config.image_seq_len, "step")
+        height, width = artifacts.image_size
+        images_out = SamplesWriter(temporaries[0], labels, num_per_class, height, width)
+        tokens_out = TokensWriter(temporaries[1], len(labels), per_image) if save_tokens else None
         with tqdm(total=len(labels) * per_image, unit=unit, desc="generating") as bar:
             def progress(done: int, total: int) -> None:
                 bar.update(done - bar.n)
 
-            if var:
-                tokens, images = pipeline.generate_images(labels, *values, seed, batch_size, progress)
-            else:
-                tokens = pipeline.generate_tokens(labels, *values, seed, batch_size, progress)
-        if not var:
-            images = pipeline.decode(tokens, batch_size)
-        record = {"rar_deploy_version": __version__, "artifacts": str(artifacts.directory.resolve()),
-                  "family": artifacts.family, "backend": backend, "device": str(pipeline.backend.device),
-                  "seed": seed, **sampling, "batch_size": batch_size, "num_per_class": num_per_class,
-                  **({} if var else {"condition_window": pipeline.backend.window}),
-                  "tokens": str(save_tokens) if save_tokens else None}
-        save_samples(folder, images, labels, num_per_class, record)
-    if tokens_out:
-        with atomic_file(tokens_out) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, tokens)
+            for tokens, images in pipeline.generate_batches(labels, *values, seed, batch_size, progress):
+                images_out.add(images)  # written as they are made: memory stays one batch
+                tokens_out and tokens_out.add(tokens)
+        tokens_out and tokens_out.close()
+        images_out.finish({"rar_deploy_version": __version__, "artifacts": str(artifacts.directory.resolve()),
+                           "family": artifacts.family, "backend": backend, "device": str(pipeline.backend.device),
+                           "seed": seed, **sampling, "batch_size": batch_size, "num_per_class": num_per_class,
+                           **({} if var else {"condition_window": pipeline.backend.window}),
+                           "tokens": str(save_tokens) if save_tokens else None})
     click.echo(f"wrote {len(labels)} images, grid.png and samples.json to {out} ({backend})")
 
 
@@ -277,7 +289,7 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
         check_seed(seed)
     if tolerance is not None and not check_finite("--tolerance", tolerance) > 0:
         raise RARDeployError(f"--tolerance must be > 0, got {tolerance}")
-    artifacts = Artifacts.load(artifacts_dir, verify="sha256")
+    artifacts = Artifacts.load(artifacts_dir, verify="all")
     if ckpt or tokenizer or batch is not None or seed is not None:
         record = _recompute_record(artifacts, ckpt, tokenizer, 2 if batch is None else batch, seed or 0)
     else:
@@ -392,10 +404,13 @@ def build_command(artifacts_dir, min_batch, opt_batch, max_batch, opt_level, cap
               help="How long a replica waits to fill a batch.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--address", help="A running Ray cluster to join (e.g. auto) [default: start Ray on this machine].")
+@click.option("--address", help="A running Ray cluster to join (e.g. auto) [default: start Ray on this machine, "
+                                "every port on loopback].")
+@click.option("--drain-timeout", "drain_s", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="On Ctrl-C or SIGTERM, seconds the requests in flight may still take (new ones are turned away).")
 @friendly_errors
 def serve_command(artifacts_dir, backend, device, threads, replicas, max_replicas, num_cpus, num_gpus,
-                  max_batch_size, batch_wait_ms, host, port, address) -> None:
+                  max_batch_size, batch_wait_ms, host, port, address, drain_s) -> None:
     """Serve an artifact folder over HTTP with Ray Serve: POST /generate, GET /healthz, GET /ready.
     Runs until interrupted (Ctrl-C or SIGTERM), then stops its replicas."""
     from .runtime import Artifacts
@@ -409,7 +424,7 @@ def serve_command(artifacts_dir, backend, device, threads, replicas, max_replica
     if backend == "tensorrt" and num_gpus == 0:
         raise RARDeployError("--backend tensorrt runs on a GPU: give each replica one with --num-gpus 1")
     options = ServeOptions(str(artifacts.directory.resolve()), backend, device, threads, replicas, max_replicas,
-                           num_cpus, num_gpus, max_batch_size, batch_wait_ms / 1000, host, port, address)
+                           num_cpus, num_gpus, max_batch_size, batch_wait_ms / 1000, host, port, address, drain_s)
     check_before_start(options)
     serve_until_stopped(options, echo=lambda message: click.echo(message, err=True))
 
@@ -438,7 +453,7 @@ def triton_repo_command(artifacts_dir, out, backend, device, threads, max_batch_
     from .arguments import check_device
     from .files import Output, atomic_directory
     from .runtime import Artifacts
-    from .serving.triton import MODEL_NAME, is_our_model, write_model
+    from .serving.triton import MODEL_NAME, model_files, write_model
 
     artifacts = Artifacts.load(artifacts_dir)
     artifacts.require_family("rar", "rar-deploy triton-repo")
@@ -446,7 +461,7 @@ def triton_repo_command(artifacts_dir, out, backend, device, threads, max_batch_
     check_device(device)
     if out.exists() and not out.is_dir():
         raise RARDeployError(f"--out {out} is a file: give a model repository folder (new or existing)")
-    output = Output(out / MODEL_NAME, "--out", force, owned=is_our_model, owner="rar-deploy triton-repo",
+    output = Output(out / MODEL_NAME, "--out", force, written=model_files, owner="rar-deploy triton-repo",
                     inputs=(artifacts.directory,))
     with atomic_directory(output) as folder:
         write_model(folder, artifacts, backend, device, threads, max_batch_size, instances, queue_delay_us)

@@ -19,7 +19,7 @@ from .config import (
     TokenizerConfig,
 )
 from .errors import RARDeployError
-from .files import Output, atomic_file
+from .files import Output, any_file, atomic_file
 from .model.generator import RARGenerator
 from .model.layers import NORM_TYPES
 from .model.tokenizer import VQDecoder
@@ -68,15 +68,38 @@ def random_tokenizer(config: TokenizerConfig, seed: int = 0) -> VQDecoder:
     return decoder
 
 
+class _WriteErrorKept:
+    """A file whose failed write keeps its OSError: torch.save reports one as a RuntimeError of its own."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def save_state_dict(module: nn.Module, path: Path) -> Path:
     """torch.save the state dict, byte for byte the same for the same weights. A file already at `path`
     is kept when it is identical and refused when it is not (it may be somebody's real checkpoint)."""
     path = Path(path)
     if os.path.lexists(path) and not path.is_file():
         raise RARDeployError(f"{path} exists and is not a file: choose another --out")
-    with atomic_file(Output(path, force=True, owned=lambda existing: existing.is_file())) as tmp:
+    with atomic_file(Output(path, force=True, written=any_file, directory=False)) as tmp:
         with open(tmp, "wb") as f:  # a file object: the zip's inner folder is then "archive", not the temp name
-            torch.save(module.state_dict(), f)
+            writer = _WriteErrorKept(f)
+            try:
+                torch.save(module.state_dict(), writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None  # the write's own error (a full disk), not torch's re-wording
+                raise
         if path.exists() and not filecmp.cmp(tmp, path, shallow=False):
             raise RARDeployError(f"{path} exists and holds other weights: remove it yourself or choose another --out")
     return path

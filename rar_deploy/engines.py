@@ -14,7 +14,7 @@ from typing import Callable
 
 from .contract import profile_dims, resolve_shape, var_profile_dims
 from .errors import ExportError, RARDeployError
-from .files import atomic_file
+from .files import any_file, atomic_file
 from .gpu import cuda_capability, device_name
 
 FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt_rtx_bindings", "tensorrt-rtx"))
@@ -230,8 +230,8 @@ def build_engines(trt: TensorRT, directory: Path, manifest: dict, options: Build
                                      options.profile, manifest["model"], timing_cache, options.opt_level,
                                      options.compute_capabilities, progress)
     if options.timing_cache and timing_cache.exists():
-        with atomic_file(Output(options.timing_cache, "--timing-cache", force=True,
-                                owned=lambda existing: existing.is_file())) as shared:
+        with atomic_file(Output(options.timing_cache, "--timing-cache", force=True, written=any_file,
+                                directory=False)) as shared:
             shutil.copyfile(timing_cache, shared)
     files = {name: record for name, record in manifest["files"].items() if not name.startswith("engines/")}
     files.update({engine["file"]: file_record(directory / engine["file"]) for engine in engines.values()})

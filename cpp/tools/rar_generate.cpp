@@ -5,6 +5,7 @@
 //       [--backend onnxruntime|tensorrt] [--device cpu|cuda] --out DIR [--save-tokens FILE.npy] [--force]
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -34,7 +35,7 @@ std::vector<int64_t> ParseLabels(const std::string& text) {
       used = 0;
     }
     if (used == 0 || part.find_first_not_of(" ", used) != std::string::npos) {
-      throw UsageError("--class-labels must be comma-separated integers, got '" + text + "'");
+      throw UsageError("--class-labels must be comma-separated decimal integers, got '" + text + "'");
     }
   }
   return labels;
@@ -68,7 +69,10 @@ int Generate(int argc, char** argv) {
   bool force = false;
   app.add_option("--artifacts", artifacts, "Artifact directory written by rar-export")->required();
   app.add_option("--class-labels", class_labels, "Comma-separated ImageNet class ids, e.g. 207,360")->required();
-  app.add_option("--num-per-class", num_per_class, "Images per class")->check(CLI::PositiveNumber);
+  app.add_option("--num-per-class", num_per_class, "Images per class")
+      ->check(CLI::Validator([](const std::string& text) {
+        return std::stoll(text) >= 1 ? std::string() : "must be at least 1, got " + text;
+      }, "INT >= 1"));
   app.add_option("--seed", seed, "Image i's noise comes from (seed, i)");
   app.add_option("--guidance-scale", guidance_scale, "0 is no guidance [default: the manifest's]");
   app.add_option("--guidance-pow", guidance_pow, "RAR: [default: the manifest's]");
@@ -108,6 +112,7 @@ int Generate(int argc, char** argv) {
   if (seed < 0) throw UsageError("seed must lie in [0, 2**63), got " + std::to_string(seed));
   const Output images{out, "--out", Kind::kSamplesFolder, force, {artifacts}};
   images.Check();
+  std::vector<const Output*> outputs{&images};
   std::optional<Output> tokens_out;
   if (!save_tokens.empty()) {
     tokens_out = Output{save_tokens, "--save-tokens", Kind::kNumpyFile, force, {artifacts}};
@@ -116,8 +121,11 @@ int Generate(int argc, char** argv) {
                        ", lies inside it or holds it: save the tokens outside --out");
     }
     tokens_out->Check();
+    outputs.push_back(&*tokens_out);
   }
-  rar::tools::Lock lock(out);
+  rar::tools::Lock lock(images.Target());
+  std::optional<rar::tools::Lock> tokens_lock;
+  if (tokens_out) tokens_lock.emplace(tokens_out->Target());
   rar::Pipeline pipeline(artifacts, backend, device);
   if (condition_budget >= 0) pipeline.SetConditionBudget(condition_budget);
   rar::Sampling sampling{guidance_scale, guidance_pow, temperature, static_cast<uint64_t>(seed), std::nullopt,
@@ -128,7 +136,9 @@ int Generate(int argc, char** argv) {
   const rar::Images& decoded = generated.images;
   const std::string family = pipeline.is_var() ? "var" : "rar";
 
-  const fs::path folder = rar::tools::TemporaryBeside(out, true);
+  // Everything into temporaries first (a full disk fails here, with nothing published), then all together.
+  const rar::tools::Temporary folder(images);
+  std::optional<rar::tools::Temporary> tokens_file;
   try {
     nlohmann::json record = {{"schema", "rar-deploy/samples"}, {"writer", "rar_generate (C++)"},
                              {"artifacts", fs::weakly_canonical(artifacts).string()}, {"family", family},
@@ -138,22 +148,24 @@ int Generate(int argc, char** argv) {
     const size_t image_bytes = static_cast<size_t>(decoded.height * decoded.width * decoded.channels);
     for (size_t i = 0; i < labels.size(); ++i) {
       const std::string name = ImageName(i, labels[i]);
-      rar::tools::WritePng(folder / name, decoded.pixels.data() + i * image_bytes, decoded.height, decoded.width,
-                           decoded.channels);
+      rar::tools::WritePng(folder.path() / name, decoded.pixels.data() + i * image_bytes, decoded.height,
+                           decoded.width, decoded.channels);
       record["images"].push_back(name);
     }
-    std::ofstream(folder / "samples.json") << record.dump(1) << "\n";
-    rar::tools::Publish(folder, images);
-  } catch (...) {
-    fs::remove_all(folder);
-    throw;
+    record["files"] = record["images"];
+    record["files"].push_back("samples.json");
+    rar::tools::WriteText(folder.path() / "samples.json", record.dump(1) + "\n");
+    if (tokens_out) {
+      tokens_file.emplace(*tokens_out);
+      rar::tools::WriteNpy(tokens_file->path(), tokens, static_cast<int64_t>(labels.size()),
+                           pipeline.info().image_seq_len);
+    }
+  } catch (const rar::tools::WriteFailure& failure) {
+    rar::tools::WriteFailed(failure.error, outputs);
   }
-  if (tokens_out) {
-    rar::tools::Lock tokens_lock(save_tokens);
-    const fs::path file = rar::tools::TemporaryBeside(save_tokens, false);
-    rar::tools::WriteNpy(file, tokens, static_cast<int64_t>(labels.size()), pipeline.info().image_seq_len);
-    rar::tools::Publish(file, *tokens_out);
-  }
+  std::vector<const rar::tools::Temporary*> temporaries{&folder};
+  if (tokens_file) temporaries.push_back(&*tokens_file);
+  rar::tools::PublishAll(temporaries, outputs);
   const RarTimings timings = pipeline.Timings();
   std::cout << "wrote " << labels.size() << " images and samples.json to " << out.string() << " (" << backend
             << "; start " << timings.start_ms << " ms, ";
@@ -170,6 +182,7 @@ int Generate(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::signal(SIGXFSZ, SIG_IGN);  // past `ulimit -f` a write fails with EFBIG, reported, instead of a silent kill
   try {
     return Generate(argc, argv);
   } catch (const UsageError& error) {

@@ -6,12 +6,12 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..arguments import check_class_labels, check_count, check_device, check_seed, check_tokens
+from ..arguments import check_class_labels, check_count, check_device, check_seed, check_threads, check_tokens
 from ..errors import RARDeployError
 from ..gpu import cuda_capability
 from ..sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
@@ -71,8 +71,8 @@ class RARPipeline:
                        threads: int | None = None) -> "RARPipeline":
         """backend: onnxruntime | tensorrt | torch. device: cpu, cuda or cuda:N (default: cpu for onnxruntime,
         cuda for tensorrt, cuda where torch sees one for torch). ckpt/tokenizer: for torch, when the
-        checkpoints moved since export. verify_files: check every byte of the graphs (SHA-256) instead of
-        their size and fingerprint. threads: CPU threads of onnxruntime's and torch's pools."""
+        checkpoints moved since export. verify_files: check every byte of every file the manifest lists (SHA-256)
+        instead of the graphs' size and fingerprint. threads: CPU threads of onnxruntime's and torch's pools."""
         return cls(*open_backend(directory, backend, device, ckpt, tokenizer, verify_files, threads))
 
     def generate_tokens(self, class_labels: Sequence[int], guidance_scale: float | None = None,
@@ -141,6 +141,27 @@ class RARPipeline:
             return np.concatenate([self.backend.decode_images(tokens[i:i + batch_size])
                                    for i in range(0, tokens.shape[0], batch_size)])
 
+    def generate_batches(self, class_labels: Sequence[int], guidance_scale: float | None = None,
+                         guidance_pow: float | None = None, temperature: float | None = None, seed: int = 0,
+                         batch_size: int | None = None,
+                         progress: Progress | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(int64 tokens [b, N], uint8 images [b, H, W, 3]) one batch at a time, in order: what generate_tokens
+        and decode give, without holding every image (the arguments are those of generate_tokens)."""
+        c = self.config
+        labels = check_class_labels(class_labels, c.num_classes)
+        values = self.artifacts.sampling_values(guidance_scale, guidance_pow, temperature)
+        seed, batch_size = check_seed(seed), self.artifacts.check_batch_size(batch_size)
+        total = len(labels) * c.image_seq_len
+        for start in range(0, len(labels), batch_size):
+            samples = [Sample(int(label), seed, start + i, *values)
+                       for i, label in enumerate(labels[start:start + batch_size])]
+
+            def report(done: int, _: int, before: int = start * c.image_seq_len) -> None:
+                progress and progress(before + done, total)
+
+            tokens = self.generate_samples(samples, batch_size, report)
+            yield tokens, self.decode(tokens, batch_size)
+
     def generate(self, class_labels: Sequence[int], guidance_scale: float | None = None,
                  guidance_pow: float | None = None, temperature: float | None = None, seed: int = 0,
                  batch_size: int | None = None, progress: Progress | None = None) -> list[Image.Image]:
@@ -160,9 +181,8 @@ def open_backend(directory: str | Path, backend: str = "onnxruntime", device: st
     if backend not in BACKENDS:
         raise RARDeployError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     check_device(device)
-    if threads is not None:
-        threads = check_count("threads", threads)
-    artifacts = Artifacts.load(directory, verify="sha256" if verify_files else "fingerprint")
+    threads = check_threads(threads)
+    artifacts = Artifacts.load(directory, verify="all" if verify_files else "fingerprint")
     if backend == "onnxruntime":
         return artifacts, OnnxRuntimeBackend(artifacts, check_cuda_present(device or "cpu"), threads)
     if backend == "tensorrt":

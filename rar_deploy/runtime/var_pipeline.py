@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -145,6 +145,29 @@ class VARPipeline:
         """The arguments of RARPipeline.from_artifacts."""
         return cls(*open_backend(directory, backend, device, ckpt, tokenizer, verify_files, threads))
 
+    def generate_batches(self, class_labels: Sequence[int], guidance_scale: float | None = None,
+                         top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
+                         seed: int = 0, batch_size: int | None = None,
+                         progress: Progress | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(int64 tokens [b, L], uint8 images [b, H, W, 3]) one batch at a time, in order (the arguments of
+        generate_images)."""
+        c = self.config
+        labels = check_class_labels(class_labels, c.num_classes)
+        scale, top_k, top_p, temperature = self.artifacts.var_sampling_values(guidance_scale, top_k, top_p,
+                                                                              temperature)
+        seed, batch_size = check_seed(seed), self.artifacts.check_batch_size(batch_size)
+        done, total = 0, len(labels) * c.seq_len
+        for start in range(0, len(labels), batch_size):
+            chunk = labels[start:start + batch_size]
+            with self._lock:
+                self.loop.start(*var_loop_inputs(c, chunk, scale, top_k, top_p, temperature, seed, start))
+                for k, (begin, end) in enumerate(c.scale_ranges()):
+                    self.loop.step(k)
+                    done += len(chunk) * (end - begin)
+                    progress and progress(done, total)
+                tokens, images = self.loop.tokens(), self.loop.decode()
+            yield tokens, images
+
     def generate_images(self, class_labels: Sequence[int], guidance_scale: float | None = None,
                         top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
                         seed: int = 0, batch_size: int | None = None,
@@ -152,23 +175,9 @@ class VARPipeline:
         """int64 tokens [B, L] (all scales) and uint8 images [B, H, W, 3]. None means the published default
         (cfg 1.5, top-k 900, top-p 0.96, temperature 1). Image i uses noise from (seed, i) alone, so it is the
         same image whatever the batch size."""
-        c = self.config
-        labels = check_class_labels(class_labels, c.num_classes)
-        scale, top_k, top_p, temperature = self.artifacts.var_sampling_values(guidance_scale, top_k, top_p,
-                                                                              temperature)
-        seed, batch_size = check_seed(seed), self.artifacts.check_batch_size(batch_size)
-        tokens, images, done, total = [], [], 0, len(labels) * c.seq_len
-        with self._lock:
-            for start in range(0, len(labels), batch_size):
-                chunk = labels[start:start + batch_size]
-                self.loop.start(*var_loop_inputs(c, chunk, scale, top_k, top_p, temperature, seed, start))
-                for k, (begin, end) in enumerate(c.scale_ranges()):
-                    self.loop.step(k)
-                    done += len(chunk) * (end - begin)
-                    progress and progress(done, total)
-                tokens.append(self.loop.tokens())
-                images.append(self.loop.decode())
-        return np.concatenate(tokens), np.concatenate(images)
+        batches = list(self.generate_batches(class_labels, guidance_scale, top_k, top_p, temperature, seed,
+                                             batch_size, progress))
+        return np.concatenate([t for t, _ in batches]), np.concatenate([i for _, i in batches])
 
     def generate_tokens(self, class_labels: Sequence[int], guidance_scale: float | None = None,
                         top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,

@@ -56,3 +56,22 @@ def export_tiny():
         return out
 
     return export
+
+
+VAR_DATA = Path(__file__).parent / "data" / "official_var_tiny"
+
+
+@pytest.fixture(scope="session")
+def export_var_tiny():
+    """export_var_tiny(out, precision, **request options): the official VAR tiny fixture exported quietly."""
+    from rar_deploy.engines import BatchProfile
+    from rar_deploy.export.exporter import ExportRequest, export_artifacts
+
+    def export(out: Path, precision: str, **options) -> Path:
+        options = {"engine": False, "profile": BatchProfile(1, 2, 4), **options}
+        request = ExportRequest(ckpt=str(VAR_DATA / "var_tiny_var.pth"), tokenizer=str(VAR_DATA / "var_tiny_vae.pth"),
+                                out=out, precision=precision, **options)
+        export_artifacts(request, progress=lambda message: None)
+        return out
+
+    return export

@@ -12,8 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from rar_deploy.benchmark import bench_pipeline
 from rar_deploy.runtime import RARPipeline
+from rar_deploy.tools.bench import bench_pipeline
 
 
 def cpp(executable: Path, artifacts: Path, batch: int) -> dict:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from common import ensure_artifacts, save
 
-from rar_deploy.benchmark import bench_results
 from rar_deploy.runtime import Artifacts
+from rar_deploy.tools.bench import bench_results
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rar_deploy import RARPipeline, load_generator
-from rar_deploy.checkpoint import read_state_dict
+from rar_deploy.model.checkpoint import read_state_dict
 
 
 class Mlp(nn.Module):

@@ -16,8 +16,8 @@ import types
 
 import torch
 
-from rar_deploy.checkpoint import VAR_VQVAE_UNUSED
-from rar_deploy.config import VAR_PATCH_NUMS, VAR_PRESETS, VARConfig, VARTokenizerConfig
+from rar_deploy.contract.config import VAR_PATCH_NUMS, VAR_PRESETS, VARConfig, VARTokenizerConfig
+from rar_deploy.model.checkpoint import VAR_VQVAE_UNUSED
 from rar_deploy.model.var import VARVQVAE, VARGenerator
 
 

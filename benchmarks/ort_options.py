@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from rar_deploy.contract.sampling import guidance_rows
 from rar_deploy.runtime import Artifacts
-from rar_deploy.sampling import guidance_rows
 
 
 def step_feeds(artifacts: Artifacts, batch: int, position: int) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "triton_env"))
 from tritonserver import free_port, launch, wait_ready  # noqa: E402
 
 from rar_deploy.runtime import RARPipeline  # noqa: E402
-from rar_deploy.samples import png_bytes  # noqa: E402
+from rar_deploy.tools.sample_files import png_bytes  # noqa: E402
 
 
 def post_json(url: str, body: dict) -> dict:

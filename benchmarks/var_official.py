@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rar_deploy.engines import BatchProfile
 from rar_deploy.export.exporter import ExportRequest, export_artifacts
 from rar_deploy.runtime import VARPipeline
+from rar_deploy.tools.engine_build import BatchProfile
 
 
 def official_model(repo: str, depth: int, workdir: Path) -> tuple[object, object, Path, Path]:

@@ -6,17 +6,24 @@ model, the checkpoint loaders and export (`pip install rar-deploy[export]`) do, 
 
 from importlib import import_module
 
-from .config import GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, SamplingDefaults, TokenizerConfig
-from .errors import CheckpointError, RARDeployError
-from .runtime import RARPipeline, VARPipeline, open_pipeline
-from .sampling import guidance_schedule, sampling_noise
-from .version import __version__
+from rar_deploy.contract.config import (
+    GENERATOR_PRESETS,
+    TOKENIZER_PRESETS,
+    GeneratorConfig,
+    SamplingDefaults,
+    TokenizerConfig,
+)
+from rar_deploy.contract.sampling import guidance_schedule, sampling_noise
+from rar_deploy.errors import CheckpointError, RARDeployError
+from rar_deploy.runtime import RARPipeline, VARPipeline, open_pipeline
+from rar_deploy.version import __version__
 
 _NEED_TORCH = {
-    "load_generator": "checkpoint", "load_tokenizer": "checkpoint", "load_models": "checkpoint",
-    "load_var_generator": "checkpoint", "load_var_tokenizer": "checkpoint",
+    "load_generator": "model.checkpoint", "load_tokenizer": "model.checkpoint", "load_models": "model.checkpoint",
+    "load_var_generator": "model.checkpoint", "load_var_tokenizer": "model.checkpoint",
     "RARGenerator": "model", "StaticKVCache": "model", "VQDecoder": "model", "images_to_uint8": "model",
-    "Generation": "reference", "reference_generate": "reference", "var_reference_generate": "reference",
+    "Generation": "model.reference", "reference_generate": "model.reference",
+    "var_reference_generate": "model.reference",
 }
 
 __all__ = [

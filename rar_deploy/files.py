@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .errors import RARDeployError
+from rar_deploy.errors import RARDeployError
 
 # What a killed run leaves beside a target: its temporary output, or (where no atomic exchange exists)
 # the old output moved aside during a replacement.

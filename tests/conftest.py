@@ -36,7 +36,7 @@ def official_tokenizer():
 @pytest.fixture(scope="session")
 def demo_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     """A random tiny generator and tokenizer written by make-checkpoint's code path."""
-    from rar_deploy.demo import make_demo_checkpoints
+    from rar_deploy.model.demo import make_demo_checkpoints
 
     return make_demo_checkpoints("tiny", tmp_path_factory.mktemp("demo"), seed=7)
 
@@ -45,8 +45,8 @@ def demo_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
 def export_tiny():
     """export_tiny(out, precision, ckpt=None, **request options): the official-tiny fixture (or another
     generator `ckpt` with its tokenizer) exported quietly, batch profile 1..4 unless given."""
-    from rar_deploy.engines import BatchProfile
     from rar_deploy.export.exporter import ExportRequest, export_artifacts
+    from rar_deploy.tools.engine_build import BatchProfile
 
     def export(out: Path, precision: str, ckpt: Path | None = None, **options) -> Path:
         options = {"engine": False, "profile": BatchProfile(1, 2, 4), **options}
@@ -64,8 +64,8 @@ VAR_DATA = Path(__file__).parent / "data" / "official_var_tiny"
 @pytest.fixture(scope="session")
 def export_var_tiny():
     """export_var_tiny(out, precision, **request options): the official VAR tiny fixture exported quietly."""
-    from rar_deploy.engines import BatchProfile
     from rar_deploy.export.exporter import ExportRequest, export_artifacts
+    from rar_deploy.tools.engine_build import BatchProfile
 
     def export(out: Path, precision: str, **options) -> Path:
         options = {"engine": False, "profile": BatchProfile(1, 2, 4), **options}

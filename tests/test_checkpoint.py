@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from rar_deploy import CheckpointError, load_generator, load_tokenizer
-from rar_deploy.checkpoint import read_state_dict
+from rar_deploy.model.checkpoint import read_state_dict
 
 
 def _save(state, path):

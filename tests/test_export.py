@@ -15,13 +15,13 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from rar_deploy import TokenizerConfig
-from rar_deploy.cli import export_command
-from rar_deploy.contract import resolve_shape
-from rar_deploy.demo import random_tokenizer, save_state_dict
-from rar_deploy.engines import BatchProfile, find_tensorrt
-from rar_deploy.metrics import TOLERANCES, failures
+from rar_deploy.contract.graphs import resolve_shape
+from rar_deploy.contract.sampling import guidance_rows
+from rar_deploy.model.demo import random_tokenizer, save_state_dict
 from rar_deploy.model.graphs import ConditionGraph, DecodeStepGraph
-from rar_deploy.sampling import guidance_rows
+from rar_deploy.tools.cli import export_command
+from rar_deploy.tools.engine_build import BatchProfile, find_tensorrt
+from rar_deploy.tools.metrics import TOLERANCES, failures
 
 PROFILE = BatchProfile(1, 2, 6)
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")
@@ -314,7 +314,7 @@ def test_max_batch_zero(official_dir, tmp_path):
 
 
 def test_engine_without_tensorrt_is_actionable(official_dir, tmp_path, monkeypatch):
-    import rar_deploy.engines as engines_module
+    import rar_deploy.tools.engine_build as engines_module
 
     monkeypatch.setattr(engines_module, "FLAVOURS", (("no_such_tensorrt_module", "tensorrt"),))
     out = tmp_path / "out"
@@ -325,7 +325,7 @@ def test_engine_without_tensorrt_is_actionable(official_dir, tmp_path, monkeypat
 
 def test_failed_verification_leaves_nothing(official_dir, tmp_path, monkeypatch):
     """A verification failure after the graphs were written must not leave an artifact directory."""
-    import rar_deploy.metrics as metrics_module
+    import rar_deploy.tools.metrics as metrics_module
 
     monkeypatch.setitem(metrics_module.TOLERANCES, "fp32", {**metrics_module.TOLERANCES["fp32"],
                                                             "max_rel_to_peak": 0.0, "min_cosine": 1.1})

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from rar_deploy import RARPipeline, reference_generate, sampling_noise
-from rar_deploy.engines import BatchProfile, find_tensorrt
-from rar_deploy.gpu import cuda_capability
 from rar_deploy.runtime.artifacts import Artifacts
+from rar_deploy.runtime.gpu import cuda_capability
+from rar_deploy.tools.engine_build import BatchProfile, find_tensorrt
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_capability() is None,
                                                   reason="needs a CUDA GPU visible to cuda-python")]
@@ -49,7 +49,7 @@ def test_cuda_memory_layer(tmp_path):
 
 def test_torch_cuda_graph_replay_equals_eager(export_tiny, tmp_path):
     torch = pytest.importorskip("torch")
-    from rar_deploy.runtime.torch_backend import TorchBackend
+    from rar_deploy.model.torch_backend import TorchBackend
 
     artifacts = Artifacts.load(_export(export_tiny, tmp_path / "fp16", "fp16", engine=False))
     runs = [RARPipeline(artifacts, TorchBackend(artifacts, "cuda", cuda_graphs=graphs)).generate_tokens(
@@ -76,7 +76,7 @@ def engines(export_tiny, tmp_path_factory) -> Path:
 def test_tensorrt_backend_against_the_reference(engines, golden):
     from click.testing import CliRunner
 
-    from rar_deploy.cli import parity_command
+    from rar_deploy.tools.cli import parity_command
 
     pipeline = RARPipeline.from_artifacts(engines, "tensorrt")
     tokens = pipeline.generate_tokens(list(golden["labels"]), 4.0, 0.0, 0.0)
@@ -149,7 +149,7 @@ def test_var_on_the_gpu_reproduces_the_official_greedy_tokens(tmp_path, backend)
 def test_var_tensorrt_engines_pass_parity(tmp_path):
     from click.testing import CliRunner
 
-    from rar_deploy.cli import parity_command
+    from rar_deploy.tools.cli import parity_command
 
     folder = _export_var(tmp_path / "fp16", "fp16", engine=True)
     result = CliRunner().invoke(parity_command, ["--artifacts", str(folder), "--backend", "tensorrt"])

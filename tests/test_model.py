@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rar_deploy import GENERATOR_PRESETS, TOKENIZER_PRESETS, RARGenerator, StaticKVCache, VQDecoder
-from rar_deploy.checkpoint import expected_shapes
-from rar_deploy.demo import random_generator
+from rar_deploy.model.checkpoint import expected_shapes
+from rar_deploy.model.demo import random_generator
 
 GOLDEN_LOGITS_TOL = 1e-4  # issue 2: official vs ours, float32
 STEP_VS_FULL_TOL = 1e-5  # static-cache step path vs teacher-forced full forward

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from rar_deploy import RARDeployError, RARPipeline, reference_generate, sampling_noise
-from rar_deploy.cli import generate_command
-from rar_deploy.engines import check_engines, find_tensorrt
 from rar_deploy.runtime.artifacts import Artifacts
+from rar_deploy.tools.cli import generate_command
+from rar_deploy.tools.engine_build import check_engines, find_tensorrt
 
 RUNS = {"const": ("4", "0"), "powcos": ("16", "2.75")}
 
@@ -150,7 +150,7 @@ def test_tensorrt_backend_without_gpu_says_so(engine_artifacts, tmp_path):
 
 
 def test_tensorrt_backend_without_tensorrt(fp32_artifacts, tmp_path, monkeypatch):
-    import rar_deploy.engines as tensorrt_module
+    import rar_deploy.tools.engine_build as tensorrt_module
 
     monkeypatch.setattr(tensorrt_module, "FLAVOURS", (("no_such_tensorrt_module", "tensorrt"),))
     result = _generate(["--artifacts", str(fp32_artifacts), "--class-labels", "1", "--backend", "tensorrt",
@@ -205,7 +205,7 @@ def test_missing_and_corrupt_manifest(fp32_artifacts, tmp_path):
 
 
 def test_artifacts_from_another_tokenizer(fp32_artifacts, demo_checkpoints, tmp_path):
-    from rar_deploy.manifest import contract_sha256
+    from rar_deploy.contract.manifest import contract_sha256
 
     copy = _copy(fp32_artifacts, tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rar_deploy.engines import find_tensorrt
+from rar_deploy.tools.engine_build import find_tensorrt
 
 ROOT = Path(__file__).parents[1]
 needs_rtx = pytest.mark.skipif(find_tensorrt() is None or find_tensorrt().flavour != "tensorrt-rtx",
@@ -42,7 +42,8 @@ def test_the_runtime_install_has_no_torch(runtime_venv):
                             text=True)
     assert result.returncode != 0 and "No module named 'torch'" in result.stderr
     imported = subprocess.run([str(runtime_venv / "bin" / "python"), "-c",
-                               "import sys, rar_deploy.runtime, rar_deploy.parity, rar_deploy.build, rar_deploy.cli; "
+                               "import sys, rar_deploy.runtime, rar_deploy.tools.parity, rar_deploy.tools.rebuild, "
+                               "rar_deploy.tools.cli; "
                                "print('torch' in sys.modules)"], capture_output=True, text=True)
     assert imported.stdout.strip() == "False", imported.stderr
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from rar_deploy import guidance_schedule, reference_generate, sampling_noise
+from rar_deploy.contract.sampling import guidance_rows
 from rar_deploy.errors import RARDeployError
 from rar_deploy.model.guidance import apply_guidance, gumbel_max
-from rar_deploy.sampling import guidance_rows
 
 GUIDED_LOGITS_TOL = 1e-4
 FLOAT32_EPS = float(np.finfo(np.float32).eps)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from rar_deploy.checkpoint import load_var_generator, load_var_tokenizer
-from rar_deploy.config import VAR_PRESETS
+from rar_deploy.contract.config import VAR_PRESETS
 from rar_deploy.errors import CheckpointError
+from rar_deploy.model.checkpoint import load_var_generator, load_var_tokenizer
+from rar_deploy.model.reference import var_reference_generate
 from rar_deploy.model.var import VARGenerator
-from rar_deploy.reference import var_reference_generate
 
 DATA = Path(__file__).parent / "data" / "official_var_tiny"
 TOL = 1e-4
@@ -98,7 +98,7 @@ def test_rar_export_refuses_a_mixed_pair(demo_checkpoints, tmp_path):
     naming what the file is and what to pass, nothing written."""
     from click.testing import CliRunner
 
-    from rar_deploy.cli import export_command
+    from rar_deploy.tools.cli import export_command
 
     var_ckpt, var_vae = DATA / "var_tiny_var.pth", DATA / "var_tiny_vae.pth"
     for ckpt, tokenizer, message in (
@@ -116,8 +116,8 @@ def test_rar_export_refuses_a_mixed_pair(demo_checkpoints, tmp_path):
 
 def test_resize_matrices_reproduce_interpolation():
     """contract's numpy matrices (what the manifest holds) against torch's F.interpolate, every released scale."""
-    from rar_deploy.config import VAR_PATCH_NUMS
-    from rar_deploy.contract import area_matrix, bicubic_matrix
+    from rar_deploy.contract.config import VAR_PATCH_NUMS
+    from rar_deploy.contract.graphs import area_matrix, bicubic_matrix
 
     torch.manual_seed(0)
     f = torch.randn(2, 8, 16, 16, dtype=torch.float64)

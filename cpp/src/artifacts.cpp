@@ -183,7 +183,7 @@ void LoadRar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
   }
 }
 
-// VAR's per-scale constants as rar_deploy/contract.py derives them (docs/CONTRACT.md "VAR"): float64 with
+// VAR's per-scale constants as rar_deploy/contract/graphs.py derives them (docs/CONTRACT.md "VAR"): float64 with
 // the same operations in the same order, rounded to float32 (the build turns off fused multiply-add: a fused
 // product would round once where Python rounds twice).
 

@@ -99,7 +99,7 @@ class Artifacts {
   std::map<std::string, std::pair<uint64_t, std::string>> files_;  // relative path -> size, fingerprint
 };
 
-// The graph I/O the contract gives for a model (rar_deploy/contract.py's graph_specs, var_graph_specs).
+// The graph I/O the contract gives for a model (rar_deploy/contract/graphs.py's graph_specs, var_graph_specs).
 std::map<std::string, GraphInfo> ContractGraphs(const ModelConfig& model, int64_t image_side, int64_t channels,
                                                 DType float_dtype);
 std::map<std::string, GraphInfo> VarContractGraphs(const VarConfig& model, int64_t image_side, DType float_dtype);

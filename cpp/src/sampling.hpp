@@ -1,4 +1,4 @@
-// What the runtime owns in sampling, as docs/CONTRACT.md specifies it (rar_deploy/sampling.py in Python):
+// What the runtime owns in sampling, as docs/CONTRACT.md specifies it (rar_deploy/contract/sampling.py in Python):
 // the guidance rows, the guidance schedule and the SplitMix64 noise. Same inputs, same bits, both languages.
 #pragma once
 

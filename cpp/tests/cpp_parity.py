@@ -54,9 +54,9 @@ SCALE_EDITS = {
 
 
 def prepare(work: Path) -> None:
-    from rar_deploy.engines import BatchProfile, find_tensorrt
+    from rar_deploy.contract.integrity import file_record
     from rar_deploy.export.exporter import ExportRequest, export_artifacts
-    from rar_deploy.integrity import file_record
+    from rar_deploy.tools.engine_build import BatchProfile, find_tensorrt
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -117,8 +117,8 @@ def prepare(work: Path) -> None:
 
 def other_var_model(manifest: dict, patch_nums: tuple[int, ...], num_phi: int) -> dict:
     """A VAR manifest for another model: its graphs' I/O, cache and scales from the contract (no graph files)."""
-    from rar_deploy.contract import var_cache_layout, var_graph_specs, var_scales
-    from rar_deploy.manifest import FLOAT_DTYPES, manifest_generator_config, manifest_tokenizer_config
+    from rar_deploy.contract.graphs import var_cache_layout, var_graph_specs, var_scales
+    from rar_deploy.contract.manifest import FLOAT_DTYPES, manifest_generator_config, manifest_tokenizer_config
 
     manifest = copy.deepcopy(manifest)
     manifest["model"]["patch_nums"], manifest["tokenizer"]["num_phi"] = list(patch_nums), num_phi
@@ -133,15 +133,15 @@ def other_var_model(manifest: dict, patch_nums: tuple[int, ...], num_phi: int) -
 
 def rehashed(manifest: dict) -> dict:
     """A manifest whose contract hash is recomputed: an honest manifest of another model."""
-    from rar_deploy.manifest import contract_sha256
+    from rar_deploy.contract.manifest import contract_sha256
 
     return {**manifest, "contract_sha256": contract_sha256(manifest)}
 
 
 def python_refusal(folder: Path) -> str:
     """The message Python's manifest check gives for a folder."""
+    from rar_deploy.contract.manifest import read_manifest
     from rar_deploy.errors import RARDeployError
-    from rar_deploy.manifest import read_manifest
 
     try:
         read_manifest(folder)
@@ -253,7 +253,7 @@ def var_official_greedy(work: Path, exe: str) -> None:
 
 
 def var_scales(work: Path, exe: str) -> None:
-    from rar_deploy.manifest import read_manifest
+    from rar_deploy.contract.manifest import read_manifest
 
     for folder in sorted(work.glob("var_scales_*")):
         read_manifest(folder)  # Python opens it
@@ -351,7 +351,7 @@ def cli_refusals(work: Path, exe: str) -> None:
 def outputs(work: Path, exe: str) -> None:
     """docs/RELIABILITY.md's output promises for rar_generate: replace only what it wrote, all outputs together,
     no leftovers, one line for a failed write, links followed, long names, the tokens file Python recognises."""
-    from rar_deploy.samples import tokens_written
+    from rar_deploy.tools.sample_files import tokens_written
 
     root = work / "outputs"
     shutil.rmtree(root, ignore_errors=True)
@@ -405,7 +405,7 @@ def outputs(work: Path, exe: str) -> None:
 
 def tensorrt(work: Path, exe: str) -> None:
     from rar_deploy import RARPipeline
-    from rar_deploy.gpu import cuda_capability
+    from rar_deploy.runtime.gpu import cuda_capability
 
     probe = run(exe, "--artifacts", work / "fp16_engines", "--class-labels", "1", "--backend", "tensorrt",
                 "--out", work / "out" / "probe", check=False)

@@ -12,10 +12,24 @@ import onnx
 import onnxruntime
 import torch
 
-from ..checkpoint import load_models, require_file, resolve_checkpoint
-from ..config import VARConfig
-from ..contract import FAMILY_GRAPHS
-from ..engines import (
+from rar_deploy.contract.config import VARConfig
+from rar_deploy.contract.graphs import FAMILY_GRAPHS
+from rar_deploy.contract.integrity import file_record, sha256_of
+from rar_deploy.contract.manifest import PARITY_FILE, RECORD_FILE, build_manifest, exported_files, write_manifest
+from rar_deploy.errors import ExportError
+from rar_deploy.export.onnx_export import (
+    OPSET,
+    cast_models,
+    export_graph,
+    graph_exports,
+    release_cast_copy,
+    release_memory,
+)
+from rar_deploy.export.verify import reference_for_export, verify_export
+from rar_deploy.files import Output, atomic_directory
+from rar_deploy.model.checkpoint import load_models, require_file, resolve_checkpoint
+from rar_deploy.model.var import VARGenerator
+from rar_deploy.tools.engine_build import (
     RTX_DEFAULT_CAPABILITIES,
     BatchProfile,
     BuildOptions,
@@ -24,13 +38,6 @@ from ..engines import (
     find_tensorrt,
     require_tensorrt,
 )
-from ..errors import ExportError
-from ..files import Output, atomic_directory
-from ..integrity import file_record, sha256_of
-from ..manifest import PARITY_FILE, RECORD_FILE, build_manifest, exported_files, write_manifest
-from ..model.var import VARGenerator
-from .onnx_export import OPSET, cast_models, export_graph, graph_exports, release_cast_copy, release_memory
-from .verify import reference_for_export, verify_export
 
 VERIFY_STEPS = 8  # teacher-forced image tokens checked at export time (all of them for N <= 8)
 
@@ -122,7 +129,7 @@ def _export_graphs(generator, tokenizer, directory: Path, request: ExportRequest
     """Every graph in the export precision, one at a time; the manifest's entry of each."""
     cast_gen, cast_tok = cast_models(generator, tokenizer, request.precision)
     if isinstance(generator, VARGenerator):
-        from ..model.var_graphs import var_graph_exports
+        from rar_deploy.model.var_graphs import var_graph_exports
 
         exports, names = var_graph_exports(cast_gen, cast_tok, request.profile.max), FAMILY_GRAPHS["var"]
     else:

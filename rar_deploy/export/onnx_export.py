@@ -23,12 +23,12 @@ import onnx
 import torch
 from torch import nn
 
-from ..contract import condition_width
-from ..errors import ExportError
-from ..model.generator import RARGenerator
-from ..model.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
-from ..model.layers import NORM_TYPES
-from ..model.tokenizer import VQDecoder
+from rar_deploy.contract.graphs import condition_width
+from rar_deploy.errors import ExportError
+from rar_deploy.model.generator import RARGenerator
+from rar_deploy.model.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
+from rar_deploy.model.layers import NORM_TYPES
+from rar_deploy.model.tokenizer import VQDecoder
 
 OPSET = 18
 PROTOBUF_LIMIT = 2**31 - 1

@@ -9,13 +9,13 @@ from typing import Callable
 
 import torch
 
-from ..manifest import FLOAT_DTYPES
-from ..model.generator import RARGenerator
-from ..model.tokenizer import VQDecoder
-from ..model.var import VARVQVAE, VARGenerator
-from ..parity import run_parity, save_record
-from ..reference import reference_record, var_reference_record
-from ..runtime import open_pipeline
+from rar_deploy.contract.manifest import FLOAT_DTYPES
+from rar_deploy.model.generator import RARGenerator
+from rar_deploy.model.reference import reference_record, var_reference_record
+from rar_deploy.model.tokenizer import VQDecoder
+from rar_deploy.model.var import VARVQVAE, VARGenerator
+from rar_deploy.runtime import open_pipeline
+from rar_deploy.tools.parity import run_parity, save_record
 
 VERIFY_BATCH = 2  # the graphs were traced at batch 2 and must hold at any batch: the per-graph checks run at 1
 VERIFY_SEED = 0

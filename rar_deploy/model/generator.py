@@ -14,9 +14,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..config import GeneratorConfig
-from .attention import cached_attention, causal_attention
-from .layers import LayerNorm, modulate
+from rar_deploy.contract.config import GeneratorConfig
+from rar_deploy.model.attention import cached_attention, causal_attention
+from rar_deploy.model.layers import LayerNorm, modulate
 
 # attend(layer, q, k, v) -> attention output; lets one block definition serve every cache strategy.
 AttendFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -16,9 +16,9 @@ import copy
 import torch
 from torch import nn
 
-from .generator import RARGenerator
-from .guidance import apply_guidance, gumbel_max
-from .tokenizer import VQDecoder
+from rar_deploy.model.generator import RARGenerator
+from rar_deploy.model.guidance import apply_guidance, gumbel_max
+from rar_deploy.model.tokenizer import VQDecoder
 
 
 class EmbeddingRows(nn.Module):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import GeneratorConfig
+from rar_deploy.contract.config import GeneratorConfig
 
 
 @dataclass

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TokenizerConfig
-from .layers import GroupNorm
+from rar_deploy.contract.config import TokenizerConfig
+from rar_deploy.model.layers import GroupNorm
 
 
 def conv3x3(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:

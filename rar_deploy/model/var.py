@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import VARConfig, VARTokenizerConfig
-from ..contract import phi_index
+from rar_deploy.contract.config import VARConfig, VARTokenizerConfig
+from rar_deploy.contract.graphs import phi_index
 
 VAR_NORM_EPS = 1e-6
 MAX_SCALE_MUL = float(np.log(100.0))

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import VARConfig
-from ..contract import var_scales
-from .graphs import uint8_images
-from .guidance import gumbel_max
-from .var import VARVQVAE, VARGenerator, guided_logits
+from rar_deploy.contract.config import VARConfig
+from rar_deploy.contract.graphs import var_scales
+from rar_deploy.model.graphs import uint8_images
+from rar_deploy.model.guidance import gumbel_max
+from rar_deploy.model.var import VARVQVAE, VARGenerator, guided_logits
 
 
 def scale_constants(config: VARConfig, num_phi: int) -> list[dict[str, torch.Tensor]]:
@@ -130,7 +130,7 @@ class VARDecoderGraph(nn.Module):
 
 def var_graph_exports(generator: VARGenerator, vqvae: VARVQVAE, max_batch: int):
     """(module, example args, dynamic shapes) of the scale step and the decoder, for export_graph."""
-    from ..export.onnx_export import GraphExport
+    from rar_deploy.export.onnx_export import GraphExport
 
     c, b = generator.config, 2
     dtype = generator.class_emb.weight.dtype

@@ -8,12 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arguments import check_sampling, check_var_sampling
-from ..config import GeneratorConfig, SamplingDefaults, TokenizerConfig, VARConfig, VARSamplingDefaults
-from ..contract import FAMILY_GRAPHS
-from ..errors import RARDeployError
-from ..integrity import check_file
-from ..manifest import manifest_family, manifest_generator_config, manifest_tokenizer_config, read_manifest
+from rar_deploy.contract.config import (
+    GeneratorConfig,
+    SamplingDefaults,
+    TokenizerConfig,
+    VARConfig,
+    VARSamplingDefaults,
+)
+from rar_deploy.contract.graphs import FAMILY_GRAPHS
+from rar_deploy.contract.integrity import check_file
+from rar_deploy.contract.manifest import (
+    manifest_family,
+    manifest_generator_config,
+    manifest_tokenizer_config,
+    read_manifest,
+)
+from rar_deploy.errors import RARDeployError
+from rar_deploy.runtime.checks import check_sampling, check_var_sampling
 
 # ONNX Runtime's type strings for the manifest's dtypes
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import resolve_shape
-from ..errors import RARDeployError
-from .artifacts import Artifacts
-from .memory import CudaMemory, HostMemory, Memory, address
+from rar_deploy.contract.graphs import resolve_shape
+from rar_deploy.errors import RARDeployError
+from rar_deploy.runtime.artifacts import Artifacts
+from rar_deploy.runtime.memory import CudaMemory, HostMemory, Memory, address
 
 Buffers = dict[str, Any]
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from ..errors import RARDeployError
+from rar_deploy.errors import RARDeployError
 
 
 class Memory(Protocol):

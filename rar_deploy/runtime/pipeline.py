@@ -11,12 +11,19 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from ..arguments import check_class_labels, check_count, check_device, check_seed, check_threads, check_tokens
-from ..errors import RARDeployError
-from ..gpu import cuda_capability
-from ..sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
-from .artifacts import Artifacts
-from .backends import Backend, OnnxRuntimeBackend
+from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
+from rar_deploy.errors import RARDeployError
+from rar_deploy.runtime.artifacts import Artifacts
+from rar_deploy.runtime.backends import Backend, OnnxRuntimeBackend
+from rar_deploy.runtime.checks import (
+    check_class_labels,
+    check_count,
+    check_device,
+    check_seed,
+    check_threads,
+    check_tokens,
+)
+from rar_deploy.runtime.gpu import cuda_capability
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 # progress(done, total) counts decode steps (N per image) then decoded images
@@ -188,13 +195,13 @@ def open_backend(directory: str | Path, backend: str = "onnxruntime", device: st
     if backend == "tensorrt":
         if device == "cpu":
             raise RARDeployError("the tensorrt backend runs on a CUDA GPU: drop --device cpu")
-        from .tensorrt_backend import TensorRTBackend
+        from rar_deploy.runtime.tensorrt_backend import TensorRTBackend
 
         return artifacts, TensorRTBackend(artifacts, device or "cuda")
     try:
         import torch
 
-        from .torch_backend import TorchBackend
+        from rar_deploy.model.torch_backend import TorchBackend
     except ImportError:
         raise RARDeployError("the torch backend needs torch: pip install 'rar-deploy[export]', or use "
                              "--backend onnxruntime or tensorrt") from None
@@ -206,7 +213,7 @@ def open_backend(directory: str | Path, backend: str = "onnxruntime", device: st
 
 def open_pipeline(directory: str | Path, backend: str = "onnxruntime", **options):
     """RARPipeline or VARPipeline, as the artifact directory's family says; options of from_artifacts."""
-    from .var_pipeline import VARPipeline
+    from rar_deploy.runtime.var_pipeline import VARPipeline
 
     artifacts, runner = open_backend(directory, backend, **options)
     return (VARPipeline if artifacts.family == "var" else RARPipeline)(artifacts, runner)

@@ -5,12 +5,12 @@ scratch allocation (they never run at the same time); a step is captured in a CU
 
 from __future__ import annotations
 
-from ..engines import check_engines, find_tensorrt
-from ..errors import RARDeployError
-from ..gpu import cuda_capability
-from .artifacts import Artifacts
-from .backends import Backend, Buffers
-from .memory import CudaMemory, address
+from rar_deploy.errors import RARDeployError
+from rar_deploy.runtime.artifacts import Artifacts
+from rar_deploy.runtime.backends import Backend, Buffers
+from rar_deploy.runtime.engines import check_engines, find_tensorrt
+from rar_deploy.runtime.gpu import cuda_capability
+from rar_deploy.runtime.memory import CudaMemory, address
 
 
 class TensorRTBackend(Backend):

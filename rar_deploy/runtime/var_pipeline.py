@@ -16,12 +16,12 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from ..arguments import check_class_labels, check_seed
-from ..errors import RARDeployError
-from ..sampling import sampling_noise
-from .artifacts import Artifacts
-from .backends import Backend
-from .pipeline import Progress, open_backend
+from rar_deploy.contract.sampling import sampling_noise
+from rar_deploy.errors import RARDeployError
+from rar_deploy.runtime.artifacts import Artifacts
+from rar_deploy.runtime.backends import Backend
+from rar_deploy.runtime.checks import check_class_labels, check_seed
+from rar_deploy.runtime.pipeline import Progress, open_backend
 
 
 def var_guidance(num_scales: int, guidance_scale: float) -> np.ndarray:

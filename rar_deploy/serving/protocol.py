@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ..arguments import check_class_labels
-from ..errors import RARDeployError
-from ..runtime import RARPipeline, Sample
-from ..samples import png_bytes
+from rar_deploy.errors import RARDeployError
+from rar_deploy.runtime import RARPipeline, Sample
+from rar_deploy.runtime.checks import check_class_labels
+from rar_deploy.tools.sample_files import png_bytes
 
 FIELDS = ("class_labels", "seed", "guidance_scale", "guidance_pow", "temperature", "output")
 OUTPUTS = ("png", "tokens")

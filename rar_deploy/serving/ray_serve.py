@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import RARDeployError
-from ..runtime import RARPipeline, Sample
-from .protocol import decode_body, generate_response, model_description, parse_generate_request
+from rar_deploy.errors import RARDeployError
+from rar_deploy.runtime import RARPipeline, Sample
+from rar_deploy.serving.protocol import decode_body, generate_response, model_description, parse_generate_request
 
 api = FastAPI(title="rar-deploy", docs_url=None, redoc_url=None)
 
@@ -79,7 +79,7 @@ def build_app(artifacts: str, backend: str = "onnxruntime", device: str | None =
     """The bound application: `replicas` replicas (autoscaling up to `max_replicas` when it is larger),
     each holding `num_cpus` CPUs and `num_gpus` GPUs of the cluster; a replica being stopped answers the
     requests it holds for up to `drain_s` seconds."""
-    from ..runtime.artifacts import Artifacts
+    from rar_deploy.runtime.artifacts import Artifacts
 
     Artifacts.load(artifacts).require_family("rar", "rar-serve")  # before any replica starts
     scaling = ({"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,

@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import RARDeployError
+from rar_deploy.errors import RARDeployError
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,9 @@ def import_ray(local: bool = False):
 def check_before_start(options: ServeOptions) -> None:
     """What can be known before Ray starts: the device, this machine's GPUs (when Ray runs here only), and
     whether host:port can be listened on (another server there would silently share it with Ray's proxy)."""
-    from ..arguments import check_device
-    from ..gpu import cuda_capability
-    from ..runtime.pipeline import check_cuda_present
+    from rar_deploy.runtime.checks import check_device
+    from rar_deploy.runtime.gpu import cuda_capability
+    from rar_deploy.runtime.pipeline import check_cuda_present
 
     check_device(options.device)
     if options.address is None:
@@ -79,7 +79,7 @@ def serve_until_stopped(options: ServeOptions, echo: Callable[[str], None] = pri
     """Start (or join) Ray, serve, and on SIGINT/SIGTERM stop: new requests are turned away while those in flight
     get their answers (for up to options.drain_s), then the replicas, Serve and Ray stop. A single-machine Ray
     listens on loopback only, and its processes end with this one even when it is killed (watchdog.py)."""
-    from . import watchdog
+    from rar_deploy.serving import watchdog
 
     stop = threading.Event()
 
@@ -90,7 +90,7 @@ def serve_until_stopped(options: ServeOptions, echo: Callable[[str], None] = pri
     catch_signals()  # a stop while Ray loads and starts is kept, and honoured once Ray can be shut down cleanly
     local = options.address is None
     ray, serve = import_ray(local)
-    from .ray_serve import build_app
+    from rar_deploy.serving.ray_serve import build_app
 
     guard = watchdog.start() if local else None
     try:

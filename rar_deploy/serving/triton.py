@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..runtime import Artifacts
+from rar_deploy.runtime import Artifacts
 
 MARKER = "# written by rar-deploy triton-repo"
 MODEL_NAME = "rar"

@@ -14,9 +14,9 @@ import pytest
 from probe import copy_of, edit_manifest, generate, invoke, refused
 
 from rar_deploy import RARDeployError, RARPipeline, reference_generate
-from rar_deploy.cli import bench_command, parity_command
-from rar_deploy.engines import find_tensorrt
-from rar_deploy.sampling import sampling_noise
+from rar_deploy.contract.sampling import sampling_noise
+from rar_deploy.tools.cli import bench_command, parity_command
+from rar_deploy.tools.engine_build import find_tensorrt
 
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")
 
@@ -81,7 +81,7 @@ def test_an_old_manifest_gets_the_re_export_line(fp32, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncated", "swapped with another graph", "fp32 graph in an fp16 folder"])
 def test_damaged_graph_files_are_refused(fp32, fp16, tmp_path, damage):
-    from rar_deploy.integrity import file_record
+    from rar_deploy.contract.integrity import file_record
 
     artifacts = copy_of(fp16, tmp_path)
     graph = artifacts / "decode_step.onnx"
@@ -109,7 +109,7 @@ def test_a_graph_from_another_export_is_refused_before_running(fp32, demo_checkp
 
 def unsampled_weight_byte(path: Path, data: bytearray) -> int:
     """Offset of the low byte of a float weight that no fingerprint chunk reads."""
-    from rar_deploy.integrity import FINGERPRINT_CHUNK, FINGERPRINT_CHUNKS
+    from rar_deploy.contract.integrity import FINGERPRINT_CHUNK, FINGERPRINT_CHUNKS
 
     size = len(data)
     assert size > FINGERPRINT_CHUNKS * FINGERPRINT_CHUNK  # a file sampled by the fingerprint, not hashed whole
@@ -166,7 +166,7 @@ def test_an_engine_from_another_export_is_refused(export_tiny, demo_checkpoints,
 
 def _alter_record(folder: Path, key: str, alter) -> None:
     """Change the record's `key` and re-record its hash, as someone covering their tracks would."""
-    from rar_deploy.integrity import file_record
+    from rar_deploy.contract.integrity import file_record
 
     with np.load(folder / "reference.npz") as npz:
         record = dict(npz)
@@ -207,7 +207,7 @@ def test_parity_fails_a_divergence_rounding_cannot_explain(fp16, tmp_path):
     with np.load(artifacts / "reference.npz") as npz:
         record = dict(npz)
     # ... and the record's tokens are redrawn from its logits, as a consistent but wrong record would be
-    from rar_deploy.parity import gumbel_max
+    from rar_deploy.tools.parity import gumbel_max
 
     noise = sampling_noise(int(record["seed"]), len(record["labels"]), 16, 1024)
     _alter_record(artifacts, "tokens", lambda tokens: gumbel_max(record["guided_logits"], noise, 1.0))
@@ -261,7 +261,7 @@ def test_an_image_does_not_depend_on_its_batch(fp32, backend):
 
 
 def test_threads_are_bounded_by_the_machines_cores(fp32, tmp_path):
-    from rar_deploy.arguments import cpu_cores
+    from rar_deploy.runtime.checks import cpu_cores
 
     result = generate(fp32, tmp_path / "out", "--threads", "100000")
     assert result.exit_code == 2 and f"from 1 to {cpu_cores()}" in result.output, result.output

@@ -12,8 +12,8 @@ import torch
 from probe import TINY, copy_of, edit_manifest, export_args, generate, invoke, refused
 
 from rar_deploy import RARDeployError, RARPipeline
-from rar_deploy.cli import bench_command, export_command, generate_command, main, parity_command
-from rar_deploy.engines import find_tensorrt
+from rar_deploy.tools.cli import bench_command, export_command, generate_command, main, parity_command
+from rar_deploy.tools.engine_build import find_tensorrt
 
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")
 
@@ -122,13 +122,13 @@ def test_an_unknown_compute_capability_lists_the_valid_ones_before_loading(tmp_p
 
 @needs_tensorrt
 def test_compute_capabilities_accept_lower_case_and_dotted_names(tmp_path):
-    from rar_deploy.engines import parse_compute_capabilities
+    from rar_deploy.tools.engine_build import parse_compute_capabilities
 
     assert parse_compute_capabilities(find_tensorrt(), ("sm89", "8.6", "SM120", "sm89")) == ("SM89", "SM86", "SM120")
 
 
 def test_a_tensor_that_breaks_config_inference_is_named(tmp_path):
-    from rar_deploy.checkpoint import read_state_dict
+    from rar_deploy.model.checkpoint import read_state_dict
 
     state = read_state_dict(TINY / "tiny_rar.bin")
     state["pos_embed"] = state["pos_embed"][:, :100]
@@ -149,7 +149,7 @@ def test_a_folder_as_checkpoint_is_named(tmp_path):
 
 
 def test_nan_weights_are_named_and_fp16_overflow_suggests_fp32(tmp_path):
-    from rar_deploy.checkpoint import read_state_dict
+    from rar_deploy.model.checkpoint import read_state_dict
 
     state = read_state_dict(TINY / "tiny_rar.bin")
     state["blocks.0.mlp.fc1.weight"][0, 0] = float("nan")

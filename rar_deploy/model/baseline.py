@@ -12,12 +12,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .benchmark import StageClock, _memory, _summary
-from .model.generator import RARGenerator
-from .model.guidance import apply_guidance, gumbel_max
-from .model.tokenizer import VQDecoder
-from .runtime.torch_backend import TorchMemory
-from .sampling import guidance_rows, guidance_schedule, sampling_noise
+from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, sampling_noise
+from rar_deploy.model.generator import RARGenerator
+from rar_deploy.model.guidance import apply_guidance, gumbel_max
+from rar_deploy.model.tokenizer import VQDecoder
+from rar_deploy.model.torch_backend import TorchMemory
+from rar_deploy.tools.bench import StageClock, _memory, _summary
 
 
 class OfficialStyleLoop:
@@ -96,7 +96,7 @@ def bench_baseline(loop: OfficialStyleLoop, artifacts, batch: int, memory: Torch
 
 def baseline_checkpoints(artifacts, ckpt: str | None, tokenizer: str | None) -> tuple[Path, Path]:
     """The checkpoints the artifacts were exported from (SHA-256 checked), found before any timing."""
-    from .checkpoint import exported_checkpoint
+    from rar_deploy.model.checkpoint import exported_checkpoint
 
     return (exported_checkpoint(artifacts.manifest, "generator", ckpt),
             exported_checkpoint(artifacts.manifest, "tokenizer", tokenizer))
@@ -105,8 +105,8 @@ def baseline_checkpoints(artifacts, ckpt: str | None, tokenizer: str | None) -> 
 def bench_baselines(artifacts, checkpoints: tuple[Path, Path], batch_sizes: list[int], device: str | None,
                     warmup_steps: int, progress: Callable[[str], None]) -> list[dict]:
     """The baseline at every batch size, fp16 on CUDA for fp16 artifacts, else float32."""
-    from .checkpoint import load_generator, load_tokenizer, load_var_generator, load_var_tokenizer
-    from .model.layers import cast_for_inference
+    from rar_deploy.model.checkpoint import load_generator, load_tokenizer, load_var_generator, load_var_tokenizer
+    from rar_deploy.model.layers import cast_for_inference
 
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.float16 if target.type == "cuda" and artifacts.precision == "fp16" else torch.float32
@@ -132,8 +132,8 @@ def bench_baselines(artifacts, checkpoints: tuple[Path, Path], batch_sizes: list
 def bench_var_baseline(generator, vqvae, artifacts, batch: int, memory: TorchMemory, seed: int = 0) -> dict:
     """The measurement of benchmark.bench_var_pipeline, of the official loop: one warm-up generation, then one
     timed (scale 0 as the prefill, scales 1 .. K-1 as the steps, the decoder)."""
-    from .benchmark import var_bench_inputs
-    from .reference import var_reference_generate
+    from rar_deploy.model.reference import var_reference_generate
+    from rar_deploy.tools.bench import var_bench_inputs
 
     labels, guidance, top_k, top_p, temperature, noise = var_bench_inputs(
         artifacts.config, artifacts.sampling_defaults, batch, seed)

@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from .runtime.pipeline import RARPipeline, open_pipeline
-from .runtime.var_pipeline import VARPipeline, var_loop_inputs
-from .sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
+from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
+from rar_deploy.runtime.pipeline import RARPipeline, open_pipeline
+from rar_deploy.runtime.var_pipeline import VARPipeline, var_loop_inputs
 
 DRIFT_WINDOW = 20  # step drift compares the last 20 decode steps with the first 20 (models of 40+ steps)
 HBM_BYTES_PER_S = 3.0e12  # H100 bandwidth measured in this workplace (RAR_FACTS.md); the per-step floor
@@ -155,10 +155,10 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
     import os
     import platform
 
-    from .gpu import device_name
+    from rar_deploy.runtime.gpu import device_name
 
     if baseline:  # found and checked before the backends run for minutes
-        from .baseline import baseline_checkpoints
+        from rar_deploy.model.baseline import baseline_checkpoints
 
         reference = baseline_checkpoints(artifacts, ckpt, tokenizer)
     c = artifacts.config
@@ -182,7 +182,7 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
             results["runs"].append(run)
         del pipeline
     if baseline:
-        from .baseline import bench_baselines
+        from rar_deploy.model.baseline import bench_baselines
 
         results["runs"] += bench_baselines(artifacts, reference, batch_sizes, device, warmup_steps, progress)
     return results

@@ -17,19 +17,19 @@ from typing import Callable
 
 import numpy as np
 
-from .contract import VAR_STEP_COMPARED
-from .errors import RARDeployError
-from .manifest import RECORD_FILE
-from .metrics import TOLERANCES, error_stats, failures, top1_agreement
-from .runtime.pipeline import RARPipeline
-from .runtime.var_pipeline import var_loop_inputs
-from .sampling import guidance_rows, guidance_schedule, sampling_noise
+from rar_deploy.contract.graphs import VAR_STEP_COMPARED
+from rar_deploy.contract.manifest import RECORD_FILE
+from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, sampling_noise
+from rar_deploy.errors import RARDeployError
+from rar_deploy.runtime.pipeline import RARPipeline
+from rar_deploy.runtime.var_pipeline import var_loop_inputs
+from rar_deploy.tools.metrics import TOLERANCES, error_stats, failures, top1_agreement
 
 
 def load_record(artifacts) -> dict[str, np.ndarray]:
     """The folder's reference.npz, its SHA-256 checked against the manifest, with the arrays its family's checks
     read; one line otherwise."""
-    from .integrity import check_file
+    from rar_deploy.contract.integrity import check_file
 
     directory = artifacts.directory
     path = directory / RECORD_FILE

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import GeneratorConfig, TokenizerConfig, VARConfig, VARTokenizerConfig
+from rar_deploy.contract.config import GeneratorConfig, TokenizerConfig, VARConfig, VARTokenizerConfig
 
 GRAPH_NAMES = ("condition", "decode_step", "vq_decoder")
 VAR_GRAPH_NAMES = ("var_step", "var_decoder")

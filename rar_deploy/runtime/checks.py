@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import RARDeployError
+from rar_deploy.errors import RARDeployError
 
 MAX_SEED = 2**63 - 1
 MAX_IMAGES = 10**6  # one rar-generate call: its labels, tokens and PNG list are held in memory

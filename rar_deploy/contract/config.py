@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import CheckpointError
+from rar_deploy.errors import CheckpointError
 
 
 @dataclass(frozen=True)

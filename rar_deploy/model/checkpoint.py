@@ -10,12 +10,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .config import GeneratorConfig, TokenizerConfig, VARConfig, VARTokenizerConfig
-from .errors import CheckpointError
-from .integrity import sha256_of
-from .model.generator import RARGenerator
-from .model.tokenizer import VQDecoder
-from .model.var import VARVQVAE, VARGenerator, block_causal_mask
+from rar_deploy.contract.config import GeneratorConfig, TokenizerConfig, VARConfig, VARTokenizerConfig
+from rar_deploy.contract.integrity import sha256_of
+from rar_deploy.errors import CheckpointError
+from rar_deploy.model.generator import RARGenerator
+from rar_deploy.model.tokenizer import VQDecoder
+from rar_deploy.model.var import VARVQVAE, VARGenerator, block_causal_mask
 
 StateDict = dict[str, torch.Tensor]
 _SHOWN = 5  # how many offending keys an error message lists

@@ -12,10 +12,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from .engines import RTX_DEFAULT_CAPABILITIES, BatchProfile, BuildOptions, build_engines, check_build, require_tensorrt
-from .files import Output, atomic_directory
-from .manifest import exported_files
-from .runtime.artifacts import Artifacts
+from rar_deploy.contract.manifest import exported_files
+from rar_deploy.files import Output, atomic_directory
+from rar_deploy.runtime.artifacts import Artifacts
+from rar_deploy.tools.engine_build import (
+    RTX_DEFAULT_CAPABILITIES,
+    BatchProfile,
+    BuildOptions,
+    build_engines,
+    check_build,
+    require_tensorrt,
+)
 
 
 def rebuild_engines(directory: Path, options: BuildOptions | None = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .errors import RARDeployError
+from rar_deploy.errors import RARDeployError
 
 FINGERPRINT_CHUNKS = 16
 FINGERPRINT_CHUNK = 1 << 16

@@ -9,14 +9,14 @@ from typing import Callable
 
 import click
 
-from .errors import RARDeployError
+from rar_deploy.errors import RARDeployError
 
 BACKEND_CHOICE = click.Choice(["onnxruntime", "torch", "tensorrt"])
 PATH_TYPE = click.Path(path_type=Path)
 
 
 def _threads(context, parameter, value: int | None) -> int | None:
-    from .arguments import check_threads
+    from rar_deploy.runtime.checks import check_threads
 
     try:
         return check_threads(value)
@@ -63,7 +63,7 @@ def main() -> None:
 def make_checkpoint(preset: str, out_dir: str, seed: int) -> None:
     """Write a randomly initialised generator and tokenizer in the official checkpoint format (the same
     bytes for the same preset and seed)."""
-    from .demo import make_demo_checkpoints
+    from rar_deploy.model.demo import make_demo_checkpoints
 
     generator_path, tokenizer_path = make_demo_checkpoints(preset, out_dir, seed)
     click.echo(f"generator: {generator_path}\ntokenizer: {tokenizer_path}")
@@ -77,7 +77,7 @@ def _progress_printer() -> Callable[[str], None]:
 def _default_tokenizer(ckpt: str) -> str:
     """The released tokenizer beside the checkpoint (a VAR generator's, as its keys say: the released VQVAE), else
     its released name (hub)."""
-    from .checkpoint import is_var_generator, read_state_dict
+    from rar_deploy.model.checkpoint import is_var_generator, read_state_dict
 
     var = Path(ckpt).is_file() and is_var_generator(read_state_dict(ckpt))  # read as a memory map: cheap
     name = "vae_ch160v4096z32.pth" if var else "maskgit-vqgan-imagenet-f16-256.bin"
@@ -110,8 +110,8 @@ def _default_tokenizer(ckpt: str) -> str:
 def export_command(ckpt, tokenizer, out, fp16, engine, min_batch, opt_batch, max_batch, opt_level, capabilities,
                    timing_cache, verify, external_data, force) -> None:
     """Export a RAR (or VAR) generator and its tokenizer to ONNX graphs, TensorRT engines and a manifest."""
-    from .engines import RTX_DEFAULT_CAPABILITIES, BatchProfile
-    from .export.exporter import ExportRequest, export_artifacts
+    from rar_deploy.export.exporter import ExportRequest, export_artifacts
+    from rar_deploy.tools.engine_build import RTX_DEFAULT_CAPABILITIES, BatchProfile
 
     precision = "fp16" if fp16 else "fp32"
     request = ExportRequest(
@@ -128,7 +128,7 @@ def export_command(ckpt, tokenizer, out, fp16, engine, min_batch, opt_batch, max
 
 def export_summary(result) -> str:
     """Graphs with sizes, the worst parity numbers, engines: what a person checks after an export."""
-    from .engines import describe_targets
+    from rar_deploy.tools.engine_build import describe_targets
 
     def size(path: Path) -> str:
         return f"{path.stat().st_size / 2**20:9.1f} MiB" if path.exists() else "        -"
@@ -196,11 +196,11 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     """Generate images from exported artifacts (RAR or VAR): one PNG per image, grid.png and samples.json."""
     from tqdm import tqdm
 
-    from .arguments import MAX_IMAGES, check_class_labels, check_seed, parse_integers
-    from .files import Output, atomic_outputs
-    from .runtime import Artifacts, open_pipeline
-    from .samples import SamplesWriter, TokensWriter, samples_written, tokens_written
-    from .version import __version__
+    from rar_deploy.files import Output, atomic_outputs
+    from rar_deploy.runtime import Artifacts, open_pipeline
+    from rar_deploy.runtime.checks import MAX_IMAGES, check_class_labels, check_seed, parse_integers
+    from rar_deploy.tools.sample_files import SamplesWriter, TokensWriter, samples_written, tokens_written
+    from rar_deploy.version import __version__
 
     # Every check before any heavy work: the manifest, the values, both outputs.
     artifacts = Artifacts.load(artifacts_dir, verify="all" if verify_files else "fingerprint")
@@ -280,10 +280,10 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
     Exits 1 when a metric is over its tolerance, naming it with its value and the allowed value."""
     import json
 
-    from .arguments import check_finite, check_seed
-    from .errors import RARDeployError
-    from .parity import format_report, load_record, run_parity
-    from .runtime import Artifacts, open_pipeline
+    from rar_deploy.errors import RARDeployError
+    from rar_deploy.runtime import Artifacts, open_pipeline
+    from rar_deploy.runtime.checks import check_finite, check_seed
+    from rar_deploy.tools.parity import format_report, load_record, run_parity
 
     if seed is not None:
         check_seed(seed)
@@ -304,11 +304,11 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
 
 def _recompute_record(artifacts, ckpt: str | None, tokenizer: str | None, batch: int, seed: int) -> dict:
     """The reference record from the checkpoints the artifacts were exported from (SHA-256 checked)."""
-    from .errors import RARDeployError
+    from rar_deploy.errors import RARDeployError
 
     try:
-        from .checkpoint import load_exported_from
-        from .reference import reference_record, var_reference_record
+        from rar_deploy.model.checkpoint import load_exported_from
+        from rar_deploy.model.reference import reference_record, var_reference_record
     except ImportError as exc:
         raise RARDeployError(f"recomputing the reference needs torch ({exc.name} is not installed): install "
                              "rar-deploy[export], or drop --ckpt/--tokenizer/--batch/--seed to use the stored record")
@@ -340,10 +340,10 @@ def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, 
     """Per-stage latency (prefill, decode step mean/p50/p99, decoder), per image, images/s, peak memory."""
     import json
 
-    from .arguments import parse_integers
-    from .benchmark import bench_results, format_results
-    from .errors import RARDeployError
-    from .runtime import Artifacts
+    from rar_deploy.errors import RARDeployError
+    from rar_deploy.runtime import Artifacts
+    from rar_deploy.runtime.checks import parse_integers
+    from rar_deploy.tools.bench import bench_results, format_results
 
     artifacts = Artifacts.load(artifacts_dir)
     if artifacts.family == "var":
@@ -372,9 +372,9 @@ def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, 
 def build_command(artifacts_dir, min_batch, opt_batch, max_batch, opt_level, capabilities, timing_cache) -> None:
     """Build (or rebuild) the TensorRT engines of an artifact folder on this machine, from its ONNX graphs:
     no torch, no checkpoint. The folder's engines and manifest are replaced in one atomic swap."""
-    from .build import rebuild_engines, recorded_options
-    from .engines import describe_targets
-    from .manifest import read_manifest
+    from rar_deploy.contract.manifest import read_manifest
+    from rar_deploy.tools.engine_build import describe_targets
+    from rar_deploy.tools.rebuild import rebuild_engines, recorded_options
 
     options = recorded_options(read_manifest(artifacts_dir), min_batch=min_batch, opt_batch=opt_batch,
                                max_batch=max_batch, opt_level=opt_level, compute_capabilities=tuple(capabilities),
@@ -413,8 +413,8 @@ def serve_command(artifacts_dir, backend, device, threads, replicas, max_replica
                   max_batch_size, batch_wait_ms, host, port, address, drain_s) -> None:
     """Serve an artifact folder over HTTP with Ray Serve: POST /generate, GET /healthz, GET /ready.
     Runs until interrupted (Ctrl-C or SIGTERM), then stops its replicas."""
-    from .runtime import Artifacts
-    from .serving.server import ServeOptions, check_before_start, serve_until_stopped
+    from rar_deploy.runtime import Artifacts
+    from rar_deploy.serving.server import ServeOptions, check_before_start, serve_until_stopped
 
     artifacts = Artifacts.load(artifacts_dir)
     artifacts.require_family("rar", "rar-serve")
@@ -450,10 +450,10 @@ def triton_repo_command(artifacts_dir, out, backend, device, threads, max_batch_
                         force) -> None:
     """Write a Triton Inference Server model repository that serves an artifact folder (Python backend,
     the whole loop in one model instance, dynamic batching)."""
-    from .arguments import check_device
-    from .files import Output, atomic_directory
-    from .runtime import Artifacts
-    from .serving.triton import MODEL_NAME, model_files, write_model
+    from rar_deploy.files import Output, atomic_directory
+    from rar_deploy.runtime import Artifacts
+    from rar_deploy.runtime.checks import check_device
+    from rar_deploy.serving.triton import MODEL_NAME, model_files, write_model
 
     artifacts = Artifacts.load(artifacts_dir)
     artifacts.require_family("rar", "rar-deploy triton-repo")

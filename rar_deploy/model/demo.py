@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import (
+from rar_deploy.contract.config import (
     GENERATOR_PRESETS,
     TOKENIZER_PRESETS,
     VAR_PRESETS,
@@ -18,11 +18,11 @@ from .config import (
     GeneratorConfig,
     TokenizerConfig,
 )
-from .errors import RARDeployError
-from .files import Output, any_file, atomic_file
-from .model.generator import RARGenerator
-from .model.layers import NORM_TYPES
-from .model.tokenizer import VQDecoder
+from rar_deploy.errors import RARDeployError
+from rar_deploy.files import Output, any_file, atomic_file
+from rar_deploy.model.generator import RARGenerator
+from rar_deploy.model.layers import NORM_TYPES
+from rar_deploy.model.tokenizer import VQDecoder
 
 # Released sizes decode with the released tokenizer's shape; the tiny model with the tiny one.
 _TOKENIZER_FOR = {"tiny": "tiny"}
@@ -125,7 +125,7 @@ def make_demo_checkpoints(preset: str, out_dir: str | Path, seed: int = 0) -> tu
 def _make_var_checkpoints(preset: str, out_dir: Path, seed: int) -> tuple[Path, Path]:
     """A random VAR generator in the official format (`var_d16.pth` layout) and its VQVAE: the released one's
     shape (`vae_ch160v4096z32.pth`), or the tiny one's (`vae_tiny.pth`) for var_tiny."""
-    from .model.var import VARVQVAE, VARGenerator, block_causal_mask, scale_levels
+    from rar_deploy.model.var import VARVQVAE, VARGenerator, block_causal_mask, scale_levels
 
     vae_name = "var_tiny" if preset == "var_tiny" else "vae_ch160v4096z32"
     generator_path = out_dir / f"{preset}.pth"

@@ -10,13 +10,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .arguments import check_class_labels, check_sampling
-from .errors import RARDeployError
-from .model.generator import RARGenerator
-from .model.guidance import apply_guidance, gumbel_max
-from .model.kv_cache import StaticKVCache
-from .model.var import VARCache, guided_logits
-from .sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
+from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
+from rar_deploy.errors import RARDeployError
+from rar_deploy.model.generator import RARGenerator
+from rar_deploy.model.guidance import apply_guidance, gumbel_max
+from rar_deploy.model.kv_cache import StaticKVCache
+from rar_deploy.model.var import VARCache, guided_logits
+from rar_deploy.runtime.checks import check_class_labels, check_sampling
 
 
 @dataclass
@@ -80,8 +80,8 @@ def reference_record(generator: RARGenerator, tokenizer, float_dtype: str, batch
     - an unguided generation (guidance scale 0) from the same noise;
     - the decoder's uint8 images of the guided tokens.
     """
-    from .model.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
-    from .model.tokenizer import images_to_uint8
+    from rar_deploy.model.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
+    from rar_deploy.model.tokenizer import images_to_uint8
 
     c = generator.config
     defaults = c.sampling_defaults
@@ -206,10 +206,10 @@ def var_reference_record(generator, vqvae, float_dtype: str, batch: int = 2, see
     - the sampled generation: tokens, guided logits of every scale and f_hat before each scale (teacher forcing);
     - a greedy generation (temperature 0) from the same labels: its tokens.
     """
-    from .config import VARSamplingDefaults
-    from .contract import VAR_STEP_COMPARED
-    from .model.var_graphs import VARDecoderGraph, VARScaleStepGraph, scale_constants
-    from .runtime.var_pipeline import var_guidance
+    from rar_deploy.contract.config import VARSamplingDefaults
+    from rar_deploy.contract.graphs import VAR_STEP_COMPARED
+    from rar_deploy.model.var_graphs import VARDecoderGraph, VARScaleStepGraph, scale_constants
+    from rar_deploy.runtime.var_pipeline import var_guidance
 
     c, defaults = generator.config, VARSamplingDefaults()
     scale = defaults.guidance_scale if guidance_scale is None else guidance_scale

@@ -1,6 +1,6 @@
-"""TensorRT engines: finding TensorRT (standard 10.x/11.x, module `tensorrt`, or TensorRT-RTX, module
-`tensorrt_rtx_bindings`), compute capabilities, building strongly typed engines from the ONNX graphs
-through one code path for both flavours, and checking engines against the machine that would run them."""
+"""Building TensorRT engines (rar-export, rar-build): compute capabilities and strongly typed engines from the
+ONNX graphs through one code path for standard TensorRT and TensorRT-RTX. Finding TensorRT and checking
+engines before a run is the runtime's (`rar_deploy/runtime/engines.py`)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from .contract import profile_dims, resolve_shape, var_profile_dims
-from .errors import ExportError, RARDeployError
-from .files import any_file, atomic_file
-from .gpu import cuda_capability, device_name
+from rar_deploy.contract.graphs import profile_dims, resolve_shape, var_profile_dims
+from rar_deploy.errors import ExportError
+from rar_deploy.files import any_file, atomic_file
+from rar_deploy.runtime.engines import TensorRT, find_tensorrt
+from rar_deploy.runtime.gpu import cuda_capability, device_name
 
-FLAVOURS = (("tensorrt", "tensorrt"), ("tensorrt_rtx_bindings", "tensorrt-rtx"))
 # TensorRT-RTX builds ahead of time for named compute capabilities (with no GPU present it cannot use
 # CURRENT). What 1.7 offers; it has no SM90, so Hopper (H100, H200) needs standard TensorRT.
 RTX_TARGETS = {
@@ -29,16 +29,6 @@ RTX_TARGETS = {
     "SM121": "Blackwell: GB10 (DGX Spark)",
 }
 RTX_DEFAULT_CAPABILITIES = ("SM80", "SM86", "SM89", "SM120")
-
-
-@dataclass(frozen=True)
-class TensorRT:
-    module: ModuleType
-    flavour: str  # "tensorrt" or "tensorrt-rtx"
-
-    @property
-    def version(self) -> str:
-        return self.module.__version__
 
 
 @dataclass(frozen=True)
@@ -58,17 +48,6 @@ class BatchProfile:
             raise ExportError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
                               f"min {self.min}, opt {self.opt}, max {self.max}")
         return self
-
-
-def find_tensorrt() -> TensorRT | None:
-    """The first importable flavour: standard TensorRT, else TensorRT-RTX."""
-    for module_name, flavour in FLAVOURS:
-        try:
-            module = __import__(module_name)
-        except ImportError:
-            continue
-        return TensorRT(module, flavour)
-    return None
 
 
 def require_tensorrt() -> TensorRT:
@@ -97,30 +76,6 @@ def parse_compute_capabilities(trt: TensorRT, names: tuple[str, ...]) -> tuple[s
 def describe_targets(capabilities: list[str]) -> str:
     """'SM80 (Ampere: A100, A30), ...' for the export summary."""
     return ", ".join(f"{c} ({RTX_TARGETS[c]})" if c in RTX_TARGETS else c for c in capabilities)
-
-
-def check_engines(manifest: dict, directory: Path, trt_version: str, flavour: str, capability: str | None) -> None:
-    """Refuse engines that this machine cannot run, with what to rebuild."""
-    from .contract import FAMILY_GRAPHS
-    from .manifest import manifest_family
-
-    engines = manifest.get("engines") or {}
-    rebuild = f"rebuild them here: rar-build --artifacts {directory}"
-    if set(engines) != set(FAMILY_GRAPHS[manifest_family(manifest)]):
-        raise RARDeployError(f"{directory} has no TensorRT engines: build them on this machine with rar-build "
-                             f"--artifacts {directory}, or use --backend onnxruntime")
-    for name, engine in engines.items():
-        if (engine["flavour"], engine["tensorrt_version"]) != (flavour, trt_version):
-            raise RARDeployError(f"engine {name} was built with {engine['flavour']} {engine['tensorrt_version']}, "
-                                 f"this machine has {flavour} {trt_version}: {rebuild}")
-        if capability is None:
-            raise RARDeployError("the tensorrt backend needs an NVIDIA GPU (cuda-python sees none): "
-                                 "use --backend onnxruntime on this machine")
-        if capability not in engine["compute_capabilities"]:
-            raise RARDeployError(f"engine {name} was built for {', '.join(engine['compute_capabilities'])}, this GPU "
-                                 f"is {capability}: {rebuild}")
-        if not (directory / engine["file"]).is_file():
-            raise RARDeployError(f"{directory / engine['file']} is missing: {rebuild}")
 
 
 def build_engine(
@@ -215,9 +170,9 @@ def build_engines(trt: TensorRT, directory: Path, manifest: dict, options: Build
                   progress: Callable[[str], None] | None = None) -> dict:
     """Build every graph of the folder `directory` into `directory`/engines and write its manifest with them;
     returns the new manifest. Used by rar-export (on its temporary folder) and rar-build."""
-    from .files import Output
-    from .integrity import file_record
-    from .manifest import write_manifest
+    from rar_deploy.contract.integrity import file_record
+    from rar_deploy.contract.manifest import write_manifest
+    from rar_deploy.files import Output
 
     engines_dir = directory / "engines"
     engines_dir.mkdir(exist_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import (
+from rar_deploy.contract.config import (
     VAR_DEMO_GUIDANCE_SCALE,
     GeneratorConfig,
     TokenizerConfig,
@@ -25,7 +25,7 @@ from .config import (
     VARSamplingDefaults,
     VARTokenizerConfig,
 )
-from .contract import (
+from rar_deploy.contract.graphs import (
     FAMILY_GRAPHS,
     cache_layout,
     condition_layout,
@@ -34,8 +34,8 @@ from .contract import (
     var_graph_specs,
     var_scales,
 )
-from .errors import RARDeployError
-from .version import __version__
+from rar_deploy.errors import RARDeployError
+from rar_deploy.version import __version__
 
 SCHEMA = "rar-deploy/manifest"
 SCHEMA_VERSION = 4
@@ -220,7 +220,7 @@ def read_manifest(directory: str | Path) -> dict:
 
 def _check_defaults(manifest: dict, path: Path) -> None:
     """sampling.defaults, the editable part, must hold values the runtime accepts from a user."""
-    from .arguments import check_sampling, check_var_sampling
+    from rar_deploy.runtime.checks import check_sampling, check_var_sampling
 
     defaults = manifest["sampling"]["defaults"]
     try:

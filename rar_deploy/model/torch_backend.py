@@ -10,8 +10,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .artifacts import Artifacts
-from .backends import Backend, Buffers
+from rar_deploy.runtime.artifacts import Artifacts
+from rar_deploy.runtime.backends import Backend, Buffers
 
 TORCH_DTYPES = {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16,
                 np.dtype("int64"): torch.int64, np.dtype("uint8"): torch.uint8}
@@ -78,8 +78,8 @@ class TorchBackend(Backend):
 
     def __init__(self, artifacts: Artifacts, device: str = "cpu", ckpt: str | None = None,
                  tokenizer: str | None = None, cuda_graphs: bool = True) -> None:
-        from ..checkpoint import load_exported_from
-        from ..model.layers import cast_for_inference
+        from rar_deploy.model.checkpoint import load_exported_from
+        from rar_deploy.model.layers import cast_for_inference
 
         target = torch.device(device)
         dtype = torch.float16 if target.type == "cuda" and artifacts.precision == "fp16" else torch.float32
@@ -89,11 +89,11 @@ class TorchBackend(Backend):
         generator = cast_for_inference(generator, dtype).to(target)
         decoder = cast_for_inference(decoder, dtype).to(target)
         if artifacts.family == "var":
-            from ..model.var_graphs import VARDecoderGraph, VARScaleStepGraph
+            from rar_deploy.model.var_graphs import VARDecoderGraph, VARScaleStepGraph
 
             self.modules = {"var_step": VARScaleStepGraph(generator, decoder), "var_decoder": VARDecoderGraph(decoder)}
         else:
-            from ..model.graphs import GRAPH_MODULES
+            from rar_deploy.model.graphs import GRAPH_MODULES
 
             self.modules = {name: GRAPH_MODULES[name](decoder if name == "vq_decoder" else generator)
                             for name in artifacts.graph_names}

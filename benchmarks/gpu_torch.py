@@ -14,8 +14,8 @@ from pathlib import Path
 from common import ensure_artifacts, save
 
 from rar_deploy.runtime import Artifacts
+from rar_deploy.runtime.engines import find_tensorrt
 from rar_deploy.tools.bench import bench_results
-from rar_deploy.tools.engine_build import find_tensorrt
 
 
 def main() -> None:

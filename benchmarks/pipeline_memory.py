@@ -16,7 +16,7 @@ import resource, sys
 from rar_deploy import RARPipeline
 pipeline = RARPipeline.from_artifacts(sys.argv[1], "onnxruntime")
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-pipeline.generate_tokens([1], seed=0)
+pipeline.generate([1], seed=0)
 print(loaded / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 

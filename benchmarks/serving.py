@@ -60,7 +60,7 @@ def in_process(artifacts: Path, threads: int) -> Callable[[int], object]:
     pipeline = RARPipeline.from_artifacts(artifacts, threads=threads)
 
     def call(i: int) -> bytes:
-        return png_bytes(pipeline.decode(pipeline.generate_tokens([i % 1000], seed=i))[0])
+        return png_bytes(pipeline.generate([i % 1000], seed=i).images[0])
 
     return call
 

@@ -25,8 +25,7 @@ from rar_deploy.model.var import VARVQVAE, VARGenerator, block_causal_mask, scal
 from rar_deploy.model.var_graphs import VARScaleStepGraph, scale_constants, var_graph_exports
 from rar_deploy.runtime import Artifacts
 from rar_deploy.runtime.backends import OnnxRuntimeBackend
-from rar_deploy.runtime.var_pipeline import VARLoop
-from rar_deploy.tools.bench import var_bench_inputs
+from rar_deploy.runtime.loops import VARLoop, drive
 from rar_deploy.tools.engine_build import BatchProfile
 
 
@@ -64,14 +63,15 @@ class PerScaleBackend(OnnxRuntimeBackend):
 
 def time_scales(loop: VARLoop, batch: int, repeats: int) -> list[float]:
     """Median ms of each scale's step over `repeats` generations after a warm-up."""
-    inputs = var_bench_inputs(loop.config, loop.backend.artifacts.sampling_defaults, batch)
+    artifacts = loop.backend.artifacts
+    sampling = artifacts.family.check_sampling(None, artifacts.sampling_defaults)
+    inputs = artifacts.family.inputs(loop.config, np.arange(batch) % loop.config.num_classes, sampling, 0)
     times: list[list[float]] = [[] for _ in loop.scales]
     for _ in range(repeats + 1):
-        loop.start(*inputs)
+        marks = []
+        drive(loop, inputs, lambda loop: marks.append(time.perf_counter()))
         for k in range(len(loop.scales)):
-            start = time.perf_counter()
-            loop.step(k)
-            times[k].append((time.perf_counter() - start) * 1e3)
+            times[k].append((marks[k + 1] - marks[k]) * 1e3)
     return [statistics.median(t[1:]) for t in times]
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from rar_deploy.export.exporter import ExportRequest, export_artifacts
-from rar_deploy.runtime import VARPipeline
+from rar_deploy.runtime import VARPipeline, VARSampling
 from rar_deploy.tools.engine_build import BatchProfile
 
 
@@ -61,7 +61,8 @@ def main() -> None:
     pipeline = VARPipeline.from_artifacts(folder)
 
     def ours(labels: list[int], cfg: float, top_k: int, top_p: float, temperature: float, seed: int) -> np.ndarray:
-        return pipeline.generate_images(labels, cfg, top_k, top_p, temperature, seed)[1]
+        sampling = VARSampling(guidance_scale=cfg, top_k=top_k, top_p=top_p, temperature=temperature)
+        return pipeline.generate(labels, sampling=sampling, seed=seed).images
 
     def theirs(labels: list[int], cfg: float, top_k: int, top_p: float) -> np.ndarray:
         with torch.no_grad():

@@ -15,7 +15,16 @@ from rar_deploy.contract.config import (
 )
 from rar_deploy.contract.sampling import guidance_schedule, sampling_noise
 from rar_deploy.errors import CheckpointError, RARDeployError
-from rar_deploy.runtime import RARPipeline, VARPipeline, open_pipeline
+from rar_deploy.runtime import (
+    Generated,
+    Pipeline,
+    RARPipeline,
+    RARSampling,
+    Sample,
+    VARPipeline,
+    VARSampling,
+    open_pipeline,
+)
 from rar_deploy.version import __version__
 
 _NEED_TORCH = {
@@ -27,8 +36,9 @@ _NEED_TORCH = {
 }
 
 __all__ = [
-    "CheckpointError", "GENERATOR_PRESETS", "Generation", "GeneratorConfig", "RARDeployError", "RARGenerator",
-    "RARPipeline", "SamplingDefaults", "StaticKVCache", "TOKENIZER_PRESETS", "TokenizerConfig", "VARPipeline",
+    "CheckpointError", "GENERATOR_PRESETS", "Generated", "Generation", "GeneratorConfig", "Pipeline",
+    "RARDeployError", "RARGenerator", "RARPipeline", "RARSampling", "Sample", "SamplingDefaults", "StaticKVCache",
+    "TOKENIZER_PRESETS", "TokenizerConfig", "VARPipeline", "VARSampling",
     "VQDecoder", "__version__", "guidance_schedule", "images_to_uint8", "load_generator", "load_models",
     "load_tokenizer", "load_var_generator", "load_var_tokenizer", "open_pipeline", "reference_generate",
     "sampling_noise", "var_reference_generate",

@@ -19,8 +19,9 @@ from rar_deploy.contract.graphs import resolve_shape
 from rar_deploy.contract.sampling import guidance_rows
 from rar_deploy.model.demo import random_tokenizer, save_state_dict
 from rar_deploy.model.graphs import ConditionGraph, DecodeStepGraph
+from rar_deploy.runtime.engines import find_tensorrt
 from rar_deploy.tools.cli import export_command
-from rar_deploy.tools.engine_build import BatchProfile, find_tensorrt
+from rar_deploy.tools.engine_build import BatchProfile
 from rar_deploy.tools.metrics import TOLERANCES, failures
 
 PROFILE = BatchProfile(1, 2, 6)
@@ -314,7 +315,7 @@ def test_max_batch_zero(official_dir, tmp_path):
 
 
 def test_engine_without_tensorrt_is_actionable(official_dir, tmp_path, monkeypatch):
-    import rar_deploy.tools.engine_build as engines_module
+    import rar_deploy.runtime.engines as engines_module
 
     monkeypatch.setattr(engines_module, "FLAVOURS", (("no_such_tensorrt_module", "tensorrt"),))
     out = tmp_path / "out"

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rar_deploy import RARPipeline, reference_generate, sampling_noise
+from rar_deploy import RARPipeline, RARSampling, VARSampling, reference_generate, sampling_noise
 from rar_deploy.runtime.artifacts import Artifacts
+from rar_deploy.runtime.engines import find_tensorrt
 from rar_deploy.runtime.gpu import cuda_capability
-from rar_deploy.tools.engine_build import BatchProfile, find_tensorrt
+from rar_deploy.tools.engine_build import BatchProfile
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_capability() is None,
                                                   reason="needs a CUDA GPU visible to cuda-python")]
@@ -52,8 +53,9 @@ def test_torch_cuda_graph_replay_equals_eager(export_tiny, tmp_path):
     from rar_deploy.model.torch_backend import TorchBackend
 
     artifacts = Artifacts.load(_export(export_tiny, tmp_path / "fp16", "fp16", engine=False))
-    runs = [RARPipeline(artifacts, TorchBackend(artifacts, "cuda", cuda_graphs=graphs)).generate_tokens(
-        [1, 2, 3], 4.0, 1.0, 1.0, seed=5) for graphs in (False, True)]
+    sampling = RARSampling(guidance_scale=4.0, guidance_pow=1.0, temperature=1.0)
+    runs = [RARPipeline(artifacts, TorchBackend(artifacts, "cuda", cuda_graphs=graphs)).generate(
+        [1, 2, 3], sampling=sampling, seed=5).tokens for graphs in (False, True)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert torch.cuda.is_available()
 
@@ -62,7 +64,8 @@ def test_torch_cuda_fp32_matches_reference(export_tiny, official_generator, tmp_
     pytest.importorskip("torch")
     pipeline = RARPipeline.from_artifacts(_export(export_tiny, tmp_path / "fp32", "fp32", engine=False), "torch",
                                           device="cuda")
-    tokens = pipeline.generate_tokens([3, 500], 4.0, 0.0, 1.0, seed=9)
+    tokens = pipeline.generate([3, 500], sampling=RARSampling(guidance_scale=4.0, guidance_pow=0.0, temperature=1.0),
+                               seed=9).tokens
     reference = reference_generate(official_generator, [3, 500], 4.0, 0.0, 1.0, noise=sampling_noise(9, 2, 16, 1024))
     assert np.mean(tokens == reference.tokens.numpy()) >= 0.99  # TF32/cuBLAS rounding may flip a rare tie
 
@@ -79,7 +82,8 @@ def test_tensorrt_backend_against_the_reference(engines, golden):
     from rar_deploy.tools.cli import parity_command
 
     pipeline = RARPipeline.from_artifacts(engines, "tensorrt")
-    tokens = pipeline.generate_tokens(list(golden["labels"]), 4.0, 0.0, 0.0)
+    tokens = pipeline.generate(list(golden["labels"]),
+                               sampling=RARSampling(guidance_scale=4.0, guidance_pow=0.0, temperature=0.0)).tokens
     assert np.mean(tokens == golden["greedy_tokens_const"]) >= FP16_TOKEN_AGREEMENT
     images = pipeline.decode(golden["greedy_tokens_const"])
     official = (np.clip(golden["images_const"], 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
@@ -97,12 +101,12 @@ def test_tensorrt_cuda_graph_replay_equals_eager_and_survives_batch_changes(engi
     graphs = RARPipeline(artifacts, TensorRTBackend(artifacts, "cuda", cuda_graphs=True))
     assert graphs.backend.use_cuda_graph, "TensorRT says its contexts cannot be captured on this stream"
     for labels in ([1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11, 12], [1, 2, 3]):  # re-allocation and re-capture
-        np.testing.assert_array_equal(graphs.generate_tokens(labels, seed=2), eager.generate_tokens(labels, seed=2))
+        np.testing.assert_array_equal(graphs.generate(labels, seed=2).tokens, eager.generate(labels, seed=2).tokens)
     per_position = 4 * artifacts.condition_width * graphs.backend.float_dtype.itemsize  # R = 4 rows
     for window in (1, 5):  # condition rows a position, or five, at a time: computed outside the captured step
-        graphs.backend.condition_table_budget = window * per_position
-        np.testing.assert_array_equal(graphs.generate_tokens([1, 2], seed=3), eager.generate_tokens([1, 2], seed=3))
-        assert graphs.backend.window == window
+        graphs.loop.condition_table_budget = window * per_position
+        np.testing.assert_array_equal(graphs.generate([1, 2], seed=3).tokens, eager.generate([1, 2], seed=3).tokens)
+        assert graphs.loop.window == window
     assert graphs.backend.memory.used_bytes() > 0
 
 
@@ -141,7 +145,7 @@ def test_var_on_the_gpu_reproduces_the_official_greedy_tokens(tmp_path, backend)
             pytest.skip("onnxruntime has no CUDA execution provider here")
     golden = dict(np.load(VAR_DATA / "var_tiny_golden.npz"))
     pipeline = VARPipeline.from_artifacts(_export_var(tmp_path / "fp32", "fp32", engine=False), backend, device="cuda")
-    tokens, _ = pipeline.generate_images(golden["labels"].tolist(), guidance_scale=4.0, temperature=0.0)
+    tokens, _ = pipeline.generate(golden["labels"].tolist(), sampling=VARSampling(guidance_scale=4.0, temperature=0.0))
     assert np.mean(tokens == golden["greedy_tokens_cfg4"]) >= 0.99  # TF32/cuBLAS rounding may flip a rare tie
 
 

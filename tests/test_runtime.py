@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from rar_deploy import RARDeployError, RARPipeline, reference_generate, sampling_noise
+from rar_deploy import RARDeployError, RARPipeline, RARSampling, reference_generate, sampling_noise
 from rar_deploy.runtime.artifacts import Artifacts
+from rar_deploy.runtime.engines import check_engines, find_tensorrt
 from rar_deploy.tools.cli import generate_command
-from rar_deploy.tools.engine_build import check_engines, find_tensorrt
 
 RUNS = {"const": ("4", "0"), "powcos": ("16", "2.75")}
 
@@ -55,9 +55,9 @@ def test_rar_generate_reproduces_official_greedy_images(fp32_artifacts, golden, 
 
 def test_same_seed_same_tokens_across_backends_and_reference(fp32_artifacts, official_generator):
     labels = [3, 500, 999]
-    kwargs = dict(guidance_scale=3.0, guidance_pow=1.0, temperature=1.0, seed=21)
-    ort_tokens = RARPipeline.from_artifacts(fp32_artifacts, "onnxruntime").generate_tokens(labels, **kwargs)
-    torch_tokens = RARPipeline.from_artifacts(fp32_artifacts, "torch").generate_tokens(labels, **kwargs)
+    kwargs = dict(sampling=RARSampling(guidance_scale=3.0, guidance_pow=1.0, temperature=1.0), seed=21)
+    ort_tokens = RARPipeline.from_artifacts(fp32_artifacts, "onnxruntime").generate(labels, **kwargs).tokens
+    torch_tokens = RARPipeline.from_artifacts(fp32_artifacts, "torch").generate(labels, **kwargs).tokens
     noise = sampling_noise(21, 3, 16, 1024)
     reference = reference_generate(official_generator, labels, 3.0, 1.0, 1.0, noise=noise).tokens.numpy()
     np.testing.assert_array_equal(ort_tokens, reference)
@@ -69,13 +69,13 @@ def test_same_seed_same_tokens_across_backends_and_reference(fp32_artifacts, off
 def test_every_condition_window_gives_the_same_tokens(fp32_artifacts, official_generator, backend):
     """The whole table (17 positions), one position per step, and windows of 5 (17 = 3 x 5 + 2) and 4."""
     pipeline = RARPipeline.from_artifacts(fp32_artifacts, backend)
-    kwargs = dict(guidance_scale=3.0, guidance_pow=1.0, temperature=1.0, seed=21)
+    kwargs = dict(sampling=RARSampling(guidance_scale=3.0, guidance_pow=1.0, temperature=1.0), seed=21)
     runs = {}
     for window in (17, 1, 5, 4):
         per_position = 4 * pipeline.artifacts.condition_width * pipeline.backend.float_dtype.itemsize  # 2 x 2 rows
-        pipeline.backend.condition_table_budget = window * per_position
-        runs[window] = pipeline.generate_tokens([3, 500], **kwargs)
-        assert pipeline.backend.window == window
+        pipeline.loop.condition_table_budget = window * per_position
+        runs[window] = pipeline.generate([3, 500], **kwargs).tokens
+        assert pipeline.loop.window == window
     for tokens in runs.values():
         np.testing.assert_array_equal(tokens, runs[17])
     reference = reference_generate(official_generator, [3, 500], 3.0, 1.0, 1.0, noise=sampling_noise(21, 2, 16, 1024))
@@ -87,32 +87,37 @@ def test_a_batch_of_samples_each_with_its_own_seed_and_sampling_values(fp32_arti
     from rar_deploy.runtime import Sample
 
     pipeline = RARPipeline.from_artifacts(fp32_artifacts, "onnxruntime")
-    samples = [Sample(3, seed=11), Sample(7, seed=5, index=1, guidance_scale=2.0, temperature=0.0),
-               Sample(9, seed=5, guidance_scale=0.0), Sample(1, seed=2, guidance_pow=3.0, temperature=0.5)]
+    samples = [Sample(3, seed=11),
+               Sample(7, seed=5, index=1, sampling=RARSampling(guidance_scale=2.0, temperature=0.0)),
+               Sample(9, seed=5, sampling=RARSampling(guidance_scale=0.0)),
+               Sample(1, seed=2, sampling=RARSampling(guidance_pow=3.0, temperature=0.5))]
     together = pipeline.generate_samples(samples, batch_size=4)
     for sample, tokens in zip(samples, together):
-        alone = pipeline.generate_tokens([0] * sample.index + [sample.class_label], sample.guidance_scale,
-                                         sample.guidance_pow, sample.temperature, seed=sample.seed)[-1]
+        alone = pipeline.generate([0] * sample.index + [sample.class_label], sampling=sample.sampling,
+                                  seed=sample.seed).tokens[-1]
         np.testing.assert_array_equal(tokens, alone)
 
 
 def test_image_does_not_depend_on_batch_size(fp32_artifacts):
     pipeline = RARPipeline.from_artifacts(fp32_artifacts, "onnxruntime")
     labels = [7, 8, 9]
-    one_batch = pipeline.generate_tokens(labels, 4.0, 0.0, 1.0, seed=3, batch_size=3)
-    one_by_one = pipeline.generate_tokens(labels, 4.0, 0.0, 1.0, seed=3, batch_size=1)
+    sampling = RARSampling(guidance_scale=4.0, guidance_pow=0.0, temperature=1.0)
+    one_batch = pipeline.generate(labels, sampling=sampling, seed=3, batch_size=3).tokens
+    one_by_one = pipeline.generate(labels, sampling=sampling, seed=3, batch_size=1).tokens
     np.testing.assert_array_equal(one_batch, one_by_one)
     # a batch above the profile (max 4) is split transparently
-    many = pipeline.generate_tokens(labels * 2, 4.0, 0.0, 1.0, seed=3)
+    many = pipeline.generate(labels * 2, sampling=sampling, seed=3).tokens
     np.testing.assert_array_equal(many[:3], one_batch)
 
 
 def test_defaults_come_from_the_manifest(fp32_artifacts):
     pipeline = RARPipeline.from_artifacts(fp32_artifacts, "onnxruntime")
     defaults = pipeline.artifacts.sampling_defaults
-    explicit = pipeline.generate_tokens([1], defaults.guidance_scale, defaults.guidance_pow, defaults.temperature)
-    np.testing.assert_array_equal(pipeline.generate_tokens([1]), explicit)
-    images = pipeline.generate([1, 2], temperature=0)
+    explicit = pipeline.generate([1], sampling=RARSampling(guidance_scale=defaults.guidance_scale,
+                                                           guidance_pow=defaults.guidance_pow,
+                                                           temperature=defaults.temperature)).tokens
+    np.testing.assert_array_equal(pipeline.generate([1]).tokens, explicit)
+    images = pipeline.generate([1, 2], sampling=RARSampling(temperature=0)).pil()
     assert len(images) == 2 and images[0].size == (64, 64)
 
 
@@ -150,7 +155,7 @@ def test_tensorrt_backend_without_gpu_says_so(engine_artifacts, tmp_path):
 
 
 def test_tensorrt_backend_without_tensorrt(fp32_artifacts, tmp_path, monkeypatch):
-    import rar_deploy.tools.engine_build as tensorrt_module
+    import rar_deploy.runtime.engines as tensorrt_module
 
     monkeypatch.setattr(tensorrt_module, "FLAVOURS", (("no_such_tensorrt_module", "tensorrt"),))
     result = _generate(["--artifacts", str(fp32_artifacts), "--class-labels", "1", "--backend", "tensorrt",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rar_deploy.tools.engine_build import find_tensorrt
+from rar_deploy.runtime.engines import find_tensorrt
 
 ROOT = Path(__file__).parents[1]
 needs_rtx = pytest.mark.skipif(find_tensorrt() is None or find_tensorrt().flavour != "tensorrt-rtx",

@@ -110,13 +110,14 @@ def test_concurrent_requests_give_the_images_rar_generate_writes(server, artifac
 
 
 def test_tokens_output_and_per_request_sampling_values(server, artifacts):
-    from rar_deploy.runtime import RARPipeline
+    from rar_deploy.runtime import RARPipeline, RARSampling
 
     _, url, _ = server
     status, reply = post(url, {"class_labels": [7, 8], "seed": 5, "temperature": 0, "guidance_scale": 2.0,
                                "output": "tokens"})
     assert status == 200, reply
-    expected = RARPipeline.from_artifacts(artifacts).generate_tokens([7, 8], 2.0, None, 0.0, seed=5)
+    expected = RARPipeline.from_artifacts(artifacts).generate(
+        [7, 8], sampling=RARSampling(guidance_scale=2.0, temperature=0.0), seed=5).tokens
     assert reply["tokens"] == expected.tolist()
 
 

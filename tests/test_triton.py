@@ -113,8 +113,7 @@ def test_tritonserver_serves_the_images_of_local_generation(artifacts, triton_py
     results = np.load(tmp_path / "results.npz")
     pipeline = RARPipeline.from_artifacts(artifacts)
     for i, (labels, seed) in enumerate(jobs):
-        tokens = pipeline.generate_tokens(labels, seed=seed)
-        images = pipeline.decode(tokens)
+        tokens, images = pipeline.generate(labels, seed=seed)
         for protocol in ("http", "grpc"):
             np.testing.assert_array_equal(results[f"{protocol}_{i}_tokens"], tokens)
             np.testing.assert_array_equal(results[f"{protocol}_{i}_image"], images)

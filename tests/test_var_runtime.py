@@ -18,8 +18,9 @@ from rar_deploy.errors import RARDeployError
 from rar_deploy.export.exporter import ExportRequest, export_artifacts
 from rar_deploy.model.checkpoint import load_var_generator, load_var_tokenizer
 from rar_deploy.model.reference import var_reference_generate
-from rar_deploy.runtime import Artifacts, RARPipeline, VARPipeline, open_pipeline
-from rar_deploy.tools.engine_build import BatchProfile, find_tensorrt
+from rar_deploy.runtime import Artifacts, RARPipeline, VARPipeline, VARSampling, open_pipeline
+from rar_deploy.runtime.engines import find_tensorrt
+from rar_deploy.tools.engine_build import BatchProfile
 
 DATA = Path(__file__).parent / "data" / "official_var_tiny"
 OFFICIAL = (str(DATA / "var_tiny_var.pth"), str(DATA / "var_tiny_vae.pth"))
@@ -60,7 +61,8 @@ def test_export_writes_a_var_manifest(var_exports):
 def test_every_backend_reproduces_the_official_greedy_generation(var_exports, golden, backend, cfg, key):
     pipeline = open_pipeline(var_exports["fp32"], backend=backend)
     assert isinstance(pipeline, VARPipeline)
-    tokens, images = pipeline.generate_images(golden["labels"].tolist(), guidance_scale=cfg, temperature=0.0)
+    tokens, images = pipeline.generate(golden["labels"].tolist(),
+                                       sampling=VARSampling(guidance_scale=cfg, temperature=0.0))
     np.testing.assert_array_equal(tokens, golden[f"greedy_tokens_{key}"])
     official = np.floor(golden[f"images_{key}"].transpose(0, 2, 3, 1) * 255)
     assert np.abs(images.astype(np.int64) - official).max() <= 1
@@ -73,12 +75,13 @@ def test_sampling_equals_the_reference_sampler_whatever_the_batch(var_exports, t
     noise = torch.from_numpy(sampling_noise(5, 3, generator.config.seq_len, generator.config.codebook_size))
     reference = var_reference_generate(generator, vqvae, labels, 4.0, top_k, top_p, 1.0, noise)
     pipeline = VARPipeline.from_artifacts(var_exports["fp32"])
-    tokens = pipeline.generate_tokens(labels, 4.0, top_k, top_p, 1.0, seed=5)
+    sampling = VARSampling(guidance_scale=4.0, top_k=top_k, top_p=top_p, temperature=1.0)
+    tokens = pipeline.generate(labels, sampling=sampling, seed=5).tokens
     np.testing.assert_array_equal(tokens, reference.tokens.numpy())
-    one_at_a_time = pipeline.generate_tokens(labels, 4.0, top_k, top_p, 1.0, seed=5, batch_size=1)
+    one_at_a_time = pipeline.generate(labels, sampling=sampling, seed=5, batch_size=1).tokens
     np.testing.assert_array_equal(one_at_a_time, tokens)
     if top_k != 5:  # five candidates per token: another seed may well draw the same first scales
-        assert (tokens[:, 1:] != pipeline.generate_tokens(labels, 4.0, top_k, top_p, 1.0, seed=6)[:, 1:]).any()
+        assert (tokens[:, 1:] != pipeline.generate(labels, sampling=sampling, seed=6).tokens[:, 1:]).any()
 
 
 def test_fp16_export_passes_rar_parity_on_every_backend(var_exports):
@@ -113,7 +116,8 @@ def test_rar_generate_runs_var_artifacts(var_exports, tmp_path):
     samples = json.loads((out / "samples.json").read_text())
     assert (samples["family"], samples["top_k"], samples["top_p"], samples["guidance_scale"]) == ("var", 50, 0.96, 4.0)
     assert len(list(out.glob("0*_class*.png"))) == 4 and (out / "grid.png").exists()
-    expected = VARPipeline.from_artifacts(var_exports["fp16"]).generate_tokens([7, 7, 8, 8], 4.0, 50, seed=3)
+    expected = VARPipeline.from_artifacts(var_exports["fp16"]).generate(
+        [7, 7, 8, 8], sampling=VARSampling(guidance_scale=4.0, top_k=50), seed=3).tokens
     np.testing.assert_array_equal(np.load(tokens), expected)
     for option, value in (("--guidance-pow", "2"), ("--condition-budget", "0")):
         result = CliRunner().invoke(generate_command, [*args[:6], "--out", str(tmp_path / "x"), option, value])
@@ -177,7 +181,7 @@ def test_rar_bench_times_var_against_the_official_loop(var_exports):
     runs = json.loads(result.stdout)["runs"]
     assert [(r["backend"], r["batch"]) for r in runs] == [("onnxruntime", 1), ("onnxruntime", 2), ("baseline", 1),
                                                          ("baseline", 2)]
-    assert all(len(r.get("scale_ms", [0] * 4)) == 4 and r["total_ms_per_image"] > 0 for r in runs)
+    assert all(len(r.get("step_ms", [0] * 4)) == 4 and r["total_ms_per_image"] > 0 for r in runs)
 
 
 @pytest.mark.skipif(find_tensorrt() is None, reason="needs TensorRT or TensorRT-RTX")

@@ -56,7 +56,8 @@ SCALE_EDITS = {
 def prepare(work: Path) -> None:
     from rar_deploy.contract.integrity import file_record
     from rar_deploy.export.exporter import ExportRequest, export_artifacts
-    from rar_deploy.tools.engine_build import BatchProfile, find_tensorrt
+    from rar_deploy.runtime.engines import find_tensorrt
+    from rar_deploy.tools.engine_build import BatchProfile
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -177,7 +178,7 @@ def cpp_generate_var(exe: str, artifacts: Path, out: Path, labels, seed, batch,
 
 
 def parity(work: Path, exe: str) -> None:
-    from rar_deploy import RARPipeline
+    from rar_deploy import RARPipeline, RARSampling
 
     checked = 0
     for precision in ("fp32", "fp16"):
@@ -186,14 +187,16 @@ def parity(work: Path, exe: str) -> None:
                                                                         SCHEDULES.values()):
             tokens, images = cpp_generate(exe, work / precision, work / "out" / "samples", LABELS, seed, batch,
                                           temperature, scale, pow_)
-            expected = pipeline.generate_tokens(LABELS, scale, pow_, temperature, seed=seed, batch_size=batch)
+            sampling = RARSampling(guidance_scale=scale, guidance_pow=pow_, temperature=temperature)
+            expected = pipeline.generate(LABELS, sampling=sampling, seed=seed, batch_size=batch).tokens
             np.testing.assert_array_equal(tokens, expected, err_msg=f"{precision} seed {seed} batch {batch}")
             np.testing.assert_array_equal(images, pipeline.decode(expected), err_msg=f"{precision} pixels")
             checked += 1
     print(f"C++ == Python: tokens and every uint8 pixel, {checked} runs (fp32/fp16 x seeds {SEEDS} x batch "
           f"{BATCH_SIZES} x temperature {TEMPERATURES} x schedules {list(SCHEDULES)})")
     pipeline = RARPipeline.from_artifacts(work / "fp32", "onnxruntime")
-    expected = pipeline.generate_tokens(LABELS, 4.0, 0.0, 1.0, seed=4, batch_size=3)  # the whole table: 17 positions
+    expected = pipeline.generate(LABELS, sampling=RARSampling(guidance_scale=4.0, guidance_pow=0.0, temperature=1.0),
+                                 seed=4, batch_size=3).tokens  # the whole table: 17 positions
     per_position = 2 * len(LABELS) * pipeline.artifacts.condition_width * 4
     for window in (1, 5):
         out = work / "out" / "window"
@@ -217,7 +220,7 @@ def official_greedy(work: Path, exe: str) -> None:
 
 
 def var_parity(work: Path, exe: str) -> None:
-    from rar_deploy.runtime import VARPipeline
+    from rar_deploy.runtime import VARPipeline, VARSampling
 
     samplings = ({}, {"temperature": 0.0})  # the published defaults (sampled), and greedy
     checked = 0
@@ -226,15 +229,16 @@ def var_parity(work: Path, exe: str) -> None:
         for seed, batch, sampling in itertools.product(SEEDS[:2], BATCH_SIZES, samplings):
             tokens, images = cpp_generate_var(exe, work / precision, work / "out" / "var", LABELS, seed, batch,
                                               **sampling)
-            expected_tokens, expected_images = pipeline.generate_images(LABELS, seed=seed, batch_size=batch,
-                                                                        **sampling)
+            expected_tokens, expected_images = pipeline.generate(LABELS, sampling=VARSampling(**sampling), seed=seed,
+                                                                 batch_size=batch)
             what = f"{precision} seed {seed} batch {batch} {sampling}"
             np.testing.assert_array_equal(tokens, expected_tokens, err_msg=what)
             np.testing.assert_array_equal(images, expected_images, err_msg=f"{what}: pixels")
             checked += 1
         sampling = {"guidance_scale": 4.0, "top_k": 5, "top_p": 0.5, "temperature": 1.3}  # every option given
         tokens, images = cpp_generate_var(exe, work / precision, work / "out" / "var", LABELS, 3, 2, **sampling)
-        expected_tokens, expected_images = pipeline.generate_images(LABELS, seed=3, batch_size=2, **sampling)
+        expected_tokens, expected_images = pipeline.generate(LABELS, sampling=VARSampling(**sampling), seed=3,
+                                                             batch_size=2)
         np.testing.assert_array_equal(tokens, expected_tokens, err_msg=f"{precision} {sampling}")
         np.testing.assert_array_equal(images, expected_images, err_msg=f"{precision} {sampling}: pixels")
         checked += 1
@@ -404,7 +408,7 @@ def outputs(work: Path, exe: str) -> None:
 
 
 def tensorrt(work: Path, exe: str) -> None:
-    from rar_deploy import RARPipeline
+    from rar_deploy import RARPipeline, RARSampling
     from rar_deploy.runtime.gpu import cuda_capability
 
     probe = run(exe, "--artifacts", work / "fp16_engines", "--class-labels", "1", "--backend", "tensorrt",
@@ -414,7 +418,8 @@ def tensorrt(work: Path, exe: str) -> None:
         raise SystemExit(SKIP)
     tokens, images = cpp_generate(exe, work / "fp16_engines", work / "out" / "trt", LABELS, 0, 3, 1.0, 4.0, 1.0,
                                   backend="tensorrt")
-    expected = RARPipeline.from_artifacts(work / "fp16_engines", "tensorrt").generate_tokens(LABELS, 4.0, 1.0, 1.0)
+    expected = RARPipeline.from_artifacts(work / "fp16_engines", "tensorrt").generate(
+        LABELS, sampling=RARSampling(guidance_scale=4.0, guidance_pow=1.0, temperature=1.0)).tokens
     agreement = float(np.mean(tokens == expected))
     print(f"C++ tensorrt vs Python tensorrt: {agreement:.4f} of tokens equal")
     assert agreement >= 0.99

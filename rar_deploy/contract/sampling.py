@@ -36,6 +36,11 @@ def guidance_schedule(num_steps: int, scale: float, pow: float) -> np.ndarray:
     return np.array([guidance_scale_at(t, num_steps, scale, pow) for t in range(num_steps)], dtype=np.float32)
 
 
+def var_guidance(num_scales: int, guidance_scale: float) -> np.ndarray:
+    """The official schedule, t = cfg * k / (K - 1) for scales k = 0 .. K-1 (float64, rounded to float32)."""
+    return np.array([guidance_scale * k / (num_scales - 1) for k in range(num_scales)], np.float64).astype(np.float32)
+
+
 def _splitmix64(state: np.ndarray) -> np.ndarray:
     """SplitMix64's output for `state` (uint64, arithmetic modulo 2**64): mix(state + gamma). In place."""
     z = np.add(state, _GAMMA, out=state)

@@ -18,17 +18,16 @@ from rar_deploy.contract.integrity import file_record, sha256_of
 from rar_deploy.contract.manifest import PARITY_FILE, RECORD_FILE, build_manifest, exported_files, write_manifest
 from rar_deploy.errors import ExportError
 from rar_deploy.export.onnx_export import (
+    FAMILY_EXPORTS,
     OPSET,
     cast_models,
     export_graph,
-    graph_exports,
     release_cast_copy,
     release_memory,
 )
 from rar_deploy.export.verify import reference_for_export, verify_export
 from rar_deploy.files import Output, atomic_directory
 from rar_deploy.model.checkpoint import load_models, require_file, resolve_checkpoint
-from rar_deploy.model.var import VARGenerator
 from rar_deploy.tools.engine_build import (
     RTX_DEFAULT_CAPABILITIES,
     BatchProfile,
@@ -128,12 +127,8 @@ def _export_graphs(generator, tokenizer, directory: Path, request: ExportRequest
                    progress: Callable[[str], None]) -> dict[str, dict]:
     """Every graph in the export precision, one at a time; the manifest's entry of each."""
     cast_gen, cast_tok = cast_models(generator, tokenizer, request.precision)
-    if isinstance(generator, VARGenerator):
-        from rar_deploy.model.var_graphs import var_graph_exports
-
-        exports, names = var_graph_exports(cast_gen, cast_tok, request.profile.max), FAMILY_GRAPHS["var"]
-    else:
-        exports, names = graph_exports(cast_gen, cast_tok, request.profile.max), FAMILY_GRAPHS["rar"]
+    family, graph_exports = FAMILY_EXPORTS[type(generator)]
+    exports, names = graph_exports(cast_gen, cast_tok, request.profile.max), FAMILY_GRAPHS[family]
     graphs = {}
     for name in names:
         progress(f"exporting {name}.onnx ({request.precision})")

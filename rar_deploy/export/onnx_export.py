@@ -29,6 +29,8 @@ from rar_deploy.model.generator import RARGenerator
 from rar_deploy.model.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
 from rar_deploy.model.layers import NORM_TYPES
 from rar_deploy.model.tokenizer import VQDecoder
+from rar_deploy.model.var import VARVQVAE, VARGenerator
+from rar_deploy.model.var_graphs import VARDecoderGraph, VARScaleStepGraph, scale_constants
 
 OPSET = 18
 PROTOBUF_LIMIT = 2**31 - 1
@@ -97,8 +99,8 @@ def check_float16_range(model: nn.Module) -> None:
                               "--fp32")
 
 
-def graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: int) -> dict[str, GraphExport]:
-    """Modules, example inputs and dynamic axes of the three graphs."""
+def rar_graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: int) -> dict[str, GraphExport]:
+    """RAR's three graphs: modules, example inputs and dynamic axes, for export_graph."""
     c = generator.config
     b, rows, positions, vocab = _EXAMPLE_BATCH, 2 * _EXAMPLE_BATCH, _EXAMPLE_POSITIONS, c.codebook_size
     dtype = generator.embeddings.weight.dtype
@@ -126,6 +128,28 @@ def graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: int)
         "vq_decoder": GraphExport(VQDecoderGraph(tokenizer), (torch.zeros(b, c.image_seq_len, dtype=torch.int64),),
                                   (per_image,)),
     }
+
+
+def var_graph_exports(generator: VARGenerator, vqvae: VARVQVAE, max_batch: int):
+    """VAR's scale step and decoder: modules, example inputs and dynamic axes, for export_graph."""
+    c, b = generator.config, 2
+    dtype = generator.class_emb.weight.dtype
+    batch = torch.export.Dim("batch", min=1, max=max(max_batch, b + 1))
+    pn = torch.export.Dim("side", min=1, max=c.patch_nums[-1])
+    size, scale = c.patch_nums[-1], 2  # an example scale with pn > 1
+    const = scale_constants(c, vqvae.config.num_phi)[scale]
+    cache = [torch.zeros(2 * b, c.num_heads, c.seq_len, c.head_dim, dtype=dtype) for _ in range(c.depth)]
+    args = (torch.arange(b), torch.zeros(b, c.vae_channels, size, size), const["positions"], const["phi_index"],
+            const["down"], const["up"], torch.full((b,), 1.0), torch.tensor([0]), torch.tensor([0.0]), torch.ones(b),
+            torch.rand(b, c.patch_nums[scale], c.patch_nums[scale], c.codebook_size),
+            cache, [x.clone() for x in cache])
+    rows = {0: 2 * batch}
+    shapes = ({0: batch}, {0: batch}, {0: pn, 1: pn}, None, {0: pn}, {1: pn}, {0: batch}, None, None, {0: batch},
+              {0: batch, 1: pn, 2: pn}, [rows] * c.depth, [rows] * c.depth)
+    names = {"2*batch": "rows", "side**2": "tokens"}  # torch's derived dims, named as the contract names them
+    return {"var_step": GraphExport(VARScaleStepGraph(generator, vqvae), args, shapes, names),
+            "var_decoder": GraphExport(VARDecoderGraph(vqvae), (torch.zeros(b, c.vae_channels, size, size),),
+                                       ({0: batch},))}
 
 
 @dataclass(frozen=True)
@@ -200,3 +224,7 @@ def check_onnx(path: Path, static: set[str] = frozenset()) -> None:
         dims = tensor.type.tensor_type.shape.dim
         if not any(d.dim_param for d in dims):
             raise ExportError(f"{path.name}: input {tensor.name} lost its dynamic batch axis during export")
+
+
+# each family's graph exports, by the generator class its checkpoint loads as
+FAMILY_EXPORTS = {RARGenerator: ("rar", rar_graph_exports), VARGenerator: ("var", var_graph_exports)}

@@ -17,7 +17,7 @@ from rar_deploy.model.generator import RARGenerator
 from rar_deploy.model.guidance import apply_guidance, gumbel_max
 from rar_deploy.model.tokenizer import VQDecoder
 from rar_deploy.model.torch_backend import TorchMemory
-from rar_deploy.tools.bench import StageClock, _memory, _summary
+from rar_deploy.runtime.timing import StageClock, memory_usage, stage_summary
 
 
 class OfficialStyleLoop:
@@ -66,7 +66,7 @@ class OfficialStyleLoop:
 
 def bench_baseline(loop: OfficialStyleLoop, artifacts, batch: int, memory: TorchMemory, warmup_steps: int = 3,
                    seed: int = 0) -> dict:
-    """The same measurement as benchmark.bench_pipeline, of the official-style loop."""
+    """The same measurement as tools.bench.bench_pipeline, of the official-style loop."""
     device = memory.device
     c, defaults = artifacts.config, artifacts.sampling_defaults
     labels = (torch.arange(batch) % c.num_classes).to(device)
@@ -89,9 +89,9 @@ def bench_baseline(loop: OfficialStyleLoop, artifacts, batch: int, memory: Torch
     tables = ("embeddings.weight", "pos_embed", "target_aware_pos_embed", "timesteps_embeddings")
     generator_bytes = sum(p.numel() * p.element_size() for name, p in loop.generator.named_parameters()
                           if name not in tables)
-    summary = _summary(0.0, intervals[0], intervals[1:], decoder_ms, batch)
+    summary = stage_summary(0.0, intervals[0], intervals[1:], decoder_ms, batch)
     return {**summary, "step_bytes": generator_bytes, "step_gb_per_s": generator_bytes / summary["step_p50_ms"] / 1e6,
-            **_memory(memory)}
+            **memory_usage(memory)}
 
 
 def baseline_checkpoints(artifacts, ckpt: str | None, tokenizer: str | None) -> tuple[Path, Path]:
@@ -104,24 +104,22 @@ def baseline_checkpoints(artifacts, ckpt: str | None, tokenizer: str | None) -> 
 
 def bench_baselines(artifacts, checkpoints: tuple[Path, Path], batch_sizes: list[int], device: str | None,
                     warmup_steps: int, progress: Callable[[str], None]) -> list[dict]:
-    """The baseline at every batch size, fp16 on CUDA for fp16 artifacts, else float32."""
-    from rar_deploy.model.checkpoint import load_generator, load_tokenizer, load_var_generator, load_var_tokenizer
-    from rar_deploy.model.layers import cast_for_inference
-
+    """The family's official loop at every batch size, fp16 on CUDA for fp16 artifacts, else float32."""
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.float16 if target.type == "cuda" and artifacts.precision == "fp16" else torch.float32
-    memory, runs = TorchMemory(target), []
-    if artifacts.family == "var":  # float32 weights under autocast, as the official demo runs VAR
-        generator, vqvae = load_var_generator(checkpoints[0]).to(target), load_var_tokenizer(checkpoints[1]).to(target)
-        for batch in batch_sizes:
-            progress(f"baseline (official autoregressive_infer_cfg loop), batch {batch}")
-            with torch.autocast(target.type, dtype=dtype, enabled=dtype == torch.float16):
-                runs.append({"backend": "baseline", "device": str(target), "dtype": str(dtype),
-                             **bench_var_baseline(generator, vqvae, artifacts, batch, memory)})
-        return runs
+    return FAMILY_BASELINES[artifacts.family.name](artifacts, checkpoints, batch_sizes, TorchMemory(target), dtype,
+                                                   warmup_steps, progress)
+
+
+def _rar_baselines(artifacts, checkpoints: tuple[Path, Path], batch_sizes: list[int], memory: TorchMemory,
+                   dtype: torch.dtype, warmup_steps: int, progress: Callable[[str], None]) -> list[dict]:
+    from rar_deploy.model.checkpoint import load_generator, load_tokenizer
+    from rar_deploy.model.layers import cast_for_inference
+
+    target = memory.device
     generator = cast_for_inference(load_generator(checkpoints[0]), dtype).to(target)
     decoder = cast_for_inference(load_tokenizer(checkpoints[1]), dtype).to(target)
-    loop = OfficialStyleLoop(generator, decoder)
+    loop, runs = OfficialStyleLoop(generator, decoder), []
     for batch in batch_sizes:
         progress(f"baseline (official-style eager loop), batch {batch}")
         runs.append({"backend": "baseline", "device": str(target), "dtype": str(dtype),
@@ -129,24 +127,42 @@ def bench_baselines(artifacts, checkpoints: tuple[Path, Path], batch_sizes: list
     return runs
 
 
+def _var_baselines(artifacts, checkpoints: tuple[Path, Path], batch_sizes: list[int], memory: TorchMemory,
+                   dtype: torch.dtype, warmup_steps: int, progress: Callable[[str], None]) -> list[dict]:
+    """float32 weights under autocast, as the official demo runs VAR."""
+    from rar_deploy.model.checkpoint import load_var_generator, load_var_tokenizer
+
+    target, runs = memory.device, []
+    generator, vqvae = load_var_generator(checkpoints[0]).to(target), load_var_tokenizer(checkpoints[1]).to(target)
+    for batch in batch_sizes:
+        progress(f"baseline (official autoregressive_infer_cfg loop), batch {batch}")
+        with torch.autocast(target.type, dtype=dtype, enabled=dtype == torch.float16):
+            runs.append({"backend": "baseline", "device": str(target), "dtype": str(dtype),
+                         **bench_var_baseline(generator, vqvae, artifacts, batch, memory)})
+    return runs
+
+
 def bench_var_baseline(generator, vqvae, artifacts, batch: int, memory: TorchMemory, seed: int = 0) -> dict:
-    """The measurement of benchmark.bench_var_pipeline, of the official loop: one warm-up generation, then one
+    """The measurement of tools.bench.bench_pipeline, of the official loop: one warm-up generation, then one
     timed (scale 0 as the prefill, scales 1 .. K-1 as the steps, the decoder)."""
     from rar_deploy.model.reference import var_reference_generate
-    from rar_deploy.tools.bench import var_bench_inputs
 
-    labels, guidance, top_k, top_p, temperature, noise = var_bench_inputs(
-        artifacts.config, artifacts.sampling_defaults, batch, seed)
-    args = (generator, vqvae, labels.tolist(), float(artifacts.sampling_defaults.guidance_scale), top_k, top_p,
-            float(temperature[0]), torch.from_numpy(noise).to(memory.device))
+    c, family = artifacts.config, artifacts.family
+    sampling = family.check_sampling(None, artifacts.sampling_defaults)
+    inputs = family.inputs(c, np.arange(batch) % c.num_classes, sampling, seed)
+    args = (generator, vqvae, inputs.labels.tolist(), float(sampling.guidance_scale), inputs.top_k, inputs.top_p,
+            float(inputs.temperature[0]), torch.from_numpy(inputs.noise).to(memory.device))
     var_reference_generate(*args)
     clock = StageClock(memory)
     clock.mark()
     var_reference_generate(*args, on_scale=clock.mark)
     clock.mark()  # after the decoder
     intervals = clock.intervals_ms()
-    summary = _summary(0.0, intervals[0], intervals[1:-1], intervals[-1], batch)
+    summary = stage_summary(0.0, intervals[0], intervals[1:-1], intervals[-1], batch)
     weights = sum(p.numel() * p.element_size() for name, p in generator.named_parameters()
                   if name not in ("class_emb.weight", "pos_1LC", "lvl_embed.weight"))
     return {**summary, "step_bytes": weights, "step_gb_per_s": weights / summary["step_p50_ms"] / 1e6,
-            **_memory(memory)}
+            **memory_usage(memory)}
+
+
+FAMILY_BASELINES = {"rar": _rar_baselines, "var": _var_baselines}

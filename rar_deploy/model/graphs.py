@@ -112,4 +112,7 @@ def uint8_images(images: torch.Tensor) -> torch.Tensor:
     return torch.floor(images.permute(0, 2, 3, 1) * 255).to(torch.uint8)
 
 
-GRAPH_MODULES = {"condition": ConditionGraph, "decode_step": DecodeStepGraph, "vq_decoder": VQDecoderGraph}
+# graph name -> its module from (generator, tokenizer)
+RAR_GRAPH_MODULES = {"condition": lambda generator, tokenizer: ConditionGraph(generator),
+                     "decode_step": lambda generator, tokenizer: DecodeStepGraph(generator),
+                     "vq_decoder": lambda generator, tokenizer: VQDecoderGraph(tokenizer)}

@@ -208,8 +208,8 @@ def var_reference_record(generator, vqvae, float_dtype: str, batch: int = 2, see
     """
     from rar_deploy.contract.config import VARSamplingDefaults
     from rar_deploy.contract.graphs import VAR_STEP_COMPARED
+    from rar_deploy.contract.sampling import var_guidance
     from rar_deploy.model.var_graphs import VARDecoderGraph, VARScaleStepGraph, scale_constants
-    from rar_deploy.runtime.var_pipeline import var_guidance
 
     c, defaults = generator.config, VARSamplingDefaults()
     scale = defaults.guidance_scale if guidance_scale is None else guidance_scale

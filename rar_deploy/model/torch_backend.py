@@ -10,9 +10,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from rar_deploy.model.graphs import RAR_GRAPH_MODULES
+from rar_deploy.model.var_graphs import VAR_GRAPH_MODULES
 from rar_deploy.runtime.artifacts import Artifacts
 from rar_deploy.runtime.backends import Backend, Buffers
 
+GRAPH_MODULES = {**RAR_GRAPH_MODULES, **VAR_GRAPH_MODULES}  # graph name -> module(generator, tokenizer)
 TORCH_DTYPES = {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16,
                 np.dtype("int64"): torch.int64, np.dtype("uint8"): torch.uint8}
 
@@ -88,15 +91,7 @@ class TorchBackend(Backend):
         decoder = load_exported_from(artifacts.manifest, "tokenizer", tokenizer)
         generator = cast_for_inference(generator, dtype).to(target)
         decoder = cast_for_inference(decoder, dtype).to(target)
-        if artifacts.family == "var":
-            from rar_deploy.model.var_graphs import VARDecoderGraph, VARScaleStepGraph
-
-            self.modules = {"var_step": VARScaleStepGraph(generator, decoder), "var_decoder": VARDecoderGraph(decoder)}
-        else:
-            from rar_deploy.model.graphs import GRAPH_MODULES
-
-            self.modules = {name: GRAPH_MODULES[name](decoder if name == "vq_decoder" else generator)
-                            for name in artifacts.graph_names}
+        self.modules = {name: GRAPH_MODULES[name](generator, decoder) for name in artifacts.graph_names}
         self.use_cuda_graph = cuda_graphs and target.type == "cuda"
 
     @torch.no_grad()

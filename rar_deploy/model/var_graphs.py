@@ -128,25 +128,5 @@ class VARDecoderGraph(nn.Module):
         return images, uint8_images(images)
 
 
-def var_graph_exports(generator: VARGenerator, vqvae: VARVQVAE, max_batch: int):
-    """(module, example args, dynamic shapes) of the scale step and the decoder, for export_graph."""
-    from rar_deploy.export.onnx_export import GraphExport
-
-    c, b = generator.config, 2
-    dtype = generator.class_emb.weight.dtype
-    batch = torch.export.Dim("batch", min=1, max=max(max_batch, b + 1))
-    pn = torch.export.Dim("side", min=1, max=c.patch_nums[-1])
-    size, scale = c.patch_nums[-1], 2  # an example scale with pn > 1
-    const = scale_constants(c, vqvae.config.num_phi)[scale]
-    cache = [torch.zeros(2 * b, c.num_heads, c.seq_len, c.head_dim, dtype=dtype) for _ in range(c.depth)]
-    args = (torch.arange(b), torch.zeros(b, c.vae_channels, size, size), const["positions"], const["phi_index"],
-            const["down"], const["up"], torch.full((b,), 1.0), torch.tensor([0]), torch.tensor([0.0]), torch.ones(b),
-            torch.rand(b, c.patch_nums[scale], c.patch_nums[scale], c.codebook_size),
-            cache, [x.clone() for x in cache])
-    rows = {0: 2 * batch}
-    shapes = ({0: batch}, {0: batch}, {0: pn, 1: pn}, None, {0: pn}, {1: pn}, {0: batch}, None, None, {0: batch},
-              {0: batch, 1: pn, 2: pn}, [rows] * c.depth, [rows] * c.depth)
-    names = {"2*batch": "rows", "side**2": "tokens"}  # torch's derived dims, named as the contract names them
-    return {"var_step": GraphExport(VARScaleStepGraph(generator, vqvae), args, shapes, names),
-            "var_decoder": GraphExport(VARDecoderGraph(vqvae), (torch.zeros(b, c.vae_channels, size, size),),
-                                       ({0: batch},))}
+# graph name -> its module from (generator, VQVAE)
+VAR_GRAPH_MODULES = {"var_step": VARScaleStepGraph, "var_decoder": lambda generator, vqvae: VARDecoderGraph(vqvae)}

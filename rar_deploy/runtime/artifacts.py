@@ -15,7 +15,6 @@ from rar_deploy.contract.config import (
     VARConfig,
     VARSamplingDefaults,
 )
-from rar_deploy.contract.graphs import FAMILY_GRAPHS
 from rar_deploy.contract.integrity import check_file
 from rar_deploy.contract.manifest import (
     manifest_family,
@@ -24,7 +23,7 @@ from rar_deploy.contract.manifest import (
     read_manifest,
 )
 from rar_deploy.errors import RARDeployError
-from rar_deploy.runtime.checks import check_sampling, check_var_sampling
+from rar_deploy.runtime.families import FAMILIES, Family
 
 # ONNX Runtime's type strings for the manifest's dtypes
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
@@ -53,31 +52,19 @@ class Artifacts:
         return artifacts
 
     @property
-    def family(self) -> str:
-        """"rar" (condition, decode_step, vq_decoder) or "var" (var_step, var_decoder)."""
-        return manifest_family(self.manifest)
+    def family(self) -> Family:
+        """RAR's (condition, decode_step, vq_decoder) or VAR's (var_step, var_decoder) definition."""
+        return FAMILIES[manifest_family(self.manifest)]
 
     @property
     def graph_names(self) -> tuple[str, ...]:
-        return FAMILY_GRAPHS[self.family]
+        return self.family.graphs
 
     def require_family(self, family: str, tool: str) -> None:
         """Refuse, in one line, a tool that runs one family on the other's artifacts."""
-        if self.family != family:
+        if self.family.name != family:
             raise RARDeployError(f"{tool} runs {family.upper()} artifacts so far; {self.directory} holds a "
-                                 f"{self.family.upper()} export: use rar-generate or the Python API for it")
-
-    def refuse_options(self, options: tuple[tuple[str, object], ...]) -> None:
-        """Refuse options given (not None) that this family's models do not have."""
-        given = [name for name, value in options if value is not None]
-        if given:
-            raise RARDeployError(f"{given[0]} does not apply to a {self.family.upper()} model ({self.directory}): "
-                                 "drop it")
-
-    @property
-    def step_graph(self) -> str:
-        """The graph the loop runs over and over (its ONNX Runtime threads may spin)."""
-        return "var_step" if self.family == "var" else "decode_step"
+                                 f"{self.family.title} export: use rar-generate or the Python API for it")
 
     def check_files(self, graph: str, verify: str = "fingerprint", engine: bool = False) -> Path:
         """Check a graph's files (or its engine's) against the manifest; returns the graph or engine path."""
@@ -116,8 +103,7 @@ class Artifacts:
     @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) of the images the decoder graph draws."""
-        decoder = "var_decoder" if self.family == "var" else "vq_decoder"
-        shape = next(s["shape"] for s in self.graph_outputs(decoder) if s["name"] == "images_uint8")
+        shape = next(s["shape"] for s in self.graph_outputs(self.family.decoder_graph) if s["name"] == "images_uint8")
         return int(shape[1]), int(shape[2])
 
     @property
@@ -126,24 +112,7 @@ class Artifacts:
 
     @property
     def sampling_defaults(self) -> SamplingDefaults | VARSamplingDefaults:
-        defaults = VARSamplingDefaults if self.family == "var" else SamplingDefaults
-        return defaults(**self.manifest["sampling"]["defaults"])
-
-    def var_sampling_values(self, guidance_scale: float | None, top_k: int | None, top_p: float | None,
-                            temperature: float | None) -> tuple[float, int, float, float]:
-        """VAR's sampling values, checked, with None replaced by the published defaults."""
-        d = self.sampling_defaults
-        return check_var_sampling(d.guidance_scale if guidance_scale is None else guidance_scale,
-                                  d.top_k if top_k is None else top_k, d.top_p if top_p is None else top_p,
-                                  d.temperature if temperature is None else temperature)
-
-    def sampling_values(self, guidance_scale: float | None, guidance_pow: float | None,
-                        temperature: float | None) -> tuple[float, float, float]:
-        """The given sampling values, checked, with None replaced by the model size's published default."""
-        defaults = self.sampling_defaults
-        return check_sampling(defaults.guidance_scale if guidance_scale is None else guidance_scale,
-                              defaults.guidance_pow if guidance_pow is None else guidance_pow,
-                              defaults.temperature if temperature is None else temperature)
+        return self.family.defaults(**self.manifest["sampling"]["defaults"])
 
     def check_batch_size(self, batch_size: int | None) -> int:
         """A batch size within the artifacts' profile; None means its largest."""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from rar_deploy.errors import RARDeployError
-from rar_deploy.runtime import RARPipeline, Sample
+from rar_deploy.runtime import RARPipeline, RARSampling, Sample
 from rar_deploy.runtime.checks import check_class_labels
 from rar_deploy.tools.sample_files import png_bytes
 
@@ -78,7 +78,8 @@ def parse_generate_request(body: Any, pipeline: RARPipeline,
         raise RARDeployError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
     seed = 0 if body.get("seed") is None else body["seed"]
     sampling = {name: body.get(name) for name in ("guidance_scale", "guidance_pow", "temperature")}
-    samples = [pipeline.check_sample(Sample(int(label), seed, index, **sampling)) for index, label in enumerate(labels)]
+    samples = [pipeline.check_sample(Sample(int(label), seed, index, RARSampling(**sampling)))
+               for index, label in enumerate(labels)]
     return GenerateRequest(samples, samples[0].seed, output)
 
 

@@ -50,8 +50,8 @@ class RARDeployment:
         return list(zip(tokens, images))
 
     def _generate(self, samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
-        tokens = self.pipeline.generate_samples(samples, self.batch_size)
-        return tokens, self.pipeline.decode(tokens, self.batch_size)
+        tokens = self.pipeline.generate_samples(samples, batch_size=self.batch_size)
+        return tokens, self.pipeline.decode(tokens, batch_size=self.batch_size)
 
     @api.post("/generate")
     async def generate(self, request: Request) -> JSONResponse:

@@ -9,7 +9,7 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from rar_deploy.errors import RARDeployError
-from rar_deploy.runtime import RARPipeline, Sample
+from rar_deploy.runtime import RARPipeline, RARSampling, Sample
 
 OPTIONAL = ("seed", "image_index", "guidance_scale", "guidance_pow", "temperature")
 
@@ -41,8 +41,8 @@ class TritonPythonModel:
         responses = [pb_utils.InferenceResponse(error=invalid_argument(errors[n])) if n in errors else None
                      for n in range(len(requests))]
         if samples:
-            tokens = self.pipeline.generate_samples(samples, self.batch_size)
-            images = self.pipeline.decode(tokens, self.batch_size)
+            tokens = self.pipeline.generate_samples(samples, batch_size=self.batch_size)
+            images = self.pipeline.decode(tokens, batch_size=self.batch_size)
             for number, start, end in spans:
                 responses[number] = pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("image", images[start:end]), pb_utils.Tensor("tokens", tokens[start:end])])
@@ -59,6 +59,7 @@ class TritonPythonModel:
         for row, label in enumerate(labels.tolist()):
             given = {name: column[row] for name, column in values.items() if column is not None}
             rows.append(self.pipeline.check_sample(Sample(
-                label, given.get("seed", 0), given.get("image_index", row), given.get("guidance_scale"),
-                given.get("guidance_pow"), given.get("temperature"))))
+                label, given.get("seed", 0), given.get("image_index", row),
+                RARSampling(guidance_scale=given.get("guidance_scale"), guidance_pow=given.get("guidance_pow"),
+                            temperature=given.get("temperature")))))
         return rows

@@ -5,145 +5,57 @@ perf_counter on CPU."""
 from __future__ import annotations
 
 import itertools
-import resource
 import time
 from typing import Callable
 
 import numpy as np
 
-from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
-from rar_deploy.runtime.pipeline import RARPipeline, open_pipeline
-from rar_deploy.runtime.var_pipeline import VARPipeline, var_loop_inputs
+from rar_deploy.runtime.loops import drive
+from rar_deploy.runtime.pipeline import Pipeline, open_pipeline
+from rar_deploy.runtime.timing import StageClock, memory_usage, stage_summary
 
-DRIFT_WINDOW = 20  # step drift compares the last 20 decode steps with the first 20 (models of 40+ steps)
-HBM_BYTES_PER_S = 3.0e12  # H100 bandwidth measured in this workplace (RAR_FACTS.md); the per-step floor
-
-
-class StageClock:
-    """Marks between stages in a backend's memory: CUDA events on GPU (read once at the end, no
-    synchronisation inside the loop), wall clock on CPU."""
-
-    def __init__(self, memory) -> None:
-        self.memory = memory
-        self.marks: list = []
-
-    def mark(self) -> None:
-        self.marks.append(self.memory.mark())
-
-    def intervals_ms(self) -> list[float]:
-        self.memory.synchronize()
-        return [self.memory.elapsed_ms(a, b) for a, b in zip(self.marks, self.marks[1:])]
+# peak memory bandwidth (bytes/s) by device name, from NVIDIA's datasheets: the per-step floor of a device
+# named here (most specific name first); no floor is reported for others
+PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100-SXM4-80GB", 2.039e12),
+                  ("A100", 1.555e12), ("L40S", 0.864e12), ("L4", 0.3e12), ("RTX 4090", 1.008e12))
 
 
-def _summary(start_ms: float, prefill_ms: float, steps_ms: list[float], decoder_ms: float, batch: int) -> dict:
-    steps = np.array(steps_ms)
-    window = DRIFT_WINDOW
-    total = start_ms + prefill_ms + steps.sum() + decoder_ms
-    return {
-        "batch": batch, "start_ms": start_ms, "prefill_ms": prefill_ms, "step_mean_ms": float(steps.mean()),
-        "step_p50_ms": float(np.percentile(steps, 50)), "step_p99_ms": float(np.percentile(steps, 99)),
-        "step_drift": float(steps[-window:].mean() / steps[:window].mean()) if len(steps) >= 2 * window else None,
-        "steps": int(len(steps)),
-        "decoder_ms": decoder_ms, "total_ms_per_image": float(total / batch),
-        "images_per_s": float(batch * 1e3 / total),
-    }
-
-
-def _memory(memory) -> dict:
-    usage = {"peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if hasattr(memory, "used_bytes"):
-        usage["device_mib"] = memory.used_bytes() / 2**20
-    return usage
-
-
-def bench_pipeline(pipeline: RARPipeline, batch: int, warmup_steps: int = 3, seed: int = 0) -> dict:
-    """One warm-up (the prefill, a few steps, the decoder), then one full timed generation: the start (the
-    inputs uploaded), positions 0-1 (the prefill, with the first window of condition rows: all of them when
-    the table fits), positions 2 .. N (the N - 1 decode steps, with the later windows), the decoder."""
-    backend, c = pipeline.backend, pipeline.config
-    labels = np.arange(batch) % c.num_classes
-    defaults = pipeline.artifacts.sampling_defaults
-    rows = guidance_rows(labels, is_guided(defaults.guidance_scale), c.null_class)
-    schedule = np.repeat(guidance_schedule(c.image_seq_len, defaults.guidance_scale, defaults.guidance_pow)[:, None],
-                         batch, axis=1)
-    noise = sampling_noise(seed, batch, c.image_seq_len, c.codebook_size)
-    temperature = np.full(batch, defaults.temperature, np.float32)
-
-    backend.start(rows, schedule, temperature, noise)
-    for p in range(min(2 + warmup_steps, c.cache_len)):
-        backend.step(p)
-    backend.decode_images(backend.tokens())
-
-    clock = StageClock(backend.memory)
-    clock.mark()
-    backend.start(rows, schedule, temperature, noise)
-    clock.mark()
-    for p in range(c.cache_len):
-        backend.step(p)
-        if p >= 1:
-            clock.mark()
-    tokens = backend.tokens()
-    decode_start = time.perf_counter()
-    backend.decode_images(tokens)
-    decoder_ms = (time.perf_counter() - decode_start) * 1e3  # includes the host copy of the images
-    intervals = clock.intervals_ms()
-    bytes_per_step = step_bytes(pipeline.artifacts, backend.window, len(rows))
-    summary = _summary(intervals[0], intervals[1], intervals[2:], decoder_ms, batch)
-    return {**summary, "condition_window": backend.window, "step_bytes": bytes_per_step,
-            "step_gb_per_s": bytes_per_step / summary["step_p50_ms"] / 1e6, **_memory(backend.memory)}
-
-
-def var_bench_inputs(config, defaults, batch: int, seed: int = 0) -> tuple:
-    """The VAR loop's inputs for a benchmark: labels 0 .. B-1, the published sampling values."""
-    return var_loop_inputs(config, np.arange(batch) % config.num_classes, defaults.guidance_scale, defaults.top_k,
-                           defaults.top_p, defaults.temperature, seed)
-
-
-def bench_var_pipeline(pipeline: VARPipeline, batch: int, seed: int = 0) -> dict:
-    """One warm-up generation (every scale's shapes once), then one timed: the start, scale 0 (reported as the
-    prefill), scales 1 .. K-1 (the steps), the decoder."""
-    loop, c = pipeline.loop, pipeline.config
-    inputs = var_bench_inputs(c, pipeline.artifacts.sampling_defaults, batch, seed)
-    loop.start(*inputs)
-    for k in range(c.num_scales):
-        loop.step(k)
-    loop.tokens(), loop.decode()
+def bench_pipeline(pipeline: Pipeline, batch: int, warmup_steps: int = 3, seed: int = 0) -> dict:
+    """One warm-up (RAR: the prefill and a few steps; VAR: every scale, as each has its own shapes; then the
+    decoder), then one timed generation through the driver: the start (the inputs uploaded), the prefill (RAR:
+    positions 0-1, with the first window of condition rows, all of them when the table fits; VAR: scale 0),
+    every later step, the decoder. Labels 0 .. B-1, the published sampling values."""
+    loop, c, family = pipeline.loop, pipeline.config, pipeline.family
+    sampling = family.check_sampling(None, pipeline.artifacts.sampling_defaults)
+    inputs = family.inputs(c, np.arange(batch) % c.num_classes, sampling, seed)
+    loop.start(inputs)
+    for _ in range(loop.steps if loop.distinct_step_shapes else min(2 + warmup_steps, loop.steps)):
+        loop.step()
+    loop.images()
 
     clock = StageClock(loop.memory)
     clock.mark()
-    loop.start(*inputs)
-    clock.mark()
-    for k in range(c.num_scales):
-        loop.step(k)
-        clock.mark()
-    loop.tokens()
+
+    def on_step(loop) -> None:  # after the start, then after every step that sampled
+        if loop.position == 0 or loop.tokens_done():
+            clock.mark()
+
+    drive(loop, inputs, on_step)
     decode_start = time.perf_counter()
-    loop.decode()
+    loop.images()
     decoder_ms = (time.perf_counter() - decode_start) * 1e3  # includes the host copy of the images
     intervals = clock.intervals_ms()
-    summary = _summary(intervals[0], intervals[1], intervals[2:], decoder_ms, batch)
-    graph = pipeline.artifacts.manifest["graphs"]["var_step"]
-    weights = graph["weight_bytes"] - graph["table_bytes"]
-    return {**summary, "scale_ms": intervals[1:], "step_bytes": weights,
-            "step_gb_per_s": weights / summary["step_p50_ms"] / 1e6, **_memory(loop.memory)}
+    summary = stage_summary(intervals[0], intervals[1], intervals[2:], decoder_ms, batch)
+    bytes_per_step = loop.step_bytes()
+    return {**summary, **loop.details(), "step_ms": intervals[1:], "step_bytes": bytes_per_step,
+            "step_gb_per_s": bytes_per_step / summary["step_p50_ms"] / 1e6, **memory_usage(loop.memory)}
 
 
-def step_bytes(artifacts, window: int, rows: int) -> int:
-    """Bytes a decode step reads at least: the decode graph's weights (and the condition graph's, shared
-    by the W positions of a condition window), this position's condition rows, and the KV cache's live half
-    on average. Weights are the real initializer bytes recorded at export (without the embedding tables, of
-    which a step reads a few rows), not a formula."""
-    c, itemsize = artifacts.config, artifacts.cache_dtype.itemsize
-    graphs = artifacts.manifest["graphs"]
-    weights = {name: graph["weight_bytes"] - graph["table_bytes"] for name, graph in graphs.items()}
-    condition = rows * artifacts.condition_width * itemsize
-    cache = 2 * c.depth * rows * c.num_heads * c.head_dim * itemsize * c.cache_len // 2
-    return weights["decode_step"] + weights["condition"] // window + condition + cache
-
-
-def step_floor_ms(generator_bytes_per_step: float) -> float:
-    """Reading every weight once per step at HBM bandwidth: the batch-1 floor of a decode step."""
-    return generator_bytes_per_step / HBM_BYTES_PER_S * 1e3
+def step_floor_ms(bytes_per_step: float, device: str | None) -> float | None:
+    """Reading every byte a step must read once at the device's peak bandwidth: the batch-1 floor of a step
+    (None for a device not in PEAK_BANDWIDTH)."""
+    bandwidth = next((b for name, b in PEAK_BANDWIDTH if device and name in device), None)
+    return None if bandwidth is None else bytes_per_step / bandwidth * 1e3
 
 
 def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device: str | None, baseline: bool,
@@ -162,7 +74,7 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
 
         reference = baseline_checkpoints(artifacts, ckpt, tokenizer)
     c = artifacts.config
-    results = {"family": artifacts.family, "model": {**c.to_dict(), "preset": c.preset_name},
+    results = {"family": artifacts.family.name, "model": {**c.to_dict(), "preset": c.preset_name},
                "precision": artifacts.precision,
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": device_name(),
                            "onnxruntime": _version("onnxruntime"), "torch": _version("torch")},
@@ -173,12 +85,12 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
         for batch, budget in itertools.product(batch_sizes, condition_budgets or [None]):
             progress(f"{name}, batch {batch}" + ("" if budget is None else f", condition budget {budget} bytes"))
             if budget is not None:
-                pipeline.backend.condition_table_budget = budget
-            measured = (bench_var_pipeline(pipeline, batch) if artifacts.family == "var"
-                        else bench_pipeline(pipeline, batch, warmup_steps))
+                pipeline.loop.condition_table_budget = budget
+            measured = bench_pipeline(pipeline, batch, warmup_steps)
             run = {"backend": name, "device": pipeline.backend.device, **measured}
-            if pipeline.backend.device != "cpu":
-                run["floor_step_ms"] = step_floor_ms(run["step_bytes"])
+            floor = step_floor_ms(run["step_bytes"], results["machine"]["gpu"]) if run["device"] != "cpu" else None
+            if floor is not None:
+                run["floor_step_ms"] = floor
             results["runs"].append(run)
         del pipeline
     if baseline:

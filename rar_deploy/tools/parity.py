@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,8 +22,9 @@ from rar_deploy.contract.graphs import VAR_STEP_COMPARED
 from rar_deploy.contract.manifest import RECORD_FILE
 from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, sampling_noise
 from rar_deploy.errors import RARDeployError
+from rar_deploy.runtime.families import VARSampling, var_inputs
+from rar_deploy.runtime.loops import RARInputs, drive
 from rar_deploy.runtime.pipeline import RARPipeline
-from rar_deploy.runtime.var_pipeline import var_loop_inputs
 from rar_deploy.tools.metrics import TOLERANCES, error_stats, failures, top1_agreement
 
 
@@ -42,17 +44,10 @@ def load_record(artifacts) -> dict[str, np.ndarray]:
             record = dict(npz)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise RARDeployError(f"{path} cannot be read ({exc}): export again, or pass --ckpt to recompute it") from None
-    missing = [key for key in RECORD_KEYS[artifacts.family] if key not in record]
+    missing = [key for key in artifacts.family.record_keys if key not in record]
     if missing:
         raise RARDeployError(f"{path} lacks {', '.join(missing[:3])}: it is not this export's record; export again")
     return record
-
-
-# what each family's checks read of a record (the rest is per-graph inputs, named by the graphs)
-RECORD_KEYS = {"rar": ("seed", "labels", "guidance_scale", "guidance_pow", "temperature", "tokens", "guided_logits",
-                       "unguided_tokens", "unguided_logits", "images_uint8"),
-               "var": ("seed", "labels", "guidance_scale", "top_k", "top_p", "temperature", "tokens", "guided_logits",
-                       "f_hats", "greedy_tokens", "greedy_logits", "images_uint8")}
 
 
 def save_record(record: dict[str, np.ndarray], directory: Path) -> None:
@@ -122,34 +117,41 @@ def compare_graphs(pipeline: RARPipeline, record: dict[str, np.ndarray], rel_tol
             "vq_decoder": polygraphy_compare({"images": record["vq_decoder.images"]}, images, rel_tol, name)}
 
 
-def _generation_inputs(pipeline: RARPipeline, record: dict[str, np.ndarray], guided: bool):
+def _generation_inputs(pipeline: RARPipeline, record: dict[str, np.ndarray], guided: bool) -> RARInputs:
+    """The RAR loop's inputs of the record (its labels, seed, schedule and temperature), with or without the
+    guidance rows."""
     c = pipeline.config
     labels = record["labels"]
-    rows = guidance_rows(labels, guided, c.null_class)
     schedule = guidance_schedule(c.image_seq_len, float(record["guidance_scale"]), float(record["guidance_pow"]))
-    noise = sampling_noise(int(record["seed"]), len(labels), c.image_seq_len, c.codebook_size)
-    guidance = np.repeat(schedule[:, None], len(labels), axis=1)
-    return rows, guidance, np.full(len(labels), record["temperature"], np.float32), noise
+    return RARInputs(rows=guidance_rows(labels, guided, c.null_class),
+                     guidance=np.repeat(schedule[:, None], len(labels), axis=1),
+                     temperature=np.full(len(labels), record["temperature"], np.float32),
+                     noise=sampling_noise(int(record["seed"]), len(labels), c.image_seq_len, c.codebook_size))
 
 
-def teacher_forced(pipeline: RARPipeline, record: dict[str, np.ndarray], per_step_condition: bool,
-                   progress: Callable[[], None] | None = None) -> dict:
+def drive_keeping_logits(loop, inputs, forced=None) -> tuple[np.ndarray, np.ndarray]:
+    """One generation through the driver: its tokens [B, L] and the logits every step sampled from [B, L, V]."""
+    logits = []
+
+    def keep(loop) -> None:
+        if loop.tokens_done():
+            logits.append(loop.logits())
+
+    tokens = drive(loop, inputs, keep, forced)
+    return tokens, np.concatenate(logits, axis=1)
+
+
+def teacher_forced(pipeline: RARPipeline, record: dict[str, np.ndarray], per_step_condition: bool) -> dict:
     """Force the reference's tokens at every position; compare the guided logits of every image token."""
-    backend, c = pipeline.backend, pipeline.config
-    forced = record["tokens"]
-    budget = backend.condition_table_budget
-    backend.condition_table_budget = 0 if per_step_condition else 1 << 62  # a window of 1, or the whole table
+    loop, forced = pipeline.loop, record["tokens"]
+    budget = loop.condition_table_budget
+    loop.condition_table_budget = 0 if per_step_condition else 1 << 62  # a window of 1, or the whole table
     try:
-        backend.start(*_generation_inputs(pipeline, record, guided=True))
-        logits = []
-        for p in range(c.cache_len):
-            backend.step(p, forced=forced[:, p - 2] if p >= 2 else None)
-            if p >= 1:
-                logits.append(backend.step_logits())
-            progress and progress()
+        _, actual = drive_keeping_logits(loop, _generation_inputs(pipeline, record, guided=True),
+                                         lambda p: forced[:, p - 2] if p >= 2 else None)
     finally:
-        backend.condition_table_budget = budget
-    actual, expected = np.stack(logits, axis=1), record["guided_logits"]
+        loop.condition_table_budget = budget
+    expected = record["guided_logits"]
     stats = error_stats(actual, expected)
     per_step = np.abs(actual - expected).max(axis=(0, 2)) / (np.abs(expected).max() or 1.0)
     stats.update(top1_agreement=top1_agreement(actual, expected), worst_step=int(per_step.argmax()),
@@ -160,17 +162,12 @@ def teacher_forced(pipeline: RARPipeline, record: dict[str, np.ndarray], per_ste
 def free_running(pipeline: RARPipeline, record: dict[str, np.ndarray], guided: bool, rel_tol: float) -> dict:
     """Generate from the record's seed and noise through the backend's loop; compare the tokens with the
     reference's, and judge every divergence (free_running_report)."""
-    backend, c = pipeline.backend, pipeline.config
+    c = pipeline.config
     inputs = _generation_inputs(pipeline, record, guided)
-    backend.start(*inputs)
-    logits = []
-    for p in range(c.cache_len):
-        backend.step(p)
-        if p >= 1:
-            logits.append(backend.step_logits())
+    tokens, logits = drive_keeping_logits(pipeline.loop, inputs)
     kind = "" if guided else "unguided_"
-    sampler = functools.partial(gumbel_max, noise=inputs[3], temperature=float(record["temperature"]))
-    return free_running_report(backend.tokens(), np.stack(logits, axis=1), record[f"{kind}tokens"],
+    sampler = functools.partial(gumbel_max, noise=inputs.noise, temperature=float(record["temperature"]))
+    return free_running_report(tokens, logits, record[f"{kind}tokens"],
                                record[f"{kind}logits" if kind else "guided_logits"], sampler,
                                [(t, t + 1) for t in range(c.image_seq_len)], rel_tol)
 
@@ -242,39 +239,39 @@ def run_parity(pipeline, record: dict[str, np.ndarray], rel_tol: float | None = 
                   ("scale", "guidance_scale"), ("pow", "guidance_pow"), ("top_k", "top_k"), ("top_p", "top_p"),
                   ("temperature", "temperature")) if key in record},
               "tolerances": tolerances}
-    if pipeline.artifacts.family == "var":
-        results = var_parity_results(pipeline, record, tolerances["max_rel_to_peak"], progress)
-        report.update(results)
-        report["failures"] = failures(results, tolerances)
-        return report
-    _check_record_family(record, "rar")
-    results = {}
-    progress("per graph, the record's inputs")
-    results["graphs"] = compare_graphs(pipeline, record, tolerances["max_rel_to_peak"])
-    modes = {"table": False, **({"per_step": True} if per_step_teacher_forcing else {})}
-    progress(f"teacher-forced, {pipeline.config.image_seq_len} steps, condition {' and '.join(modes)}")
-    results["teacher_forced"] = {mode: teacher_forced(pipeline, record, per_step_condition=per_step)
-                                 for mode, per_step in modes.items()}
-    progress("free-running with the reference's noise, with and without guidance")
-    results["free_running"] = {"guided": free_running(pipeline, record, True, tolerances["max_rel_to_peak"]),
-                               "unguided": free_running(pipeline, record, False, tolerances["max_rel_to_peak"])}
-    progress("decoder on identical tokens")
-    results["decoder"] = decoder_psnr(pipeline, record)
+    family = pipeline.family
+    if any(key not in record for key in family.record_keys):
+        raise RARDeployError(f"the reference record is not a {family.title} record: it belongs to another export")
+    results = FAMILY_PARITY[family.name](pipeline, record, tolerances["max_rel_to_peak"], progress,
+                                         per_step_teacher_forcing)
     report.update(results)
     report["failures"] = failures(results, tolerances)
     return report
 
 
-def _check_record_family(record: dict[str, np.ndarray], family: str) -> None:
-    if ("greedy_tokens" in record) != (family == "var"):
-        raise RARDeployError(f"the reference record is not a {family.upper()} record: it belongs to another export")
+def rar_parity_results(pipeline, record: dict[str, np.ndarray], rel_tol: float, progress: Callable[[str], None],
+                       per_step_teacher_forcing: bool) -> dict:
+    """RAR's checks: each graph once; the guided logits of every step with the reference's tokens forced (the
+    condition table, and per step); free-running tokens with and without guidance; the decoder."""
+    results = {}
+    progress("per graph, the record's inputs")
+    results["graphs"] = compare_graphs(pipeline, record, rel_tol)
+    modes = {"table": False, **({"per_step": True} if per_step_teacher_forcing else {})}
+    progress(f"teacher-forced, {pipeline.config.image_seq_len} steps, condition {' and '.join(modes)}")
+    results["teacher_forced"] = {mode: teacher_forced(pipeline, record, per_step_condition=per_step)
+                                 for mode, per_step in modes.items()}
+    progress("free-running with the reference's noise, with and without guidance")
+    results["free_running"] = {"guided": free_running(pipeline, record, True, rel_tol),
+                               "unguided": free_running(pipeline, record, False, rel_tol)}
+    progress("decoder on identical tokens")
+    results["decoder"] = decoder_psnr(pipeline, record)
+    return results
 
 
-def var_parity_results(pipeline, record: dict[str, np.ndarray], rel_tol: float,
-                       progress: Callable[[str], None]) -> dict:
+def var_parity_results(pipeline, record: dict[str, np.ndarray], rel_tol: float, progress: Callable[[str], None],
+                       per_step_teacher_forcing: bool = False) -> dict:
     """VAR's checks: each graph once; every scale's guided logits with the reference's f_hat forced; free-running
     tokens, sampled from the record's noise and greedy; the decoder on the reference's last f_hat."""
-    _check_record_family(record, "var")
     backend, loop, c, name = pipeline.backend, pipeline.loop, pipeline.config, pipeline.backend.name
     progress("per graph, the record's inputs")
     feeds = {key.removeprefix("var_step."): value for key, value in record.items()
@@ -288,39 +285,36 @@ def var_parity_results(pipeline, record: dict[str, np.ndarray], rel_tol: float,
         "var_decoder": polygraphy_compare({"images": record["var_decoder.images"]}, images, rel_tol, name)}}
 
     progress(f"teacher-forced, {c.num_scales} scales")
-    labels, scale = record["labels"], float(record["guidance_scale"])
-    loop.start(*var_loop_inputs(c, labels, scale, int(record["top_k"]), float(record["top_p"]),
-                                float(record["temperature"]), int(record["seed"])))
-    logits = []
-    for k in range(c.num_scales):
-        loop.step(k, forced_f_hat=record["f_hats"][k])
-        logits.append(loop.logits(k))
-    actual, expected = np.concatenate(logits, axis=1), record["guided_logits"]
+    labels = record["labels"]
+    sampling = VARSampling(guidance_scale=float(record["guidance_scale"]), top_k=int(record["top_k"]),
+                           top_p=float(record["top_p"]), temperature=float(record["temperature"]))
+    _, actual = drive_keeping_logits(loop, var_inputs(c, labels, sampling, int(record["seed"])),
+                                     lambda k: record["f_hats"][k])
+    expected = record["guided_logits"]
     stats = error_stats(actual, expected)
     stats.update(top1_agreement=top1_agreement(actual, expected), steps=int(actual.shape[1]))
     results["teacher_forced"] = {"scales": {"logits": stats}}
 
     progress("free-running with the reference's noise, and greedy")
     results["free_running"] = {}
-    top_k, top_p = int(record["top_k"]), float(record["top_p"])
     noise = sampling_noise(int(record["seed"]), len(labels), c.seq_len, c.codebook_size)
-    for mode, temperature, kind in (("sampled", float(record["temperature"]), ""), ("greedy", 0.0, "greedy_")):
-        loop.start(*var_loop_inputs(c, labels, scale, top_k, top_p, temperature, int(record["seed"])))
-        logits = []
-        for k in range(c.num_scales):
-            loop.step(k)
-            logits.append(loop.logits(k))
+    for mode, temperature, kind in (("sampled", sampling.temperature, ""), ("greedy", 0.0, "greedy_")):
+        tokens, logits = drive_keeping_logits(
+            loop, var_inputs(c, labels, replace(sampling, temperature=temperature), int(record["seed"])))
 
         def sampler(guided: np.ndarray, temperature: float = temperature) -> np.ndarray:
-            return gumbel_max(var_filter(guided, top_k, top_p), noise, temperature)
+            return gumbel_max(var_filter(guided, sampling.top_k, sampling.top_p), noise, temperature)
 
         results["free_running"][mode] = free_running_report(
-            loop.tokens(), np.concatenate(logits, axis=1), record[f"{kind}tokens"],
-            record[f"{kind}logits" if kind else "guided_logits"], sampler, c.scale_ranges(), rel_tol)
+            tokens, logits, record[f"{kind}tokens"], record[f"{kind}logits" if kind else "guided_logits"], sampler,
+            c.scale_ranges(), rel_tol)
     progress("decoder on the reference's f_hat")
     results["decoder"] = _uint8_psnr(backend.run_host("var_decoder", {"f_hat": record["f_hats"][-1]})["images_uint8"],
                                      record["images_uint8"])
     return results
+
+
+FAMILY_PARITY = {"rar": rar_parity_results, "var": var_parity_results}
 
 
 def _token_agreement(tokens: np.ndarray, expected: np.ndarray) -> dict:

@@ -13,10 +13,10 @@ import onnx
 import pytest
 from probe import copy_of, edit_manifest, generate, invoke, refused
 
-from rar_deploy import RARDeployError, RARPipeline, reference_generate
+from rar_deploy import RARDeployError, RARPipeline, RARSampling, reference_generate
 from rar_deploy.contract.sampling import sampling_noise
+from rar_deploy.runtime.engines import find_tensorrt
 from rar_deploy.tools.cli import bench_command, parity_command
-from rar_deploy.tools.engine_build import find_tensorrt
 
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")
 
@@ -69,8 +69,8 @@ def test_sampling_defaults_may_be_edited(fp32, tmp_path):
     artifacts = copy_of(fp32, tmp_path)
     edit_manifest(artifacts, lambda m: m["sampling"]["defaults"].update(temperature=0.0))
     pipeline = RARPipeline.from_artifacts(artifacts)
-    np.testing.assert_array_equal(pipeline.generate_tokens([1, 2]), RARPipeline.from_artifacts(fp32).generate_tokens(
-        [1, 2], temperature=0.0))
+    np.testing.assert_array_equal(pipeline.generate([1, 2]).tokens, RARPipeline.from_artifacts(fp32).generate(
+        [1, 2], sampling=RARSampling(temperature=0.0)).tokens)
 
 
 def test_an_old_manifest_gets_the_re_export_line(fp32, tmp_path):
@@ -222,23 +222,24 @@ def test_parity_fails_a_divergence_rounding_cannot_explain(fp16, tmp_path):
 def test_guidance_scale_zero_equals_the_reference_without_guidance(fp32, official_generator, backend, temperature):
     labels = [3, 500, 999]
     pipeline = RARPipeline.from_artifacts(fp32, backend)
-    tokens = pipeline.generate_tokens(labels, 0.0, 1.0, temperature, seed=4)
+    tokens = pipeline.generate(labels, sampling=RARSampling(guidance_scale=0.0, guidance_pow=1.0,
+                                                            temperature=temperature), seed=4).tokens
     reference = reference_generate(official_generator, labels, 0.0, 1.0, temperature,
                                    noise=sampling_noise(4, 3, 16, 1024))
     np.testing.assert_array_equal(tokens, reference.tokens.numpy())
-    assert pipeline.backend.dims[1] == 3  # no unconditional rows were computed
+    assert pipeline.loop.dims[1] == 3  # no unconditional rows were computed
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_one_pipeline_shared_by_many_threads_gives_the_sequential_images(fp32, backend):
     pipeline = RARPipeline.from_artifacts(fp32, backend)
     jobs = [([i, i + 1], 100 + i) for i in range(8)]
-    expected = [pipeline.generate_tokens(labels, seed=seed) for labels, seed in jobs]
+    expected = [pipeline.generate(labels, seed=seed).tokens for labels, seed in jobs]
     results: dict[int, np.ndarray] = {}
 
     def work(index: int) -> None:
         labels, seed = jobs[index]
-        results[index] = pipeline.generate_tokens(labels, seed=seed)
+        results[index] = pipeline.generate(labels, seed=seed).tokens
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
     for thread in threads:
@@ -254,9 +255,11 @@ def test_an_image_does_not_depend_on_its_batch(fp32, backend):
     """The promise on CPU: the same tokens and the same pixels whatever the batch size (see README)."""
     pipeline = RARPipeline.from_artifacts(fp32, backend)
     labels = [5, 6, 7, 8]
-    batched = pipeline.generate_tokens(labels, seed=2, batch_size=4)
-    alone = pipeline.generate_tokens(labels, seed=2, batch_size=1)
-    np.testing.assert_array_equal(batched, alone)
+    batched = pipeline.generate(labels, seed=2, batch_size=4)
+    alone = pipeline.generate(labels, seed=2, batch_size=1)
+    np.testing.assert_array_equal(batched.tokens, alone.tokens)
+    np.testing.assert_array_equal(batched.images, alone.images)
+    batched = batched.tokens
     np.testing.assert_array_equal(pipeline.decode(batched, batch_size=4), pipeline.decode(batched, batch_size=1))
 
 

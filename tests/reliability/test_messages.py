@@ -11,9 +11,9 @@ import pytest
 import torch
 from probe import TINY, copy_of, edit_manifest, export_args, generate, invoke, refused
 
-from rar_deploy import RARDeployError, RARPipeline
+from rar_deploy import RARDeployError, RARPipeline, RARSampling, VARSampling
+from rar_deploy.runtime.engines import find_tensorrt
 from rar_deploy.tools.cli import bench_command, export_command, generate_command, main, parity_command
-from rar_deploy.tools.engine_build import find_tensorrt
 
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")
 
@@ -35,7 +35,7 @@ def test_non_finite_or_negative_sampling_values_are_refused(fp32, tmp_path, opti
                                     {"guidance_pow": float("nan")}])
 def test_the_python_api_refuses_non_finite_values(fp32, kwargs):
     with pytest.raises(RARDeployError, match="finite"):
-        RARPipeline.from_artifacts(fp32).generate_tokens([1], **kwargs)
+        RARPipeline.from_artifacts(fp32).generate([1], sampling=RARSampling(**kwargs))
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
@@ -58,7 +58,7 @@ def test_class_labels_are_plain_decimal_integers(fp32, tmp_path, labels):
 
 def test_a_two_dimensional_label_array_is_refused(fp32):
     with pytest.raises(RARDeployError, match="1-D"):
-        RARPipeline.from_artifacts(fp32).generate_tokens(np.array([[1, 2], [3, 4]]))
+        RARPipeline.from_artifacts(fp32).generate(np.array([[1, 2], [3, 4]]))
 
 
 @pytest.mark.parametrize("size, phrase", [("0", "at least 1"), ("-3", "at least 1"), ("9", "outside the artifacts'")])
@@ -190,14 +190,16 @@ def test_bench_refuses_negative_warmup(fp32):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda p: p.generate_tokens("207"), "list of integer class ids"),
-    (lambda p: p.generate_tokens([None]), "integer class ids"),
-    (lambda p: p.generate_tokens([207.0]), "integer class ids"),
-    (lambda p: p.generate_tokens([True]), "integer class ids"),
-    (lambda p: p.generate_tokens([1], seed=None), "seed must be an integer"),
-    (lambda p: p.generate_tokens([1], seed=-1), "seed must lie in"),
-    (lambda p: p.generate_tokens([1], batch_size="2"), "batch size must be an integer"),
-    (lambda p: p.generate_tokens([1], temperature="1"), "temperature must be a number"),
+    (lambda p: p.generate("207"), "list of integer class ids"),
+    (lambda p: p.generate([None]), "integer class ids"),
+    (lambda p: p.generate([207.0]), "integer class ids"),
+    (lambda p: p.generate([True]), "integer class ids"),
+    (lambda p: p.generate([1], seed=None), "seed must be an integer"),
+    (lambda p: p.generate([1], seed=-1), "seed must lie in"),
+    (lambda p: p.generate([1], batch_size="2"), "batch size must be an integer"),
+    (lambda p: p.generate([1], sampling=RARSampling(temperature="1")), "temperature must be a number"),
+    (lambda p: p.generate([1], sampling=VARSampling(top_k=5)), "a RAR model takes sampling=RARSampling"),
+    (lambda p: p.generate([1], sampling={"temperature": 1.0}), "a RAR model takes sampling=RARSampling"),
     (lambda p: p.decode(np.zeros((1, 16), np.float32)), "tokens must be integers"),
     (lambda p: p.decode(np.zeros((1, 15), np.int64)), "tokens must be [B, 16]"),
 ])

@@ -27,8 +27,8 @@ from probe import (
     small_disk,
 )
 
+from rar_deploy.runtime.engines import find_tensorrt
 from rar_deploy.tools.cli import export_command, generate_command, main
-from rar_deploy.tools.engine_build import find_tensorrt
 
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")
 

@@ -1,0 +1,31 @@
+"""The command-line entry points, one module per command. Bad input ends in one line on stderr and a non-zero
+exit, before any heavy work."""
+
+import click
+
+from rar_deploy.tools.cli.bench import bench_command
+from rar_deploy.tools.cli.build import build_command
+from rar_deploy.tools.cli.export import export_command
+from rar_deploy.tools.cli.generate import generate_command
+from rar_deploy.tools.cli.make_checkpoint import make_checkpoint
+from rar_deploy.tools.cli.parity import parity_command
+from rar_deploy.tools.cli.serve import serve_command
+from rar_deploy.tools.cli.triton_repo import triton_repo_command
+
+
+@click.group()
+def main() -> None:
+    """rar-deploy: RAR and VAR image generators as ONNX graphs and TensorRT engines."""
+
+
+main.add_command(make_checkpoint, name="make-checkpoint")
+main.add_command(triton_repo_command, name="triton-repo")
+main.add_command(export_command, name="export")
+main.add_command(generate_command, name="generate")
+main.add_command(parity_command, name="parity")
+main.add_command(bench_command, name="bench")
+main.add_command(build_command, name="build")
+main.add_command(serve_command, name="serve")
+
+__all__ = ["bench_command", "build_command", "export_command", "generate_command", "main", "make_checkpoint",
+           "parity_command", "serve_command", "triton_repo_command"]

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bench(code: Path, artifacts: Path, backend: str, batch: int) -> dict:
     environment = {**os.environ, "PYTHONPATH": str(code)}
-    command = [sys.executable, "-c", "from rar_deploy.tools.cli import bench_command; bench_command()",
+    command = [sys.executable, "-c", "from rar_deploy.cli import bench_command; bench_command()",
                "--artifacts", str(artifacts), "--backend", backend, "--batch-sizes", str(batch), "--json"]
     result = subprocess.run(command, capture_output=True, text=True, env=environment, check=True)
     return json.loads(result.stdout[result.stdout.index("{"):])["runs"][0]

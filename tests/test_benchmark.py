@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from rar_deploy import guidance_schedule, reference_generate, sampling_noise
+from rar_deploy.cli import bench_command
 from rar_deploy.model.baseline import OfficialStyleLoop
-from rar_deploy.tools.cli import bench_command
 
 
 def test_official_style_loop_generates_what_the_reference_generates(official_generator, official_tokenizer):

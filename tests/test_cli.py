@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from rar_deploy import load_generator, load_tokenizer
-from rar_deploy.tools.cli import main
+from rar_deploy.cli import main
 
 
 def test_make_checkpoint_writes_loadable_nontrivial_models(tmp_path):

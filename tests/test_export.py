@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from rar_deploy import TokenizerConfig
+from rar_deploy.cli import export_command
 from rar_deploy.contract.graphs import resolve_shape
 from rar_deploy.contract.sampling import guidance_rows
 from rar_deploy.model.demo import random_tokenizer, save_state_dict
 from rar_deploy.model.graphs import ConditionGraph, DecodeStepGraph
 from rar_deploy.runtime.engines import find_tensorrt
-from rar_deploy.tools.cli import export_command
 from rar_deploy.tools.engine_build import BatchProfile
 from rar_deploy.tools.metrics import TOLERANCES, failures
 

@@ -79,7 +79,7 @@ def engines(export_tiny, tmp_path_factory) -> Path:
 def test_tensorrt_backend_against_the_reference(engines, golden):
     from click.testing import CliRunner
 
-    from rar_deploy.tools.cli import parity_command
+    from rar_deploy.cli import parity_command
 
     pipeline = RARPipeline.from_artifacts(engines, "tensorrt")
     tokens = pipeline.generate(list(golden["labels"]),
@@ -153,7 +153,7 @@ def test_var_on_the_gpu_reproduces_the_official_greedy_tokens(tmp_path, backend)
 def test_var_tensorrt_engines_pass_parity(tmp_path):
     from click.testing import CliRunner
 
-    from rar_deploy.tools.cli import parity_command
+    from rar_deploy.cli import parity_command
 
     folder = _export_var(tmp_path / "fp16", "fp16", engine=True)
     result = CliRunner().invoke(parity_command, ["--artifacts", str(folder), "--backend", "tensorrt"])

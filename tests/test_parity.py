@@ -11,9 +11,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from rar_deploy.cli import parity_command
 from rar_deploy.contract.integrity import file_record
 from rar_deploy.model.checkpoint import read_state_dict
-from rar_deploy.tools.cli import parity_command
 
 
 @pytest.fixture(scope="module", params=["fp32", "fp16"])

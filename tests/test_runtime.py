@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from rar_deploy import RARDeployError, RARPipeline, RARSampling, reference_generate, sampling_noise
+from rar_deploy.cli import generate_command
 from rar_deploy.runtime.artifacts import Artifacts
 from rar_deploy.runtime.engines import check_engines, find_tensorrt
-from rar_deploy.tools.cli import generate_command
 
 RUNS = {"const": ("4", "0"), "powcos": ("16", "2.75")}
 

@@ -43,7 +43,7 @@ def test_the_runtime_install_has_no_torch(runtime_venv):
     assert result.returncode != 0 and "No module named 'torch'" in result.stderr
     imported = subprocess.run([str(runtime_venv / "bin" / "python"), "-c",
                                "import sys, rar_deploy.runtime, rar_deploy.tools.parity, rar_deploy.tools.rebuild, "
-                               "rar_deploy.tools.cli; "
+                               "rar_deploy.cli; "
                                "print('torch' in sys.modules)"], capture_output=True, text=True)
     assert imported.stdout.strip() == "False", imported.stderr
 

@@ -20,8 +20,8 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from rar_deploy.cli import generate_command, serve_command
 from rar_deploy.runtime.gpu import cuda_capability
-from rar_deploy.tools.cli import generate_command, serve_command
 
 SERVE_START_TIMEOUT = 240  # Ray and one replica on 2 busy cores
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from rar_deploy.cli import export_command, parity_command
 from rar_deploy.model.demo import make_demo_checkpoints
 from rar_deploy.runtime import Artifacts
 from rar_deploy.runtime.engines import find_tensorrt
 from rar_deploy.tools.bench import bench_results
-from rar_deploy.tools.cli import export_command, parity_command
 
 pytestmark = pytest.mark.slow
 MAX_STEP_DRIFT = 1.3  # issue 5: the last 20 steps within 1.3x of the first 20

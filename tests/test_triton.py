@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from rar_deploy.cli import main
 from rar_deploy.runtime import RARPipeline
-from rar_deploy.tools.cli import main
 
 HERE = Path(__file__).parent / "triton_env"
 REPO_ROOT = Path(__file__).parent.parent

@@ -98,7 +98,7 @@ def test_rar_export_refuses_a_mixed_pair(demo_checkpoints, tmp_path):
     naming what the file is and what to pass, nothing written."""
     from click.testing import CliRunner
 
-    from rar_deploy.tools.cli import export_command
+    from rar_deploy.cli import export_command
 
     var_ckpt, var_vae = DATA / "var_tiny_var.pth", DATA / "var_tiny_vae.pth"
     for ckpt, tokenizer, message in (

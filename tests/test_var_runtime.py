@@ -85,7 +85,7 @@ def test_sampling_equals_the_reference_sampler_whatever_the_batch(var_exports, t
 
 
 def test_fp16_export_passes_rar_parity_on_every_backend(var_exports):
-    from rar_deploy.tools.cli import parity_command
+    from rar_deploy.cli import parity_command
 
     for folder, backend in ((var_exports["fp16"], "onnxruntime"), (var_exports["fp16"], "torch"),
                             (var_exports["fp32"], "torch")):
@@ -96,7 +96,7 @@ def test_fp16_export_passes_rar_parity_on_every_backend(var_exports):
 
 def test_a_graph_from_another_export_is_refused(var_exports, tmp_path):
     """An fp32 folder whose var_step was replaced by the fp16 export's: refused before running, naming the file."""
-    from rar_deploy.tools.cli import parity_command
+    from rar_deploy.cli import parity_command
 
     folder = tmp_path / "mixed"
     shutil.copytree(var_exports["fp32"], folder)
@@ -106,7 +106,7 @@ def test_a_graph_from_another_export_is_refused(var_exports, tmp_path):
 
 
 def test_rar_generate_runs_var_artifacts(var_exports, tmp_path):
-    from rar_deploy.tools.cli import generate_command
+    from rar_deploy.cli import generate_command
 
     out, tokens = tmp_path / "images", tmp_path / "tokens.npy"
     args = ["--artifacts", str(var_exports["fp16"]), "--class-labels", "7,8", "--num-per-class", "2", "--out",
@@ -129,7 +129,7 @@ def test_rar_generate_runs_var_artifacts(var_exports, tmp_path):
 
 
 def test_family_mismatches_are_one_line(var_exports, export_tiny, tmp_path):
-    from rar_deploy.tools.cli import generate_command
+    from rar_deploy.cli import generate_command
 
     rar = export_tiny(tmp_path / "rar", "fp32")
     result = CliRunner().invoke(generate_command, ["--artifacts", str(rar), "--class-labels", "1", "--out",
@@ -139,7 +139,7 @@ def test_family_mismatches_are_one_line(var_exports, export_tiny, tmp_path):
         RARPipeline.from_artifacts(var_exports["fp32"])
     with pytest.raises(RARDeployError, match="holds a RAR export: use RARPipeline"):
         VARPipeline.from_artifacts(rar)
-    from rar_deploy.tools.cli import serve_command
+    from rar_deploy.cli import serve_command
 
     result = CliRunner().invoke(serve_command, ["--artifacts", str(var_exports["fp32"])])
     assert result.exit_code == 1 and "rar-serve runs RAR artifacts so far" in result.output
@@ -173,7 +173,7 @@ def test_an_edited_var_manifest_is_refused(var_exports, tmp_path, edit, message,
 
 
 def test_rar_bench_times_var_against_the_official_loop(var_exports):
-    from rar_deploy.tools.cli import bench_command
+    from rar_deploy.cli import bench_command
 
     result = CliRunner().invoke(bench_command, ["--artifacts", str(var_exports["fp32"]), "--batch-sizes", "1,2",
                                                 "--baseline", "--json"])
@@ -195,7 +195,7 @@ def test_fp16_var_graphs_build_strongly_typed_engines(tmp_path):
 
 
 def test_make_checkpoint_var_tiny_exports_and_generates(tmp_path):
-    from rar_deploy.tools.cli import generate_command, main
+    from rar_deploy.cli import generate_command, main
 
     runner = CliRunner()
     result = runner.invoke(main, ["make-checkpoint", "--preset", "var_tiny", "--out", str(tmp_path / "ckpt")])
@@ -216,7 +216,7 @@ def test_make_checkpoint_var_tiny_exports_and_generates(tmp_path):
 
 def test_hostile_inputs_are_refused_before_work(var_exports, tmp_path):
     """Found by a hostile probe: each gets one line and leaves nothing behind."""
-    from rar_deploy.tools.cli import generate_command, parity_command
+    from rar_deploy.cli import generate_command, parity_command
 
     folder = str(var_exports["fp32"])
     runner = CliRunner()
@@ -242,9 +242,9 @@ def test_checkpoints_users_really_have(tmp_path):
     """The official trainer's checkpoint layout is unwrapped; a damaged weight inside the zip is refused (torch
     itself would load it); the default VQVAE is found beside a VAR generator by its keys, not its name; RAR's
     loader names a VAR file."""
+    from rar_deploy.cli import export_command
     from rar_deploy.errors import CheckpointError
     from rar_deploy.model.checkpoint import load_generator, read_state_dict
-    from rar_deploy.tools.cli import export_command
 
     state = torch.load(OFFICIAL[0], weights_only=True)
     torch.save({"trainer": {"var_wo_ddp": state, "vae_local": {}}, "epoch": 3}, tmp_path / "ar-ckpt-best.pth")

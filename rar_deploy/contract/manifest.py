@@ -220,7 +220,7 @@ def read_manifest(directory: str | Path) -> dict:
 
 def _check_defaults(manifest: dict, path: Path) -> None:
     """sampling.defaults, the editable part, must hold values the runtime accepts from a user."""
-    from rar_deploy.runtime.checks import check_sampling, check_var_sampling
+    from rar_deploy.contract.checks import check_sampling, check_var_sampling
 
     defaults = manifest["sampling"]["defaults"]
     try:

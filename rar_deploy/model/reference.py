@@ -10,13 +10,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from rar_deploy.contract.checks import check_class_labels, check_sampling
 from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 from rar_deploy.errors import RARDeployError
 from rar_deploy.model.generator import RARGenerator
 from rar_deploy.model.guidance import apply_guidance, gumbel_max
 from rar_deploy.model.kv_cache import StaticKVCache
 from rar_deploy.model.var import VARCache, guided_logits
-from rar_deploy.runtime.checks import check_class_labels, check_sampling
 
 
 @dataclass

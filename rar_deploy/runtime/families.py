@@ -10,11 +10,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from rar_deploy.contract.checks import check_sampling, check_var_sampling
 from rar_deploy.contract.config import SamplingDefaults, VARSamplingDefaults
 from rar_deploy.contract.graphs import FAMILY_GRAPHS
 from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise, var_guidance
 from rar_deploy.errors import RARDeployError
-from rar_deploy.runtime.checks import check_sampling, check_var_sampling
 from rar_deploy.runtime.loops import RARInputs, RARLoop, VARInputs, VARLoop
 
 

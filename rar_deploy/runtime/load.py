@@ -7,10 +7,10 @@ import os
 from importlib import import_module
 from pathlib import Path
 
+from rar_deploy.contract.checks import check_device, check_threads
 from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime.artifacts import Artifacts
 from rar_deploy.runtime.backends import Backend, OnnxRuntimeBackend
-from rar_deploy.runtime.checks import check_device, check_threads
 from rar_deploy.runtime.gpu import cuda_capability
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")

@@ -11,12 +11,24 @@ docs/CONTRACT.md says what each graph takes. No torch here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from rar_deploy.runtime.backends import Backend
+
+class Backend(Protocol):
+    """What a loop uses of a backend (`backends.Backend` is one): the graphs run on buffers of `memory`."""
+
+    artifacts: Any
+    config: Any
+    memory: Any
+    float_dtype: np.dtype
+    use_cuda_graph: bool
+
+    def run(self, graph: str, feeds: dict[str, Any], outputs: dict[str, Any]) -> None: ...
+    def run_host(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def output_buffers(self, graph: str, dims: dict[str, int]) -> dict[str, Any]: ...
+    def cache_view(self, layer: Any, p: int) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from typing import Any, Callable, ClassVar, Iterator, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
+from rar_deploy.contract.checks import check_class_labels, check_count, check_seed, check_tokens
 from rar_deploy.contract.sampling import is_guided
 from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime.artifacts import Artifacts
 from rar_deploy.runtime.backends import Backend
-from rar_deploy.runtime.checks import check_class_labels, check_count, check_seed, check_tokens
 from rar_deploy.runtime.families import RAR, VAR, Family, RARSampling, VARSampling, rar_inputs
 from rar_deploy.runtime.load import open_backend
 from rar_deploy.runtime.loops import decode_tokens, drive

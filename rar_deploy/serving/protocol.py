@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from rar_deploy.contract.checks import check_class_labels
 from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime import RARPipeline, RARSampling, Sample
-from rar_deploy.runtime.checks import check_class_labels
 from rar_deploy.tools.sample_files import png_bytes
 
 FIELDS = ("class_labels", "seed", "guidance_scale", "guidance_pow", "temperature", "output")

@@ -53,7 +53,7 @@ def import_ray(local: bool = False):
 def check_before_start(options: ServeOptions) -> None:
     """What can be known before Ray starts: the device, this machine's GPUs (when Ray runs here only), and
     whether host:port can be listened on (another server there would silently share it with Ray's proxy)."""
-    from rar_deploy.runtime.checks import check_device
+    from rar_deploy.contract.checks import check_device
     from rar_deploy.runtime.gpu import cuda_capability
     from rar_deploy.runtime.pipeline import check_cuda_present
 

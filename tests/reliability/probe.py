@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rar_deploy.tools.cli import generate_command
+from rar_deploy.cli import generate_command
 
 TINY = Path(__file__).parents[1] / "data" / "official_tiny"
 VAR_TINY = Path(__file__).parents[1] / "data" / "official_var_tiny"
@@ -73,7 +73,7 @@ COMMANDS = {"rar-export": "export_command", "rar-generate": "generate_command", 
 
 def command_line(tool: str, *args: str | Path) -> list[str]:
     """A real rar-deploy process (module entry points, so that no install step is assumed)."""
-    code = "import sys; from rar_deploy.tools.cli import {0}; sys.exit({0}())".format(COMMANDS[tool])
+    code = "import sys; from rar_deploy.cli import {0}; sys.exit({0}())".format(COMMANDS[tool])
     return [sys.executable, "-c", code, *map(str, args)]
 
 

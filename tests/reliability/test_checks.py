@@ -14,9 +14,9 @@ import pytest
 from probe import copy_of, edit_manifest, generate, invoke, refused
 
 from rar_deploy import RARDeployError, RARPipeline, RARSampling, reference_generate
+from rar_deploy.cli import bench_command, parity_command
 from rar_deploy.contract.sampling import sampling_noise
 from rar_deploy.runtime.engines import find_tensorrt
-from rar_deploy.tools.cli import bench_command, parity_command
 
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")
 
@@ -264,7 +264,7 @@ def test_an_image_does_not_depend_on_its_batch(fp32, backend):
 
 
 def test_threads_are_bounded_by_the_machines_cores(fp32, tmp_path):
-    from rar_deploy.runtime.checks import cpu_cores
+    from rar_deploy.contract.checks import cpu_cores
 
     result = generate(fp32, tmp_path / "out", "--threads", "100000")
     assert result.exit_code == 2 and f"from 1 to {cpu_cores()}" in result.output, result.output

@@ -12,8 +12,8 @@ import torch
 from probe import TINY, copy_of, edit_manifest, export_args, generate, invoke, refused
 
 from rar_deploy import RARDeployError, RARPipeline, RARSampling, VARSampling
+from rar_deploy.cli import bench_command, export_command, generate_command, main, parity_command
 from rar_deploy.runtime.engines import find_tensorrt
-from rar_deploy.tools.cli import bench_command, export_command, generate_command, main, parity_command
 
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")
 

@@ -27,8 +27,8 @@ from probe import (
     small_disk,
 )
 
+from rar_deploy.cli import export_command, generate_command, main
 from rar_deploy.runtime.engines import find_tensorrt
-from rar_deploy.tools.cli import export_command, generate_command, main
 
 needs_tensorrt = pytest.mark.skipif(find_tensorrt() is None, reason="no TensorRT or TensorRT-RTX installed")
 
@@ -217,7 +217,7 @@ def test_a_link_names_its_target(fp32, tmp_path):
 # -- memory: images are written as they are made ---------------------------------------------------------------------
 
 def _peak_rss_kib(fp32: Path, out: Path, images: int) -> int:
-    code = ("import resource, sys\nfrom rar_deploy.tools.cli import generate_command\n"
+    code = ("import resource, sys\nfrom rar_deploy.cli import generate_command\n"
             "try:\n    generate_command(sys.argv[1:], standalone_mode=False)\n"
             "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
     labels = ",".join(str(i % 1000) for i in range(images))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rar_deploy.tools.cli.common import friendly_errors
+from rar_deploy.cli.common import friendly_errors
 
 
 @click.command("make-checkpoint")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
+from rar_deploy.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, friendly_errors
 from rar_deploy.errors import RARDeployError
-from rar_deploy.tools.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, friendly_errors
 
 
 @click.command("rar-generate")
@@ -44,9 +44,9 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     """Generate images from exported artifacts (RAR or VAR): one PNG per image, grid.png and samples.json."""
     from tqdm import tqdm
 
+    from rar_deploy.contract.checks import MAX_IMAGES, check_class_labels, check_seed, parse_integers
     from rar_deploy.files import Output, atomic_outputs
     from rar_deploy.runtime import Artifacts, open_pipeline
-    from rar_deploy.runtime.checks import MAX_IMAGES, check_class_labels, check_seed, parse_integers
     from rar_deploy.tools.sample_files import SamplesWriter, TokensWriter, samples_written, tokens_written
     from rar_deploy.version import __version__
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from rar_deploy.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, friendly_errors
 from rar_deploy.errors import RARDeployError
-from rar_deploy.tools.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, friendly_errors
 
 
 @click.command("rar-serve")

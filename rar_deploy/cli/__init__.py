@@ -3,14 +3,14 @@ exit, before any heavy work."""
 
 import click
 
-from rar_deploy.tools.cli.bench import bench_command
-from rar_deploy.tools.cli.build import build_command
-from rar_deploy.tools.cli.export import export_command
-from rar_deploy.tools.cli.generate import generate_command
-from rar_deploy.tools.cli.make_checkpoint import make_checkpoint
-from rar_deploy.tools.cli.parity import parity_command
-from rar_deploy.tools.cli.serve import serve_command
-from rar_deploy.tools.cli.triton_repo import triton_repo_command
+from rar_deploy.cli.bench import bench_command
+from rar_deploy.cli.build import build_command
+from rar_deploy.cli.export import export_command
+from rar_deploy.cli.generate import generate_command
+from rar_deploy.cli.make_checkpoint import make_checkpoint
+from rar_deploy.cli.parity import parity_command
+from rar_deploy.cli.serve import serve_command
+from rar_deploy.cli.triton_repo import triton_repo_command
 
 
 @click.group()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from rar_deploy.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, friendly_errors, progress_printer
 from rar_deploy.errors import RARDeployError
-from rar_deploy.tools.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, friendly_errors, progress_printer
 
 
 @click.command("rar-parity")
@@ -27,8 +27,8 @@ def parity_command(artifacts_dir, backend, ckpt, tokenizer, device, batch, seed,
     Exits 1 when a metric is over its tolerance, naming it with its value and the allowed value."""
     import json
 
+    from rar_deploy.contract.checks import check_finite, check_seed
     from rar_deploy.runtime import Artifacts, open_pipeline
-    from rar_deploy.runtime.checks import check_finite, check_seed
     from rar_deploy.tools.parity import format_report, load_record, run_parity
 
     if seed is not None:

@@ -16,7 +16,7 @@ PATH_TYPE = click.Path(path_type=Path)
 
 
 def _threads(context, parameter, value: int | None) -> int | None:
-    from rar_deploy.runtime.checks import check_threads
+    from rar_deploy.contract.checks import check_threads
 
     try:
         return check_threads(value)

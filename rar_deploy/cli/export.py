@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from rar_deploy.tools.cli.common import PATH_TYPE, friendly_errors, progress_printer
+from rar_deploy.cli.common import PATH_TYPE, friendly_errors, progress_printer
 
 
 def _default_tokenizer(ckpt: str) -> str:

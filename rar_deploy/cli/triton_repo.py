@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from rar_deploy.cli.common import PATH_TYPE, THREADS_OPTION, friendly_errors
 from rar_deploy.errors import RARDeployError
-from rar_deploy.tools.cli.common import PATH_TYPE, THREADS_OPTION, friendly_errors
 
 
 @click.command("triton-repo")
@@ -29,9 +29,9 @@ def triton_repo_command(artifacts_dir, out, backend, device, threads, max_batch_
                         force) -> None:
     """Write a Triton Inference Server model repository that serves an artifact folder (Python backend,
     the whole loop in one model instance, dynamic batching)."""
+    from rar_deploy.contract.checks import check_device
     from rar_deploy.files import Output, atomic_directory
     from rar_deploy.runtime import Artifacts
-    from rar_deploy.runtime.checks import check_device
     from rar_deploy.serving.triton import MODEL_NAME, model_files, write_model
 
     artifacts = Artifacts.load(artifacts_dir)

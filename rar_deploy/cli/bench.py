@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from rar_deploy.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, friendly_errors, progress_printer
 from rar_deploy.errors import RARDeployError
-from rar_deploy.tools.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, friendly_errors, progress_printer
 
 
 @click.command("rar-bench")
@@ -30,8 +30,8 @@ def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, 
     """Per-stage latency (prefill, decode step mean/p50/p99, decoder), per image, images/s, peak memory."""
     import json
 
+    from rar_deploy.contract.checks import parse_integers
     from rar_deploy.runtime import Artifacts
-    from rar_deploy.runtime.checks import parse_integers
     from rar_deploy.tools.bench import bench_results, format_results
 
     artifacts = Artifacts.load(artifacts_dir)

@@ -8,10 +8,11 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
-#include <functional>
+#include <initializer_list>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 
 #include "error.hpp"
 
@@ -29,8 +30,6 @@ constexpr uint64_t kChunks = 16;
   Fail(RAR_ERROR_ARTIFACTS, manifest.string() + ": " + what + "; the manifest was edited or is damaged: " +
                                 "export the artifacts again");
 }
-
-TensorSpec Spec(const std::string& name, DType dtype, std::vector<Dim> shape) { return {name, dtype, std::move(shape)}; }
 
 TensorSpec ParseSpec(const json& node) {
   TensorSpec spec{node.at("name").get<std::string>(), ParseDType(node.at("dtype").get<std::string>()), {}};
@@ -125,19 +124,30 @@ void CheckDefaults(const SamplingDefaults& d, bool var, const fs::path& path) {
   }
 }
 
-// The recorded I/O of every graph of the family must be the one the contract gives for the model.
-void ReadGraphs(const json& manifest, const std::map<std::string, GraphInfo>& expected, const fs::path& path,
+// The family's graphs as the manifest declares them (file, inputs, outputs): data, kept honest by the contract
+// hash; each session's declared I/O is compared with them when a backend opens the graph.
+void ReadGraphs(const json& manifest, std::initializer_list<const char*> names, const fs::path& path,
                 std::map<std::string, GraphInfo>& graphs) {
-  for (const auto& [name, wanted] : expected) {
-    const json& node = manifest.at("graphs").at(name);
+  const json& listed = manifest.at("graphs");
+  for (const char* name : names) {
+    if (!listed.contains(name)) Invalid(path, std::string("it lists no graph ") + name);
+    const json& node = listed.at(name);
     GraphInfo graph{node.at("file").get<std::string>(), {}, {}};
     for (const auto& spec : node.at("inputs")) graph.inputs.push_back(ParseSpec(spec));
     for (const auto& spec : node.at("outputs")) graph.outputs.push_back(ParseSpec(spec));
-    if (graph.inputs != wanted.inputs || graph.outputs != wanted.outputs) {
-      Invalid(path, "graph " + name + "'s inputs or outputs are not the ones its model gives");
-    }
     graphs[name] = graph;
   }
+}
+
+// (height = width, channels) of the images a decoder graph draws: its images_uint8 output [batch, H, W, C].
+std::pair<int64_t, int64_t> ImageShape(const GraphInfo& decoder, const fs::path& path) {
+  for (const TensorSpec& spec : decoder.outputs) {
+    if (spec.name == "images_uint8" && spec.shape.size() == 4 && std::holds_alternative<int64_t>(spec.shape[1]) &&
+        std::holds_alternative<int64_t>(spec.shape[3])) {
+      return {std::get<int64_t>(spec.shape[1]), std::get<int64_t>(spec.shape[3])};
+    }
+  }
+  Invalid(path, "its decoder graph declares no images_uint8 output [batch, H, W, C]");
 }
 
 // kv_cache: the layout the loop allocates (shape, the graphs' float dtype) and writes (at offset 0).
@@ -160,107 +170,36 @@ void LoadRar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
     if (value < 1) Invalid(path, "a model dimension is not positive");
   }
   if (m.hidden_size % m.num_heads != 0) Invalid(path, "hidden_size is not a multiple of num_heads");
-  int64_t grid = 0;
-  while ((grid + 1) * (grid + 1) <= m.image_seq_len) ++grid;
-  if (grid * grid != m.image_seq_len) Invalid(path, "image_seq_len is not a square token grid");
   const json& tokenizer = manifest.at("tokenizer");
   if (tokenizer.at("codebook_size").get<int64_t>() != m.codebook_size) {
     Invalid(path, "the tokenizer's codebook does not match the generator's vocabulary: it mixes two models");
   }
-  artifacts.image_side = grid << (tokenizer.at("channel_mult").size() - 1);
-  artifacts.image_channels = tokenizer.at("num_channels").get<int64_t>();
+  artifacts.condition_width = manifest.at("condition").at("width").get<int64_t>();
+  if (artifacts.condition_width < 1) Invalid(path, "its condition width is not positive");
   artifacts.seq_len = m.image_seq_len, artifacts.codebook_size = m.codebook_size;
   artifacts.num_classes = m.num_classes;
   const json& defaults = manifest.at("sampling").at("defaults");
   artifacts.defaults = {defaults.at("guidance_scale").get<double>(), defaults.at("guidance_pow").get<double>(),
                         defaults.at("temperature").get<double>()};
-  ReadGraphs(manifest, ContractGraphs(m, artifacts.image_side, artifacts.image_channels, artifacts.float_dtype), path,
-             artifacts.graphs);
+  ReadGraphs(manifest, {"condition", "decode_step", "vq_decoder"}, path, artifacts.graphs);
+  std::tie(artifacts.image_side, artifacts.image_channels) = ImageShape(artifacts.graphs.at("vq_decoder"), path);
   CheckCache(manifest.at("kv_cache"), {m.depth, "rows", m.num_heads, m.cache_len(), m.head_dim()},
              artifacts.float_dtype, path);
-  if (manifest.at("condition").at("width").get<int64_t>() != m.condition_width()) {
-    Invalid(path, "its condition width is not the one its model gives");
-  }
 }
 
-// VAR's per-scale constants as rar_deploy/contract/graphs.py derives them (docs/CONTRACT.md "VAR"): float64 with
-// the same operations in the same order, rounded to float32 (the build turns off fused multiply-add: a fused
-// product would round once where Python rounds twice).
-
-// The Phi convolution of scale k of K: the one whose tick is nearest k / (K - 1); the ticks are numpy's
-// linspace(margin, 1 - margin, n) (i * step + margin, the last exactly 1 - margin), the first nearest wins.
-int64_t PhiIndex(int64_t k, int64_t num_scales, int64_t num_phi) {
-  const double n = static_cast<double>(num_phi), margin = num_phi == 4 ? 1.0 / 3 / n : 1.0 / 2 / n;
-  const double step = num_phi > 1 ? ((1 - margin) - margin) / (n - 1) : 0;
-  const double where = static_cast<double>(k) / static_cast<double>(num_scales - 1);
-  int64_t nearest = 0;
-  double best = 0;
-  for (int64_t i = 0; i < num_phi; ++i) {
-    const double tick = i == num_phi - 1 && i > 0 ? 1 - margin : static_cast<double>(i) * step + margin;
-    const double distance = std::fabs(tick - where);
-    if (i == 0 || distance < best) nearest = i, best = distance;
-  }
-  return nearest;
-}
-
-// [size_out, size_in] row-major: area interpolation (adaptive average pooling) along one axis.
-std::vector<float> AreaMatrix(int64_t size_in, int64_t size_out) {
-  std::vector<float> matrix(static_cast<size_t>(size_out * size_in), 0.0f);
-  for (int64_t i = 0; i < size_out; ++i) {
-    const int64_t start = i * size_in / size_out, end = ((i + 1) * size_in + size_out - 1) / size_out;
-    for (int64_t j = start; j < end; ++j) {
-      matrix[static_cast<size_t>(i * size_in + j)] = static_cast<float>(1 / static_cast<double>(end - start));
-    }
-  }
-  return matrix;
-}
-
-// [size_out, size_in] row-major: bicubic interpolation along one axis (align_corners false, a = -0.75, border
-// taps clamped: a clamped tap's weight adds to the border's, in tap order); the identity for equal sizes.
-std::vector<float> BicubicMatrix(int64_t size_in, int64_t size_out) {
-  const double a = -0.75;
-  auto near = [a](double x) { return ((a + 2) * x - (a + 3)) * x * x + 1; };       // |x| <= 1
-  auto far = [a](double x) { return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a; };  // 1 < |x| < 2
-  std::vector<float> matrix(static_cast<size_t>(size_out * size_in), 0.0f);
-  std::vector<double> row(static_cast<size_t>(size_in));
-  for (int64_t i = 0; i < size_out; ++i) {
-    std::fill(row.begin(), row.end(), 0.0);
-    if (size_in == size_out) {
-      row[static_cast<size_t>(i)] = 1;
-    } else {
-      const double source = static_cast<double>(size_in) / static_cast<double>(size_out) *
-                            (static_cast<double>(i) + 0.5) - 0.5;
-      const double first = std::floor(source), t = source - first;
-      const double weights[4] = {far(t + 1), near(t), near(1 - t), far(2 - t)};
-      for (int64_t tap = 0; tap < 4; ++tap) {
-        const int64_t column = std::min(std::max(static_cast<int64_t>(first) - 1 + tap, int64_t{0}), size_in - 1);
-        row[static_cast<size_t>(column)] += weights[tap];
-      }
-    }
-    for (int64_t j = 0; j < size_in; ++j) {
-      matrix[static_cast<size_t>(i * size_in + j)] = static_cast<float>(row[static_cast<size_t>(j)]);
-    }
-  }
-  return matrix;
-}
-
-// A manifest matrix against the float32 one its model gives, compared as Python compares them: each JSON
-// number (a double) equal to the float32 value (a number that merely rounds to it is another matrix). The
-// shape first, so that a damaged manifest never sizes a computation. The values if they match, else none.
-std::vector<float> MatchMatrix(const json& node, int64_t rows, int64_t columns,
-                               const std::function<std::vector<float>()>& compute) {
+// A manifest matrix [rows, columns] of finite numbers, as float32 row-major; none if it has another shape.
+std::vector<float> ReadMatrix(const json& node, int64_t rows, int64_t columns) {
   if (!node.is_array() || static_cast<int64_t>(node.size()) != rows) return {};
+  std::vector<float> values;
+  values.reserve(static_cast<size_t>(rows * columns));
   for (const json& row : node) {
     if (!row.is_array() || static_cast<int64_t>(row.size()) != columns) return {};
-  }
-  std::vector<float> wanted = compute();
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < columns; ++c) {
-      const json& value = node[static_cast<size_t>(r)][static_cast<size_t>(c)];
-      if (!value.is_number() || value.get<double>() != wanted[static_cast<size_t>(r * columns + c)]) return {};
+    for (const json& value : row) {
+      if (!value.is_number() || !std::isfinite(value.get<double>())) return {};
+      values.push_back(value.get<float>());
     }
   }
-  return wanted;
+  return values;
 }
 
 void LoadVar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
@@ -286,16 +225,16 @@ void LoadVar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
   }
   const int64_t num_phi = tokenizer.at("num_phi").get<int64_t>(), size = m.patch_nums.back();
   if (num_phi < 1) Invalid(path, "the tokenizer's num_phi is not positive");
-  artifacts.image_side = size << (tokenizer.at("channel_mult").size() - 1);
-  artifacts.image_channels = 3;
   artifacts.seq_len = m.seq_len(), artifacts.codebook_size = m.codebook_size, artifacts.num_classes = m.num_classes;
   const json& defaults = manifest.at("sampling").at("defaults");
   artifacts.defaults = {defaults.at("guidance_scale").get<double>(), 0.0, defaults.at("temperature").get<double>(),
                         defaults.at("top_k").get<int64_t>(), defaults.at("top_p").get<double>()};
-  ReadGraphs(manifest, VarContractGraphs(m, artifacts.image_side, artifacts.float_dtype), path, artifacts.graphs);
+  ReadGraphs(manifest, {"var_step", "var_decoder"}, path, artifacts.graphs);
+  std::tie(artifacts.image_side, artifacts.image_channels) = ImageShape(artifacts.graphs.at("var_decoder"), path);
   CheckCache(manifest.at("kv_cache"), {m.depth, "rows", m.num_heads, m.seq_len(), m.head_dim()}, artifacts.float_dtype,
              path);
-  // scales: every value the one its model and num_phi give (Python's manifest._check_scales, same messages)
+  // scales: data (kept honest by the contract hash), read with the structure the loop relies on: scale k has
+  // the side patch_nums[k], the next side^2 positions, a Phi index among num_phi, down [side, P] and up [P, side]
   const json& scales = manifest.at("scales");
   if (!scales.is_array() || static_cast<int64_t>(scales.size()) != m.num_scales()) {
     Invalid(path, "it lists " + std::to_string(scales.is_array() ? scales.size() : 0) + " scales, its model has " +
@@ -305,19 +244,25 @@ void LoadVar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
   for (int64_t k = 0; k < m.num_scales(); ++k) {
     const json& node = scales[static_cast<size_t>(k)];
     const int64_t side = m.patch_nums[static_cast<size_t>(k)];
-    VarScale scale{side, begin, begin + side * side, PhiIndex(k, m.num_scales(), num_phi), {}, {}};
     const std::string which = "scale " + std::to_string(k) + "'s ";
-    for (const auto& [key, value] : {std::pair<const char*, int64_t>{"side", scale.side}, {"begin", scale.begin},
-                                     {"end", scale.end}, {"phi_index", scale.phi_index}}) {
-      const json& recorded = node.at(key);
-      if (recorded != value) {  // a JSON comparison, as Python's: 3.0 is 3, 3.5 is not
-        Invalid(path, which + key + " is " + recorded.dump() + ", its model gives " + std::to_string(value));
+    for (const auto& [key, value] : {std::pair<const char*, int64_t>{"side", side}, {"begin", begin},
+                                     {"end", begin + side * side}}) {
+      if (node.at(key) != value) {  // a JSON comparison, as Python's: 3.0 is 3, 3.5 is not
+        Invalid(path, which + key + " is " + node.at(key).dump() + ", its model gives " + std::to_string(value));
       }
     }
-    scale.down = MatchMatrix(node.at("down"), side, size, [&] { return AreaMatrix(size, side); });
-    if (scale.down.empty()) Invalid(path, which + "down is its matrix, its model gives another");
-    scale.up = MatchMatrix(node.at("up"), size, side, [&] { return BicubicMatrix(side, size); });
-    if (scale.up.empty()) Invalid(path, which + "up is its matrix, its model gives another");
+    const json& phi = node.at("phi_index");
+    if (!phi.is_number() || phi.get<double>() != std::floor(phi.get<double>()) || phi.get<double>() < 0 ||
+        phi.get<double>() >= static_cast<double>(num_phi)) {
+      Invalid(path, which + "phi_index is " + phi.dump() + ", not one of the tokenizer's " +
+                        std::to_string(num_phi) + " Phi convolutions");
+    }
+    VarScale scale{side, begin, begin + side * side, static_cast<int64_t>(phi.get<double>()),
+                   ReadMatrix(node.at("down"), side, size), ReadMatrix(node.at("up"), size, side)};
+    if (scale.down.empty()) Invalid(path, which + "down is not a [" + std::to_string(side) + ", " +
+                                              std::to_string(size) + "] matrix of finite numbers");
+    if (scale.up.empty()) Invalid(path, which + "up is not a [" + std::to_string(size) + ", " +
+                                            std::to_string(side) + "] matrix of finite numbers");
     artifacts.scales.push_back(std::move(scale));
     begin += side * side;
   }
@@ -365,69 +310,10 @@ bool TensorSpec::operator==(const TensorSpec& other) const {
   return name == other.name && dtype == other.dtype && shape == other.shape;
 }
 
-std::map<std::string, GraphInfo> ContractGraphs(const ModelConfig& m, int64_t side, int64_t channels, DType dtype) {
-  const int64_t vocab = m.codebook_size, width = m.condition_width();
-  const std::vector<Dim> step_kv{m.depth, "rows", m.num_heads, int64_t{1}, m.head_dim()};
-  const std::vector<Dim> cache_view{"rows", m.num_heads, m.cache_len(), m.head_dim()};
-  std::map<std::string, GraphInfo> graphs;
-  graphs["condition"] = {"condition.onnx",
-                         {Spec("class_labels", DType::kInt64, {"rows"}),
-                          Spec("positions", DType::kInt64, {"positions", "rows"})},
-                         {Spec("condition", dtype, {"positions", "rows", width})}};
-  GraphInfo& step = graphs["decode_step"];
-  step.file = "decode_step.onnx";
-  step.inputs = {Spec("tokens", DType::kInt64, {"batch"}), Spec("position", DType::kInt64, {"batch"}),
-                 Spec("condition", dtype, {"positions", "rows", width})};
-  for (const char* kv : {"k", "v"}) {
-    for (int64_t i = 0; i < m.depth; ++i) {
-      step.inputs.push_back(Spec(std::string(kv) + "_cache." + std::to_string(i), dtype, cache_view));
-    }
-  }
-  step.inputs.push_back(Spec("guidance_scale", DType::kFloat32, {"batch"}));
-  step.inputs.push_back(Spec("temperature", DType::kFloat32, {"batch"}));
-  step.inputs.push_back(Spec("noise", DType::kFloat32, {"batch", vocab}));
-  step.outputs = {Spec("next_tokens", DType::kInt64, {"batch"}), Spec("logits", DType::kFloat32, {"batch", vocab}),
-                  Spec("keys", dtype, step_kv), Spec("values", dtype, step_kv)};
-  graphs["vq_decoder"] = {"vq_decoder.onnx",
-                          {Spec("tokens", DType::kInt64, {"batch", m.image_seq_len})},
-                          {Spec("images", DType::kFloat32, {"batch", channels, side, side}),
-                           Spec("images_uint8", DType::kUint8, {"batch", side, side, channels})}};
-  return graphs;
-}
-
 int64_t VarConfig::seq_len() const {
   int64_t tokens = 0;
   for (int64_t side : patch_nums) tokens += side * side;
   return tokens;
-}
-
-std::map<std::string, GraphInfo> VarContractGraphs(const VarConfig& m, int64_t image, DType dtype) {
-  const int64_t vocab = m.codebook_size, size = m.patch_nums.back();
-  const DType i64 = DType::kInt64, f32 = DType::kFloat32;
-  const std::vector<Dim> f_hat{"batch", m.vae_channels, size, size};
-  const std::vector<Dim> cache_view{"rows", m.num_heads, m.seq_len(), m.head_dim()};
-  const std::vector<Dim> scale_kv{m.depth, "rows", m.num_heads, "tokens", m.head_dim()};
-  std::map<std::string, GraphInfo> graphs;
-  GraphInfo& step = graphs["var_step"];
-  step.file = "var_step.onnx";
-  step.inputs = {Spec("class_labels", i64, {"batch"}), Spec("f_hat", f32, f_hat),
-                 Spec("positions", i64, {"side", "side"}), Spec("phi_index", i64, {int64_t{1}}),
-                 Spec("down", f32, {"side", size}), Spec("up", f32, {size, "side"}), Spec("guidance", f32, {"batch"}),
-                 Spec("top_k", i64, {int64_t{1}}), Spec("top_p", f32, {int64_t{1}}),
-                 Spec("temperature", f32, {"batch"}), Spec("noise", f32, {"batch", "side", "side", vocab})};
-  for (const char* kv : {"k", "v"}) {
-    for (int64_t i = 0; i < m.depth; ++i) {
-      step.inputs.push_back(Spec(std::string(kv) + "_cache." + std::to_string(i), dtype, cache_view));
-    }
-  }
-  step.outputs = {Spec("tokens", i64, {"batch", "tokens"}), Spec("f_hat_out", f32, f_hat),
-                  Spec("logits", f32, {"batch", "tokens", vocab}), Spec("keys", dtype, scale_kv),
-                  Spec("values", dtype, scale_kv)};
-  graphs["var_decoder"] = {"var_decoder.onnx",
-                           {Spec("f_hat", f32, f_hat)},
-                           {Spec("images", f32, {"batch", int64_t{3}, image, image}),
-                            Spec("images_uint8", DType::kUint8, {"batch", image, image, int64_t{3}})}};
-  return graphs;
 }
 
 Artifacts Artifacts::Load(const fs::path& directory) {

@@ -1,6 +1,6 @@
-// An artifact folder as the C++ runtime sees it: manifest.json (schema 3, docs/CONTRACT.md) read with
-// nlohmann::json, validated against the contract its own model gives, and its files checked (size and
-// fingerprint) before a graph is opened. Two families: RAR (condition, decode_step, vq_decoder) and VAR
+// An artifact folder as the C++ runtime sees it: manifest.json (schema 4, docs/CONTRACT.md) read with
+// nlohmann::json as data (graph I/O, scales, condition width: never re-derived), its contract sections checked
+// against their SHA-256, and its files checked (size and fingerprint) before a graph is opened. Two families: RAR (condition, decode_step, vq_decoder) and VAR
 // (var_step, var_decoder; manifest `family` "var").
 #pragma once
 
@@ -39,7 +39,6 @@ struct ModelConfig {
   int64_t head_dim() const { return hidden_size / num_heads; }
   int64_t cache_len() const { return image_seq_len + 1; }
   int64_t null_class() const { return num_classes; }
-  int64_t condition_width() const { return (6 * depth + 3) * hidden_size; }
 };
 
 // VAR's generator (manifest `model` of family var): K scales of side pn_k, L = sum pn_k^2 tokens.
@@ -52,7 +51,7 @@ struct VarConfig {
   int64_t null_class() const { return num_classes; }
 };
 
-// One VAR scale's constants (manifest `scales`, derived from the model and checked value for value on load):
+// One VAR scale's constants (manifest `scales`, read as data: the contract hash keeps them honest):
 // sequence positions [begin, end) = side^2 tokens, the Phi convolution's index, the resize matrices down
 // [side, P] and up [P, side] (row-major float32).
 struct VarScale {
@@ -84,7 +83,8 @@ class Artifacts {
   int64_t seq_len = 0, codebook_size = 0, num_classes = 0;  // both families: tokens per image (N or L), V
   DType float_dtype = DType::kFloat32;  // the graphs' float dtype (the KV cache's)
   int64_t max_batch = 0;
-  int64_t image_side = 0, image_channels = 0;
+  int64_t image_side = 0, image_channels = 0;  // of the decoder graph's images_uint8 output
+  int64_t condition_width = 0;                  // RAR's: floats of one condition row (manifest `condition`)
   SamplingDefaults defaults{};
   std::map<std::string, GraphInfo> graphs;   // condition, decode_step, vq_decoder; or var_step, var_decoder
   std::map<std::string, EngineInfo> engines;  // empty without engines
@@ -98,11 +98,6 @@ class Artifacts {
  private:
   std::map<std::string, std::pair<uint64_t, std::string>> files_;  // relative path -> size, fingerprint
 };
-
-// The graph I/O the contract gives for a model (rar_deploy/contract/graphs.py's graph_specs, var_graph_specs).
-std::map<std::string, GraphInfo> ContractGraphs(const ModelConfig& model, int64_t image_side, int64_t channels,
-                                                DType float_dtype);
-std::map<std::string, GraphInfo> VarContractGraphs(const VarConfig& model, int64_t image_side, DType float_dtype);
 
 std::string Fingerprint(const std::filesystem::path& file);  // docs/CONTRACT.md
 

@@ -65,7 +65,11 @@ Pipeline::Pipeline(const std::string& directory, const std::string& backend, con
   } else {
     Fail(RAR_ERROR_INVALID_ARGUMENT, "unknown backend '" + backend + "': choose onnxruntime or tensorrt");
   }
-  if (artifacts_.is_var()) var_loop_ = std::make_unique<VarLoop>(artifacts_, *backend_);
+  if (artifacts_.is_var()) {
+    var_loop_ = std::make_unique<VarLoop>(artifacts_, *backend_);
+  } else {
+    rar_loop_ = std::make_unique<RarLoop>(artifacts_, *backend_);
+  }
 }
 
 RarModelInfo Pipeline::Info() const {
@@ -140,26 +144,22 @@ std::vector<int64_t> Pipeline::RarTokens(const std::vector<int64_t>& labels, con
   for (size_t start = 0; start < labels.size(); start += static_cast<size_t>(batch_size)) {
     const std::vector<int64_t> chunk = Batch(labels, start, batch_size);
     const int64_t batch = static_cast<int64_t>(chunk.size());
-    const std::vector<float> noise = SamplingNoise(sampling.seed, batch, m.image_seq_len, m.codebook_size,
-                                                   static_cast<int64_t>(start));
+    const RarInputs inputs{GuidanceRows(chunk, guided, m.null_class()), schedule,
+                           std::vector<float>(chunk.size(), static_cast<float>(temperature)),
+                           SamplingNoise(sampling.seed, batch, m.image_seq_len, m.codebook_size,
+                                         static_cast<int64_t>(start))};
     auto clock = std::chrono::steady_clock::now();
-    backend_->Start(GuidanceRows(chunk, guided, m.null_class()), schedule,
-                    std::vector<float>(chunk.size(), static_cast<float>(temperature)), noise);
-    backend_->memory().Synchronize();
-    timings_.start_ms += Milliseconds(clock);
-    clock = std::chrono::steady_clock::now();
-    for (int64_t p = 0; p < m.cache_len(); ++p) {
-      backend_->Step(p);
-      if (p == 1) {
+    Drive(*rar_loop_, inputs, [&](RarLoop& loop) {
+      if (loop.position() == 0 || loop.position() == 2) {  // after the start; after the prefill (positions 0-1)
         backend_->memory().Synchronize();
-        timings_.prefill_ms += Milliseconds(clock);
+        (loop.position() == 0 ? timings_.start_ms : timings_.prefill_ms) += Milliseconds(clock);
         clock = std::chrono::steady_clock::now();
       }
-    }
-    const std::vector<int64_t> chunk_tokens = backend_->Tokens();  // synchronises
+    });
+    const std::vector<int64_t> chunk_tokens = rar_loop_->Tokens();  // synchronises
     timings_.steps_ms += Milliseconds(clock);
     timings_.steps += m.image_seq_len - 1;
-    timings_.condition_window = backend_->condition_window();
+    timings_.condition_window = rar_loop_->condition_window();
     tokens.insert(tokens.end(), chunk_tokens.begin(), chunk_tokens.end());
   }
   return tokens;
@@ -186,11 +186,7 @@ std::vector<int64_t> Pipeline::VarGenerate(const std::vector<int64_t>& labels, c
   if (temperature < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "temperature must be >= 0 (0 is greedy)");
   if (sampling.seed >= (uint64_t{1} << 63)) Fail(RAR_ERROR_INVALID_ARGUMENT, "seed must lie in [0, 2**63)");
   const int64_t batch_size = BatchSize(sampling.batch_size);
-  std::vector<float> guidance(static_cast<size_t>(m.num_scales()));  // t = cfg * k / (K - 1) in double, to float
-  for (int64_t k = 0; k < m.num_scales(); ++k) {
-    guidance[static_cast<size_t>(k)] = static_cast<float>(scale * static_cast<double>(k) /
-                                                          static_cast<double>(m.num_scales() - 1));
-  }
+  const std::vector<float> guidance = VarGuidance(m.num_scales(), scale);
 
   std::lock_guard<std::mutex> lock(mutex_);
   timings_ = RarTimings{};
@@ -198,15 +194,18 @@ std::vector<int64_t> Pipeline::VarGenerate(const std::vector<int64_t>& labels, c
   for (size_t start = 0; start < labels.size(); start += static_cast<size_t>(batch_size)) {
     const std::vector<int64_t> chunk = Batch(labels, start, batch_size);
     const int64_t batch = static_cast<int64_t>(chunk.size());
-    const std::vector<float> noise = SamplingNoise(sampling.seed, batch, m.seq_len(), m.codebook_size,
-                                                   static_cast<int64_t>(start));
+    const VarInputs inputs{chunk, guidance, top_k, static_cast<float>(top_p),
+                           std::vector<float>(chunk.size(), static_cast<float>(temperature)),
+                           SamplingNoise(sampling.seed, batch, m.seq_len(), m.codebook_size,
+                                         static_cast<int64_t>(start))};
     auto clock = std::chrono::steady_clock::now();
-    var_loop_->Start(chunk, guidance, top_k, static_cast<float>(top_p),
-                     std::vector<float>(chunk.size(), static_cast<float>(temperature)), noise);
-    backend_->memory().Synchronize();
-    timings_.start_ms += Milliseconds(clock);
-    clock = std::chrono::steady_clock::now();
-    for (int64_t k = 0; k < m.num_scales(); ++k) var_loop_->Step(k);
+    Drive(*var_loop_, inputs, [&](VarLoop& loop) {
+      if (loop.position() == 0) {  // after the start
+        backend_->memory().Synchronize();
+        timings_.start_ms += Milliseconds(clock);
+        clock = std::chrono::steady_clock::now();
+      }
+    });
     const std::vector<int64_t> chunk_tokens = var_loop_->Tokens();  // synchronises
     timings_.steps_ms += Milliseconds(clock);
     timings_.steps += m.num_scales();
@@ -225,7 +224,7 @@ void Pipeline::SetConditionBudget(int64_t bytes) {
   if (artifacts_.is_var()) NotThisFamily("the condition budget");
   if (bytes < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "the condition budget is a number of bytes >= 0 (0: one position a step)");
   std::lock_guard<std::mutex> lock(mutex_);
-  backend_->condition_table_budget = bytes;
+  rar_loop_->condition_table_budget = bytes;
 }
 
 std::vector<uint8_t> Pipeline::Decode(const std::vector<int64_t>& tokens, int64_t batch_size) {
@@ -251,7 +250,7 @@ std::vector<uint8_t> Pipeline::Decode(const std::vector<int64_t>& tokens, int64_
     const int64_t size = std::min(batch, count - start);
     const std::vector<int64_t> chunk(tokens.begin() + start * m.image_seq_len,
                                      tokens.begin() + (start + size) * m.image_seq_len);
-    const std::vector<uint8_t> pixels = backend_->DecodeImages(chunk, size);
+    const std::vector<uint8_t> pixels = DecodeTokens(artifacts_, *backend_, chunk, size);
     images.insert(images.end(), pixels.begin(), pixels.end());
   }
   timings_.decode_ms = Milliseconds(clock);

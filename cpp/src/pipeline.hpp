@@ -1,4 +1,4 @@
-// The generation loop over a backend (rar_deploy/runtime/pipeline.py, var_pipeline.py in Python) and the
+// The generation loop over a backend (rar_deploy/runtime/pipeline.py in Python), driving the family's loop with Drive and the
 // checks of what a caller passes: the same rules and messages as the Python API. RAR draws tokens, then
 // decodes them; VAR draws tokens and images in one loop (its images come from f_hat, not from tokens).
 #pragma once
@@ -13,6 +13,8 @@
 
 #include "artifacts.hpp"
 #include "backend.hpp"
+#include "loop.hpp"
+#include "rar_loop.hpp"
 #include "var_loop.hpp"
 #include "rar/rar.h"
 
@@ -51,6 +53,7 @@ class Pipeline {
 
   Artifacts artifacts_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<RarLoop> rar_loop_;  // RAR's
   std::unique_ptr<VarLoop> var_loop_;  // VAR's
   std::mutex mutex_;  // one set of device buffers: calls are serialised
   RarTimings timings_{};

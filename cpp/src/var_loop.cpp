@@ -48,8 +48,11 @@ void VarLoop::Allocate(int64_t batch) {
   batch_ = batch;
 }
 
-void VarLoop::Start(const std::vector<int64_t>& labels, const std::vector<float>& guidance, int64_t top_k,
-                    float top_p, const std::vector<float>& temperature, const std::vector<float>& noise) {
+void VarLoop::Start(const VarInputs& inputs) {
+  const std::vector<int64_t>& labels = inputs.labels;
+  const std::vector<float>& guidance = inputs.guidance;
+  const std::vector<float>& temperature = inputs.temperature;
+  const std::vector<float>& noise = inputs.noise;
   const int64_t batch = static_cast<int64_t>(labels.size()), seq = artifacts_.var.seq_len();
   if (batch != batch_) Allocate(batch);
   memory_.Upload(labels.data(), labels_);
@@ -58,8 +61,8 @@ void VarLoop::Start(const std::vector<int64_t>& labels, const std::vector<float>
     std::fill_n(rows.begin() + k * labels.size(), labels.size(), guidance[k]);
   }
   memory_.Upload(rows.data(), guidance_);
-  memory_.Upload(&top_k, top_k_);
-  memory_.Upload(&top_p, top_p_);
+  memory_.Upload(&inputs.top_k, top_k_);
+  memory_.Upload(&inputs.top_p, top_p_);
   memory_.Upload(temperature.data(), temperature_);
   const size_t vocab = static_cast<size_t>(artifacts_.var.codebook_size);
   for (size_t k = 0; k < artifacts_.scales.size(); ++k) {  // [B, L, V] -> the scale's [B, n, V] = [B, side, side, V]
@@ -73,9 +76,11 @@ void VarLoop::Start(const std::vector<int64_t>& labels, const std::vector<float>
     memory_.Upload(slice.data(), noise_[k]);
   }
   memory_.Fill(f_hat_[0], 0);  // scale 0 reads zeros
+  position_ = 0;
 }
 
-void VarLoop::Step(int64_t k) {
+void VarLoop::Step() {
+  const int64_t k = position_++;
   const size_t scale = static_cast<size_t>(k);
   Buffers feeds = constants_[scale];
   feeds.insert({{"class_labels", labels_}, {"f_hat", f_hat_[k % 2]}, {"guidance", guidance_.Row(k)},

@@ -101,6 +101,14 @@ def prepare(work: Path) -> None:
         (work / f"var_scales_{name}").mkdir()
         (work / f"var_scales_{name}" / "manifest.json").write_text(json.dumps(other_var_model(manifest, patch_nums,
                                                                                                num_phi)))
+    # forged manifests (edited, then re-hashed): the scales are data, read with the structure the loop relies on
+    malformed = copy.deepcopy(manifest)
+    malformed["scales"][2]["down"] = malformed["scales"][2]["down"][:-1]
+    phi = copy.deepcopy(manifest)
+    phi["scales"][1]["phi_index"] = manifest["tokenizer"]["num_phi"]
+    for name, forged in (("var_forged_down_shape", malformed), ("var_forged_phi_index", phi)):
+        (work / name).mkdir()
+        (work / name / "manifest.json").write_text(json.dumps(rehashed(forged)))
     integers = copy.deepcopy(manifest)  # JSON numbers compared as numbers: 2.0 is the index 2, 1 the weight 1.0
     integers["scales"][2]["phi_index"] = float(integers["scales"][2]["phi_index"])
     integers["scales"][3]["up"] = [[int(value) for value in row] for row in integers["scales"][3]["up"]]
@@ -264,7 +272,7 @@ def var_scales(work: Path, exe: str) -> None:
         result = run(exe, "--artifacts", folder, "--class-labels", "1", "--out", work / "out" / "scales", check=False)
         line = result.stderr.strip()
         assert f"{folder / 'var_decoder.onnx'} is missing" in line, f"{folder.name}: {line}"  # past the manifest
-        print(f"ok   {folder.name}: the scales its manifest lists are the ones C++ derives")
+        print(f"ok   {folder.name}: C++ reads the scales Python wrote for this model")
 
 
 def cli_refusals(work: Path, exe: str) -> None:
@@ -318,6 +326,10 @@ def cli_refusals(work: Path, exe: str) -> None:
         ("negative VAR guidance", ["--artifacts", work / "var_fp32", *base, "--guidance-scale", "-1"], ">= 0"),
         ("VAR class id out of range", ["--artifacts", work / "var_fp32", "--class-labels", "1000", "--out", out],
          "out of range"),
+        ("forged VAR scale matrix of the wrong shape", ["--artifacts", work / "var_forged_down_shape", *base],
+         "scale 2's down is not a [3, 4] matrix of finite numbers"),
+        ("forged VAR Phi index", ["--artifacts", work / "var_forged_phi_index", *base],
+         "scale 1's phi_index is 4, not one of the tokenizer's 4 Phi convolutions"),
         *[(f"{name} (Python's message)", ["--artifacts", work / name, *base], f"Error: {python_refusal(work / name)}")
           for name in ("var_edited_manifest", *SCALE_EDITS)],
         ("guidance over 1e4", ["--artifacts", work / "fp32", *base, "--guidance-scale", "100000"],

@@ -19,10 +19,10 @@ import torch
 
 from rar_deploy.contract.config import VAR_TOKENIZER_PRESETS, VARConfig
 from rar_deploy.export.exporter import ExportRequest, export_artifacts
-from rar_deploy.export.onnx_export import GraphExport, export_graph
+from rar_deploy.export.onnx_export import GraphExport, export_graph, var_graph_exports
 from rar_deploy.model.demo import randomize, save_state_dict
 from rar_deploy.model.var import VARVQVAE, VARGenerator, block_causal_mask, scale_levels
-from rar_deploy.model.var_graphs import VARScaleStepGraph, scale_constants, var_graph_exports
+from rar_deploy.model.var_graphs import VARScaleStepGraph, scale_constants
 from rar_deploy.runtime import Artifacts
 from rar_deploy.runtime.backends import OnnxRuntimeBackend
 from rar_deploy.runtime.loops import VARLoop, drive

@@ -38,7 +38,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
 class RARDeployment:
     def __init__(self, artifacts: str, backend: str, device: str | None, threads: int | None,
                  max_batch_size: int | None, batch_wait_s: float) -> None:
-        self.pipeline = RARPipeline.from_artifacts(artifacts, backend, device, threads=threads)
+        self.pipeline = RARPipeline.from_artifacts(artifacts, backend, device=device, threads=threads)
         self.batch_size = self.pipeline.artifacts.check_batch_size(max_batch_size)
         self.description = model_description(self.pipeline, self.batch_size)
         self.generate_batch.set_max_batch_size(self.batch_size)

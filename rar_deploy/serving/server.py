@@ -55,7 +55,7 @@ def check_before_start(options: ServeOptions) -> None:
     whether host:port can be listened on (another server there would silently share it with Ray's proxy)."""
     from rar_deploy.contract.checks import check_device
     from rar_deploy.runtime.gpu import cuda_capability
-    from rar_deploy.runtime.pipeline import check_cuda_present
+    from rar_deploy.runtime.load import check_cuda_present
 
     check_device(options.device)
     if options.address is None:

@@ -25,7 +25,7 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config["parameters"].items()}
         threads = int(parameters["threads"]) if parameters.get("threads") else None
         self.pipeline = RARPipeline.from_artifacts(parameters["artifacts"], parameters["backend"],
-                                                   parameters.get("device") or None, threads=threads)
+                                                   device=parameters.get("device") or None, threads=threads)
         self.batch_size = config["max_batch_size"]
 
     def execute(self, requests: list) -> list:

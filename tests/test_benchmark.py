@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -40,7 +42,11 @@ def test_bench_reports_every_stage_and_the_baseline(artifacts):
         assert run["steps"] == 15
         assert 0 < run["step_p50_ms"] <= run["step_p99_ms"]
         assert run["prefill_ms"] > 0 and run["decoder_ms"] > 0 and run["peak_host_rss_mib"] > 0
-        assert run["images_per_s"] == pytest.approx(run["batch"] * 1e3 / (run["total_ms_per_image"] * run["batch"]))
+        # the stages add up to the total, and the per-step times are the reported steps
+        stages = run["start_ms"] + run["prefill_ms"] + run["step_mean_ms"] * run["steps"] + run["decoder_ms"]
+        assert stages == pytest.approx(run["total_ms_per_image"] * run["batch"], rel=1e-9)
+        if run["backend"] != "baseline":
+            assert len(run["step_ms"]) == run["steps"] + 1 and run["step_ms"][0] == run["prefill_ms"]
         assert run["step_drift"] is None  # 15 steps: too few for a 20-step window
 
 
@@ -56,3 +62,17 @@ def test_bench_table_condition_budgets_and_bad_batch(artifacts):
     assert row.split()[2] == "17", result.output  # W: the whole table
     result = CliRunner().invoke(bench_command, ["--artifacts", str(artifacts), "--batch-sizes", "1,9"])
     assert result.exit_code != 0 and "batch size 9 is outside the artifacts' profile [1, 4]" in result.output
+
+
+def test_the_timed_generation_fits_inside_the_wall_clock_and_generates_real_tokens(artifacts):
+    """An independent clock around one bench: the reported stages of the timed generation cannot add up to more
+    than the call took, and the timed loop is the pipeline's own (its tokens are what generate gives)."""
+    from rar_deploy.runtime import RARPipeline
+    from rar_deploy.tools.bench import bench_pipeline
+
+    pipeline = RARPipeline.from_artifacts(artifacts)
+    start = time.perf_counter()
+    run = bench_pipeline(pipeline, batch=2, seed=3)
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    assert 0 < run["total_ms_per_image"] * 2 <= elapsed_ms
+    np.testing.assert_array_equal(pipeline.loop.tokens(), pipeline.generate([0, 1], seed=3).tokens)

@@ -105,6 +105,12 @@ def test_released_name_offline_says_so(tmp_path, monkeypatch):
         load_generator("rar_l")
 
 
-def test_copied_fixture_is_intact(official_dir, tmp_path):
+def test_a_copy_loads_the_same_weights_and_a_truncated_copy_is_named(official_dir, tmp_path):
     copy = shutil.copy(official_dir / "tiny_rar.bin", tmp_path / "copy.bin")
-    assert load_generator(copy).config.depth == 2
+    original, copied = load_generator(official_dir / "tiny_rar.bin").state_dict(), load_generator(copy).state_dict()
+    assert original.keys() == copied.keys()
+    assert all(torch.equal(original[name], copied[name]) for name in original)
+    data = (official_dir / "tiny_rar.bin").read_bytes()
+    (tmp_path / "half.bin").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"half\.bin is not a readable checkpoint \(truncated"):
+        load_generator(tmp_path / "half.bin")

@@ -45,7 +45,7 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     from tqdm import tqdm
 
     from rar_deploy.contract.checks import MAX_IMAGES, check_class_labels, check_seed, parse_integers
-    from rar_deploy.files import Output, atomic_outputs
+    from rar_deploy.outputs import Output, atomic_outputs
     from rar_deploy.runtime import Artifacts, open_pipeline
     from rar_deploy.tools.sample_files import SamplesWriter, TokensWriter, samples_written, tokens_written
     from rar_deploy.version import __version__

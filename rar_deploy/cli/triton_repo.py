@@ -30,7 +30,7 @@ def triton_repo_command(artifacts_dir, out, backend, device, threads, max_batch_
     """Write a Triton Inference Server model repository that serves an artifact folder (Python backend,
     the whole loop in one model instance, dynamic batching)."""
     from rar_deploy.contract.checks import check_device
-    from rar_deploy.files import Output, atomic_directory
+    from rar_deploy.outputs import Output, atomic_directory
     from rar_deploy.runtime import Artifacts
     from rar_deploy.serving.triton import MODEL_NAME, model_files, write_model
 

@@ -26,8 +26,8 @@ from rar_deploy.export.onnx_export import (
     release_memory,
 )
 from rar_deploy.export.verify import reference_for_export, verify_export
-from rar_deploy.files import Output, atomic_directory
 from rar_deploy.model.checkpoint import load_models, require_file, resolve_checkpoint
+from rar_deploy.outputs import Output, atomic_directory
 from rar_deploy.tools.engine_build import (
     RTX_DEFAULT_CAPABILITIES,
     BatchProfile,

@@ -19,10 +19,10 @@ from rar_deploy.contract.config import (
     TokenizerConfig,
 )
 from rar_deploy.errors import RARDeployError
-from rar_deploy.files import Output, any_file, atomic_file
 from rar_deploy.model.generator import RARGenerator
 from rar_deploy.model.layers import NORM_TYPES
 from rar_deploy.model.tokenizer import VQDecoder
+from rar_deploy.outputs import Output, any_file, atomic_file
 
 # Released sizes decode with the released tokenizer's shape; the tiny model with the tiny one.
 _TOKENIZER_FOR = {"tiny": "tiny"}

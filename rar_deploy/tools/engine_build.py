@@ -14,7 +14,7 @@ from typing import Callable
 
 from rar_deploy.contract.graphs import profile_dims, resolve_shape, var_profile_dims
 from rar_deploy.errors import ExportError
-from rar_deploy.files import any_file, atomic_file
+from rar_deploy.outputs import any_file, atomic_file
 from rar_deploy.runtime.engines import TensorRT, find_tensorrt
 from rar_deploy.runtime.gpu import cuda_capability, device_name
 
@@ -172,7 +172,7 @@ def build_engines(trt: TensorRT, directory: Path, manifest: dict, options: Build
     returns the new manifest. Used by rar-export (on its temporary folder) and rar-build."""
     from rar_deploy.contract.integrity import file_record
     from rar_deploy.contract.manifest import write_manifest
-    from rar_deploy.files import Output
+    from rar_deploy.outputs import Output
 
     engines_dir = directory / "engines"
     engines_dir.mkdir(exist_ok=True)

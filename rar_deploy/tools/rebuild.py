@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from rar_deploy.contract.manifest import exported_files
-from rar_deploy.files import Output, atomic_directory
+from rar_deploy.outputs import Output, atomic_directory
 from rar_deploy.runtime.artifacts import Artifacts
 from rar_deploy.tools.engine_build import (
     RTX_DEFAULT_CAPABILITIES,

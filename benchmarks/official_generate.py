@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rar_deploy import RARPipeline, Sample, load_generator
+from rar_deploy import RARPipeline, Sample, load_rar_generator
 from rar_deploy.model.checkpoint import read_state_dict
 
 
@@ -68,7 +68,7 @@ class Config(dict):
 
 
 def official_model(repo: Path, ckpt: Path) -> nn.Module:
-    c = load_generator(ckpt).config
+    c = load_rar_generator(ckpt).config
     generator = Config(hidden_size=c.hidden_size, num_hidden_layers=c.depth, num_attention_heads=c.num_heads,
                        intermediate_size=c.mlp_size, image_seq_len=c.image_seq_len, condition_num_classes=c.num_classes,
                        dropout=0.0, attn_drop=0.0)

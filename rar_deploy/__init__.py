@@ -10,6 +10,8 @@ from rar_deploy.contract.config import (
     GENERATOR_PRESETS,
     TOKENIZER_PRESETS,
     GeneratorConfig,
+    RARConfig,
+    RARTokenizerConfig,
     SamplingDefaults,
     TokenizerConfig,
 )
@@ -28,6 +30,7 @@ from rar_deploy.runtime import (
 from rar_deploy.version import __version__
 
 _NEED_TORCH = {
+    "load_rar_generator": "model.checkpoint", "load_rar_tokenizer": "model.checkpoint",
     "load_generator": "model.checkpoint", "load_tokenizer": "model.checkpoint", "load_models": "model.checkpoint",
     "load_var_generator": "model.checkpoint", "load_var_tokenizer": "model.checkpoint",
     "RARGenerator": "model", "StaticKVCache": "model", "VQDecoder": "model", "images_to_uint8": "model",
@@ -36,12 +39,12 @@ _NEED_TORCH = {
 }
 
 __all__ = [
-    "CheckpointError", "GENERATOR_PRESETS", "Generated", "Generation", "GeneratorConfig", "Pipeline",
-    "RARDeployError", "RARGenerator", "RARPipeline", "RARSampling", "Sample", "SamplingDefaults", "StaticKVCache",
-    "TOKENIZER_PRESETS", "TokenizerConfig", "VARPipeline", "VARSampling",
+    "CheckpointError", "GENERATOR_PRESETS", "Generated", "Generation", "GeneratorConfig", "Pipeline", "RARConfig",
+    "RARDeployError", "RARGenerator", "RARPipeline", "RARSampling", "RARTokenizerConfig", "Sample",
+    "SamplingDefaults", "StaticKVCache", "TOKENIZER_PRESETS", "TokenizerConfig", "VARPipeline", "VARSampling",
     "VQDecoder", "__version__", "guidance_schedule", "images_to_uint8", "load_generator", "load_models",
-    "load_tokenizer", "load_var_generator", "load_var_tokenizer", "open_pipeline", "reference_generate",
-    "sampling_noise", "var_reference_generate",
+    "load_rar_generator", "load_rar_tokenizer", "load_tokenizer", "load_var_generator", "load_var_tokenizer",
+    "open_pipeline", "reference_generate", "sampling_noise", "var_reference_generate",
 ]
 
 

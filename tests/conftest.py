@@ -25,12 +25,12 @@ def golden() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def official_generator():
-    return rar_deploy.load_generator(DATA / "tiny_rar.bin")
+    return rar_deploy.load_rar_generator(DATA / "tiny_rar.bin")
 
 
 @pytest.fixture(scope="session")
 def official_tokenizer():
-    return rar_deploy.load_tokenizer(DATA / "tiny_vq.bin")
+    return rar_deploy.load_rar_tokenizer(DATA / "tiny_vq.bin")
 
 
 @pytest.fixture(scope="session")

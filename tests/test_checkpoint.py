@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from rar_deploy import CheckpointError, load_generator, load_tokenizer
+from rar_deploy import CheckpointError, load_rar_generator, load_rar_tokenizer
 from rar_deploy.model.checkpoint import read_state_dict
 
 
@@ -34,44 +34,44 @@ def test_config_is_read_off_the_tensors(official_generator):
 def test_safetensors_and_module_prefix(official_dir, official_generator, tmp_path):
     state = read_state_dict(official_dir / "tiny_rar.bin")
     save_file({f"module.{k}": v.contiguous() for k, v in state.items()}, tmp_path / "g.safetensors")
-    loaded = load_generator(tmp_path / "g.safetensors")
+    loaded = load_rar_generator(tmp_path / "g.safetensors")
     labels, ids = torch.tensor([1]), torch.zeros(1, 4, dtype=torch.long)
     assert torch.equal(loaded.logits(labels, ids), official_generator.logits(labels, ids))
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        load_generator(tmp_path / "nope.bin")
+        load_rar_generator(tmp_path / "nope.bin")
 
 
 def test_truncated_file(official_dir, tmp_path):
     data = (official_dir / "tiny_rar.bin").read_bytes()
     (tmp_path / "cut.bin").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        load_generator(tmp_path / "cut.bin")
+        load_rar_generator(tmp_path / "cut.bin")
 
 
 def test_wrong_file_type(tmp_path):
     (tmp_path / "notes.bin").write_text("this is not a checkpoint\n")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        load_generator(tmp_path / "notes.bin")
+        load_rar_generator(tmp_path / "notes.bin")
     _save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.bin")
     with pytest.raises(CheckpointError, match="not a RAR or VAR generator checkpoint.*fc.weight"):
-        load_generator(tmp_path / "other.bin")
+        load_rar_generator(tmp_path / "other.bin")
 
 
 def test_tokenizer_passed_as_generator_and_back(official_dir):
     with pytest.raises(CheckpointError, match="tokenizer checkpoint.*--tokenizer"):
-        load_generator(official_dir / "tiny_vq.bin")
+        load_rar_generator(official_dir / "tiny_vq.bin")
     with pytest.raises(CheckpointError, match="generator checkpoint.*--ckpt"):
-        load_tokenizer(official_dir / "tiny_rar.bin")
+        load_rar_tokenizer(official_dir / "tiny_rar.bin")
 
 
 def test_renamed_key_is_named(official_dir, tmp_path):
     state = read_state_dict(official_dir / "tiny_rar.bin")
     state["blocks.1.attn.projection.weight"] = state.pop("blocks.1.attn.proj.weight")
     with pytest.raises(CheckpointError) as err:
-        load_generator(_save(state, tmp_path / "renamed.bin"))
+        load_rar_generator(_save(state, tmp_path / "renamed.bin"))
     message = str(err.value)
     assert "1 missing: blocks.1.attn.proj.weight" in message
     assert "1 unexpected: blocks.1.attn.projection.weight" in message
@@ -83,34 +83,35 @@ def test_reshaped_tensor_is_named(official_dir, tmp_path):
     state["blocks.0.mlp.fc2.weight"] = state["blocks.0.mlp.fc2.weight"][:, :64].clone()
     expected = r"1 mis-shaped: blocks.0.mlp.fc2.weight \(32, 64\) \(expected \(32, 128\)\)"
     with pytest.raises(CheckpointError, match=expected):
-        load_generator(_save(state, tmp_path / "reshaped.bin"))
+        load_rar_generator(_save(state, tmp_path / "reshaped.bin"))
 
 
 def test_many_bad_keys_are_counted(official_dir, tmp_path):
     state = {k: v for k, v in read_state_dict(official_dir / "tiny_vq.bin").items() if ".mid." not in k}
     with pytest.raises(CheckpointError, match=r"12 missing: decoder.mid.0.norm1.weight, .*\(12 in all\)"):
-        load_tokenizer(_save(state, tmp_path / "partial.bin"))
+        load_rar_tokenizer(_save(state, tmp_path / "partial.bin"))
 
 
 def test_missing_decoder_level_is_named(official_dir, tmp_path):
     state = {k: v for k, v in read_state_dict(official_dir / "tiny_vq.bin").items() if ".up.1." not in k}
     with pytest.raises(CheckpointError, match="missing decoder.up.1.block.0.conv1.weight"):
-        load_tokenizer(_save(state, tmp_path / "partial.bin"))
+        load_rar_tokenizer(_save(state, tmp_path / "partial.bin"))
 
 
 def test_released_name_offline_says_so(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="yucornetto/RAR/rar_l.bin.*download it and pass its path"):
-        load_generator("rar_l")
+        load_rar_generator("rar_l")
 
 
 def test_a_copy_loads_the_same_weights_and_a_truncated_copy_is_named(official_dir, tmp_path):
     copy = shutil.copy(official_dir / "tiny_rar.bin", tmp_path / "copy.bin")
-    original, copied = load_generator(official_dir / "tiny_rar.bin").state_dict(), load_generator(copy).state_dict()
+    original = load_rar_generator(official_dir / "tiny_rar.bin").state_dict()
+    copied = load_rar_generator(copy).state_dict()
     assert original.keys() == copied.keys()
     assert all(torch.equal(original[name], copied[name]) for name in original)
     data = (official_dir / "tiny_rar.bin").read_bytes()
     (tmp_path / "half.bin").write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match=r"half\.bin is not a readable checkpoint \(truncated"):
-        load_generator(tmp_path / "half.bin")
+        load_rar_generator(tmp_path / "half.bin")

@@ -8,15 +8,15 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from rar_deploy import load_generator, load_tokenizer
+from rar_deploy import load_rar_generator, load_rar_tokenizer
 from rar_deploy.cli import main
 
 
 def test_make_checkpoint_writes_loadable_nontrivial_models(tmp_path):
     result = CliRunner().invoke(main, ["make-checkpoint", "--preset", "tiny", "--out", str(tmp_path), "--seed", "1"])
     assert result.exit_code == 0, result.output
-    generator = load_generator(tmp_path / "rar_tiny.bin")
-    tokenizer = load_tokenizer(tmp_path / "maskgit-vqgan-tiny.bin")
+    generator = load_rar_generator(tmp_path / "rar_tiny.bin")
+    tokenizer = load_rar_tokenizer(tmp_path / "maskgit-vqgan-tiny.bin")
     assert generator.config.image_seq_len == 16 and tokenizer.config.z_channels == 32
     for name, param in list(generator.named_parameters()) + list(tokenizer.named_parameters()):
         assert param.std() > 0 or param.numel() == 1, f"{name} is constant"

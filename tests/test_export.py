@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from rar_deploy import TokenizerConfig
+from rar_deploy import RARTokenizerConfig
 from rar_deploy.cli import export_command
 from rar_deploy.contract.graphs import resolve_shape
 from rar_deploy.contract.sampling import guidance_rows
@@ -281,7 +281,7 @@ def test_not_a_rar_checkpoint(official_dir, tmp_path):
 
 
 def test_tokenizer_codebook_mismatch(official_dir, tmp_path):
-    config = TokenizerConfig(hidden_channels=32, channel_mult=(1, 2), z_channels=32, codebook_size=512)
+    config = RARTokenizerConfig(hidden_channels=32, channel_mult=(1, 2), z_channels=32, codebook_size=512)
     save_state_dict(random_tokenizer(config), tmp_path / "small_vq.bin")
     out = tmp_path / "out"
     result = _run_cli(["--ckpt", str(official_dir / "tiny_rar.bin"), "--tokenizer", str(tmp_path / "small_vq.bin"),

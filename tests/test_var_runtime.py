@@ -244,7 +244,7 @@ def test_checkpoints_users_really_have(tmp_path):
     loader names a VAR file."""
     from rar_deploy.cli import export_command
     from rar_deploy.errors import CheckpointError
-    from rar_deploy.model.checkpoint import load_generator, read_state_dict
+    from rar_deploy.model.checkpoint import load_rar_generator, read_state_dict
 
     state = torch.load(OFFICIAL[0], weights_only=True)
     torch.save({"trainer": {"var_wo_ddp": state, "vae_local": {}}, "epoch": 3}, tmp_path / "ar-ckpt-best.pth")
@@ -261,7 +261,7 @@ def test_checkpoints_users_really_have(tmp_path):
     with pytest.raises(CheckpointError, match="is damaged"):
         read_state_dict(tmp_path / "damaged.pth")
     with pytest.raises(CheckpointError, match="is a VAR generator checkpoint: load it with load_var_generator"):
-        load_generator(OFFICIAL[0])
+        load_rar_generator(OFFICIAL[0])
     shutil.copy(OFFICIAL[1], tmp_path / "vae_ch160v4096z32.pth")
     result = CliRunner().invoke(export_command, ["--ckpt", str(tmp_path / "ar-ckpt-best.pth"), "--out",
                                                  str(tmp_path / "artifacts"), "--no-engine", "--no-verify"])

@@ -34,7 +34,7 @@ VAR_DEMO_GUIDANCE_SCALE = 4.0
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class RARConfig:
     """Shape of a RAR generator. Everything here can be read off the official state dict."""
 
     hidden_size: int
@@ -83,7 +83,7 @@ class GeneratorConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], path: object = "the checkpoint") -> "GeneratorConfig":
+    def from_state_dict(cls, state: Mapping[str, Any], path: object = "the checkpoint") -> "RARConfig":
         """Read depth, width, heads (via the qk-norm size), MLP, N, V and classes off the tensors."""
         shapes = _Shapes(state, "generator", path)
         hidden = shapes.dim("embeddings.weight", 1, rank=2)
@@ -104,7 +104,7 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
-class TokenizerConfig:
+class RARTokenizerConfig:
     """Shape of the MaskGIT-VQGAN decoder (the encoder of the released file is never used)."""
 
     hidden_channels: int = 128
@@ -126,7 +126,7 @@ class TokenizerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], path: object = "the checkpoint") -> "TokenizerConfig":
+    def from_state_dict(cls, state: Mapping[str, Any], path: object = "the checkpoint") -> "RARTokenizerConfig":
         shapes = _Shapes(state, "tokenizer", path)
         base, channel_mult = shapes.decoder_widths()
         return cls(
@@ -180,17 +180,17 @@ class _Shapes:
         return 1 + max(indices)
 
 
-GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
-    "tiny": GeneratorConfig(hidden_size=32, depth=2, num_heads=2, mlp_size=128, image_seq_len=16),
-    "rar_b": GeneratorConfig(hidden_size=768, depth=24, num_heads=16, mlp_size=3072),
-    "rar_l": GeneratorConfig(hidden_size=1024, depth=24, num_heads=16, mlp_size=4096),
-    "rar_xl": GeneratorConfig(hidden_size=1280, depth=32, num_heads=16, mlp_size=5120),
-    "rar_xxl": GeneratorConfig(hidden_size=1408, depth=40, num_heads=16, mlp_size=6144),
+GENERATOR_PRESETS: dict[str, RARConfig] = {
+    "tiny": RARConfig(hidden_size=32, depth=2, num_heads=2, mlp_size=128, image_seq_len=16),
+    "rar_b": RARConfig(hidden_size=768, depth=24, num_heads=16, mlp_size=3072),
+    "rar_l": RARConfig(hidden_size=1024, depth=24, num_heads=16, mlp_size=4096),
+    "rar_xl": RARConfig(hidden_size=1280, depth=32, num_heads=16, mlp_size=5120),
+    "rar_xxl": RARConfig(hidden_size=1408, depth=40, num_heads=16, mlp_size=6144),
 }
 
-TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
-    "tiny": TokenizerConfig(hidden_channels=32, channel_mult=(1, 1, 1, 1, 2), z_channels=32),
-    "maskgit-vqgan-imagenet-f16-256": TokenizerConfig(),
+TOKENIZER_PRESETS: dict[str, RARTokenizerConfig] = {
+    "tiny": RARTokenizerConfig(hidden_channels=32, channel_mult=(1, 1, 1, 1, 2), z_channels=32),
+    "maskgit-vqgan-imagenet-f16-256": RARTokenizerConfig(),
 }
 
 SAMPLING_DEFAULTS: dict[str, SamplingDefaults] = {
@@ -324,3 +324,7 @@ VAR_TOKENIZER_PRESETS: dict[str, VARTokenizerConfig] = {
     "var_tiny": VARTokenizerConfig(hidden_channels=32, vae_channels=8, codebook_size=64),
     "vae_ch160v4096z32": VARTokenizerConfig(),
 }
+
+
+# the names before VAR joined (both are RAR's): kept importable
+GeneratorConfig, TokenizerConfig = RARConfig, RARTokenizerConfig

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rar_deploy.contract.config import GeneratorConfig, TokenizerConfig, VARConfig, VARTokenizerConfig
+from rar_deploy.contract.config import RARConfig, RARTokenizerConfig, VARConfig, VARTokenizerConfig
 
 GRAPH_NAMES = ("condition", "decode_step", "vq_decoder")
 VAR_GRAPH_NAMES = ("var_step", "var_decoder")
@@ -40,12 +40,12 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
-def condition_width(config: GeneratorConfig) -> int:
+def condition_width(config: RARConfig) -> int:
     """C: the input embedding (D), every block's adaLN output (6D each) and the head's (2D)."""
     return (1 + 6 * config.depth + 2) * config.hidden_size
 
 
-def condition_layout(config: GeneratorConfig) -> dict:
+def condition_layout(config: RARConfig) -> dict:
     """Offsets (in elements) of each part of one condition row of width C."""
     d, layers = config.hidden_size, config.depth
     return {
@@ -56,7 +56,7 @@ def condition_layout(config: GeneratorConfig) -> dict:
     }
 
 
-def cache_layout(config: GeneratorConfig, dtype: str) -> dict:
+def cache_layout(config: RARConfig, dtype: str) -> dict:
     """One keys and one values buffer [L, R, H, S, Dh]; layer i's view is the decode step's k_cache.i."""
     return {
         "shape": [config.depth, "rows", config.num_heads, config.cache_len, config.head_dim],
@@ -66,7 +66,7 @@ def cache_layout(config: GeneratorConfig, dtype: str) -> dict:
     }
 
 
-def graph_specs(config: GeneratorConfig, tokenizer: TokenizerConfig, dtype: str) -> dict[str, dict]:
+def graph_specs(config: RARConfig, tokenizer: RARTokenizerConfig, dtype: str) -> dict[str, dict]:
     """Inputs and outputs of each graph; `dtype` is the graph precision's float type (float16/float32)."""
     vocab, layers, heads, head_dim = config.codebook_size, config.depth, config.num_heads, config.head_dim
     side = config.grid_size * tokenizer.upsample_factor

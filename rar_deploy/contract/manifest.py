@@ -19,8 +19,8 @@ import numpy as np
 
 from rar_deploy.contract.config import (
     VAR_DEMO_GUIDANCE_SCALE,
-    GeneratorConfig,
-    TokenizerConfig,
+    RARConfig,
+    RARTokenizerConfig,
     VARConfig,
     VARSamplingDefaults,
     VARTokenizerConfig,
@@ -74,7 +74,7 @@ def contract_sha256(manifest: dict) -> str:
     return hashlib.sha256(canonical(sections).encode("ascii")).hexdigest()
 
 
-def build_manifest(*, generator: GeneratorConfig | VARConfig, tokenizer: TokenizerConfig | VARTokenizerConfig,
+def build_manifest(*, generator: RARConfig | VARConfig, tokenizer: RARTokenizerConfig | VARTokenizerConfig,
                    checkpoints: dict, precision: str, graphs: dict, files: dict, tools: dict, engines: dict,
                    batch_profile: list[int]) -> dict:
     """graphs: name -> {"file", "external_data", ...}; files: relative path -> integrity.file_record."""
@@ -104,7 +104,7 @@ def build_manifest(*, generator: GeneratorConfig | VARConfig, tokenizer: Tokeniz
     return manifest
 
 
-def _rar_sections(generator: GeneratorConfig, dtype: str) -> dict:
+def _rar_sections(generator: RARConfig, dtype: str) -> dict:
     defaults = generator.sampling_defaults
     return {
         "kv_cache": cache_layout(generator, dtype),
@@ -301,13 +301,13 @@ def _check_scales(scales: list[dict], config: VARConfig, num_phi: int, refuse) -
                              f"{wanted[key] if key not in ('down', 'up') else 'another'}")
 
 
-def manifest_generator_config(manifest: dict) -> GeneratorConfig | VARConfig:
+def manifest_generator_config(manifest: dict) -> RARConfig | VARConfig:
     model = {k: v for k, v in manifest["model"].items() if k != "preset"}
     if manifest_family(manifest) == "var":
         return VARConfig(**{**model, "patch_nums": tuple(model["patch_nums"])})
-    return GeneratorConfig(**model)
+    return RARConfig(**model)
 
 
-def manifest_tokenizer_config(manifest: dict) -> TokenizerConfig | VARTokenizerConfig:
-    config = VARTokenizerConfig if manifest_family(manifest) == "var" else TokenizerConfig
+def manifest_tokenizer_config(manifest: dict) -> RARTokenizerConfig | VARTokenizerConfig:
+    config = VARTokenizerConfig if manifest_family(manifest) == "var" else RARTokenizerConfig
     return config(**{**manifest["tokenizer"], "channel_mult": tuple(manifest["tokenizer"]["channel_mult"])})

@@ -113,12 +113,12 @@ def bench_baselines(artifacts, checkpoints: tuple[Path, Path], batch_sizes: list
 
 def _rar_baselines(artifacts, checkpoints: tuple[Path, Path], batch_sizes: list[int], memory: TorchMemory,
                    dtype: torch.dtype, warmup_steps: int, progress: Callable[[str], None]) -> list[dict]:
-    from rar_deploy.model.checkpoint import load_generator, load_tokenizer
+    from rar_deploy.model.checkpoint import load_rar_generator, load_rar_tokenizer
     from rar_deploy.model.layers import cast_for_inference
 
     target = memory.device
-    generator = cast_for_inference(load_generator(checkpoints[0]), dtype).to(target)
-    decoder = cast_for_inference(load_tokenizer(checkpoints[1]), dtype).to(target)
+    generator = cast_for_inference(load_rar_generator(checkpoints[0]), dtype).to(target)
+    decoder = cast_for_inference(load_rar_tokenizer(checkpoints[1]), dtype).to(target)
     loop, runs = OfficialStyleLoop(generator, decoder), []
     for batch in batch_sizes:
         progress(f"baseline (official-style eager loop), batch {batch}")

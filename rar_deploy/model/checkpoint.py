@@ -10,7 +10,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from rar_deploy.contract.config import GeneratorConfig, TokenizerConfig, VARConfig, VARTokenizerConfig
+from rar_deploy.contract.config import RARConfig, RARTokenizerConfig, VARConfig, VARTokenizerConfig
 from rar_deploy.contract.integrity import sha256_of
 from rar_deploy.errors import CheckpointError
 from rar_deploy.model.generator import RARGenerator
@@ -152,7 +152,7 @@ def _wrong_kind_message(path: Path, state: StateDict, wanted: str) -> str:
         return f"{path} is a {kind} checkpoint, not a generator: pass it as --tokenizer"
     if kind in ("generator", "VAR generator") and wanted != "generator":
         return f"{path} is a {kind} checkpoint, not a tokenizer: pass it as --ckpt"
-    if kind == "VAR generator" and wanted == "generator":  # load_generator is RAR's; rar-export takes both
+    if kind == "VAR generator" and wanted == "generator":  # load_rar_generator is RAR's; rar-export takes both
         return f"{path} is a VAR generator checkpoint: load it with load_var_generator (rar-export detects it)"
     if kind == "VAR VQVAE":
         return (f"{path} is a VAR VQVAE checkpoint: a RAR generator decodes with the MaskGIT-VQGAN tokenizer "
@@ -175,7 +175,7 @@ def _build(module_type: type[nn.Module], config, state: StateDict, path: Path,
     return module.eval().requires_grad_(False)
 
 
-def load_generator(path: str | Path) -> RARGenerator:
+def load_rar_generator(path: str | Path) -> RARGenerator:
     """Load a RAR generator in eval mode; its `.config` is read off the tensors."""
     path = resolve_checkpoint(path)
     return _rar_generator(path, read_state_dict(path))
@@ -184,7 +184,7 @@ def load_generator(path: str | Path) -> RARGenerator:
 def _rar_generator(path: Path, state: StateDict) -> RARGenerator:
     if checkpoint_kind(state) != "generator":
         raise CheckpointError(_wrong_kind_message(path, state, "generator"))
-    return _build(RARGenerator, GeneratorConfig.from_state_dict(state, path), state, path)
+    return _build(RARGenerator, RARConfig.from_state_dict(state, path), state, path)
 
 
 def load_models(ckpt: str | Path, tokenizer: str | Path) -> tuple[RARGenerator, VQDecoder] | tuple[VARGenerator,
@@ -194,17 +194,17 @@ def load_models(ckpt: str | Path, tokenizer: str | Path) -> tuple[RARGenerator, 
     state = read_state_dict(ckpt)
     if checkpoint_kind(state) == "VAR generator":
         return _var_generator(ckpt, state), load_var_tokenizer(tokenizer)
-    return _rar_generator(ckpt, state), load_tokenizer(tokenizer)
+    return _rar_generator(ckpt, state), load_rar_tokenizer(tokenizer)
 
 
-def load_tokenizer(path: str | Path) -> VQDecoder:
+def load_rar_tokenizer(path: str | Path) -> VQDecoder:
     """Load the MaskGIT-VQGAN decoder in eval mode; `encoder.*` keys are accepted and dropped."""
     path = resolve_checkpoint(path)
     state = read_state_dict(path)
     if checkpoint_kind(state) != "tokenizer":
         raise CheckpointError(_wrong_kind_message(path, state, "tokenizer"))
     state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-    config = TokenizerConfig.from_state_dict(state, path)
+    config = RARTokenizerConfig.from_state_dict(state, path)
     return _build(VQDecoder, config, state, path)
 
 
@@ -263,4 +263,8 @@ def load_exported_from(manifest: dict, kind: str, path: str | Path | None = None
     path = exported_checkpoint(manifest, kind, path)
     if manifest.get("family") == "var":
         return load_var_generator(path) if kind == "generator" else load_var_tokenizer(path)
-    return load_generator(path) if kind == "generator" else load_tokenizer(path)
+    return load_rar_generator(path) if kind == "generator" else load_rar_tokenizer(path)
+
+
+# the names before VAR joined (both load RAR's): kept importable
+load_generator, load_tokenizer = load_rar_generator, load_rar_tokenizer

@@ -15,8 +15,8 @@ from rar_deploy.contract.config import (
     TOKENIZER_PRESETS,
     VAR_PRESETS,
     VAR_TOKENIZER_PRESETS,
-    GeneratorConfig,
-    TokenizerConfig,
+    RARConfig,
+    RARTokenizerConfig,
 )
 from rar_deploy.errors import RARDeployError
 from rar_deploy.model.generator import RARGenerator
@@ -56,11 +56,11 @@ def _owner(module: nn.Module, param_name: str) -> nn.Module:
     return module.get_submodule(param_name.rpartition(".")[0]) if "." in param_name else module
 
 
-def random_generator(config: GeneratorConfig, seed: int = 0) -> RARGenerator:
+def random_generator(config: RARConfig, seed: int = 0) -> RARGenerator:
     return randomize(RARGenerator(config), seed).eval().requires_grad_(False)
 
 
-def random_tokenizer(config: TokenizerConfig, seed: int = 0) -> VQDecoder:
+def random_tokenizer(config: RARTokenizerConfig, seed: int = 0) -> VQDecoder:
     decoder = randomize(VQDecoder(config), seed).eval().requires_grad_(False)
     # Centre the output in [0, 1] so that demo pictures show texture rather than clamped black.
     decoder.decoder.conv_out.weight.mul_(0.25)

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rar_deploy.contract.config import GeneratorConfig
+from rar_deploy.contract.config import RARConfig
 from rar_deploy.model.attention import cached_attention, causal_attention
 from rar_deploy.model.layers import LayerNorm, modulate
 
@@ -58,7 +58,7 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block with adaLN modulation from the per-position condition."""
 
-    def __init__(self, config: GeneratorConfig) -> None:
+    def __init__(self, config: RARConfig) -> None:
         super().__init__()
         dim = config.hidden_size
         self.norm1 = LayerNorm(dim)
@@ -98,7 +98,7 @@ class FinalLayer(nn.Module):
 
 
 class RARGenerator(nn.Module):
-    def __init__(self, config: GeneratorConfig) -> None:
+    def __init__(self, config: RARConfig) -> None:
         super().__init__()
         self.config = config
         n, dim = config.image_seq_len, config.hidden_size

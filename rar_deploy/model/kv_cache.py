@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rar_deploy.contract.config import GeneratorConfig
+from rar_deploy.contract.config import RARConfig
 
 
 @dataclass
@@ -16,7 +16,7 @@ class StaticKVCache:
 
     @classmethod
     def allocate(
-        cls, config: GeneratorConfig, rows: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        cls, config: RARConfig, rows: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
     ) -> "StaticKVCache":
         shape = (config.depth, rows, config.num_heads, config.cache_len, config.head_dim)
         return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))

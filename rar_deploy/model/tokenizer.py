@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rar_deploy.contract.config import TokenizerConfig
+from rar_deploy.contract.config import RARTokenizerConfig
 from rar_deploy.model.layers import GroupNorm
 
 
@@ -52,7 +52,7 @@ class UpLevel(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, config: TokenizerConfig) -> None:
+    def __init__(self, config: RARTokenizerConfig) -> None:
         super().__init__()
         widths = [config.hidden_channels * m for m in config.channel_mult]
         self.conv_in = conv3x3(config.z_channels, widths[-1])
@@ -74,7 +74,7 @@ class Decoder(nn.Module):
 
 
 class Codebook(nn.Module):
-    def __init__(self, config: TokenizerConfig) -> None:
+    def __init__(self, config: RARTokenizerConfig) -> None:
         super().__init__()
         self.embedding = nn.Embedding(config.codebook_size, config.z_channels)
 
@@ -82,7 +82,7 @@ class Codebook(nn.Module):
 class VQDecoder(nn.Module):
     """Image tokens [B, N] (raster order) -> images [B, 3, H, W]."""
 
-    def __init__(self, config: TokenizerConfig) -> None:
+    def __init__(self, config: RARTokenizerConfig) -> None:
         super().__init__()
         self.config = config
         self.decoder = Decoder(config)

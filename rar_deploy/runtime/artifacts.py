@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from rar_deploy.contract.config import (
-    GeneratorConfig,
+    RARConfig,
+    RARTokenizerConfig,
     SamplingDefaults,
-    TokenizerConfig,
     VARConfig,
     VARSamplingDefaults,
 )
@@ -81,11 +81,11 @@ class Artifacts:
         return sorted(self.manifest["files"])
 
     @property
-    def config(self) -> GeneratorConfig | VARConfig:
+    def config(self) -> RARConfig | VARConfig:
         return manifest_generator_config(self.manifest)
 
     @property
-    def tokenizer_config(self) -> TokenizerConfig:
+    def tokenizer_config(self) -> RARTokenizerConfig:
         return manifest_tokenizer_config(self.manifest)
 
     @property

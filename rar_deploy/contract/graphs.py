@@ -191,10 +191,37 @@ def var_scales(config: VARConfig, num_phi: int) -> list[dict]:
             for k, (side, (begin, end)) in enumerate(zip(config.patch_nums, config.scale_ranges()))]
 
 
+def forward_arguments(names: list[str]) -> list[str | list[str]]:
+    """A graph's inputs as its module's forward arguments (and torch.export's dynamic shapes): the per-layer
+    inputs k_cache.i and v_cache.i each form one list argument."""
+    arguments: list[str | list[str]] = []
+    for name in names:
+        kind, _, layer = name.rpartition(".")
+        if not layer.isdigit():
+            arguments.append(name)
+        elif layer == "0":
+            arguments.append([n for n in names if n.rpartition(".")[0] == kind])
+    return arguments
+
+
+def family_graph_specs(family: str, generator, tokenizer, dtype: str) -> dict[str, dict]:
+    """The graph specs of a family's model (graph_specs or var_graph_specs)."""
+    return {"rar": graph_specs, "var": var_graph_specs}[family](generator, tokenizer, dtype)
+
+
+def var_input_dims(batch, side) -> dict:
+    """VAR's symbolic input dims from the batch and the scale side (ints, or torch.export Dims): R = 2B rows."""
+    return {"batch": batch, "rows": 2 * batch, "side": side}
+
+
+def var_dims(batch: int, side: int) -> dict[str, int]:
+    """Every VAR symbolic dim of one scale step: its inputs', and its outputs' n = side^2 tokens."""
+    return {**var_input_dims(batch, side), "tokens": side * side}
+
+
 def var_profile_dims(min_batch: int, opt_batch: int, max_batch: int, max_side: int) -> list[dict[str, int]]:
     """The [min, opt, max] dims a VAR engine profile covers: every scale (side 1 .. pn_K), 2B rows."""
-    return [{"batch": b, "rows": 2 * b, "side": side, "tokens": side * side}
-            for b, side in ((min_batch, 1), (opt_batch, max_side), (max_batch, max_side))]
+    return [var_dims(b, side) for b, side in ((min_batch, 1), (opt_batch, max_side), (max_batch, max_side))]
 
 
 def resolve_shape(shape: list, dims: dict[str, int]) -> list[int]:

@@ -29,6 +29,7 @@ from rar_deploy.contract.graphs import (
     FAMILY_GRAPHS,
     cache_layout,
     condition_layout,
+    family_graph_specs,
     graph_specs,
     var_cache_layout,
     var_graph_specs,
@@ -80,7 +81,7 @@ def build_manifest(*, generator: RARConfig | VARConfig, tokenizer: RARTokenizerC
     """graphs: name -> {"file", "external_data", ...}; files: relative path -> integrity.file_record."""
     dtype = FLOAT_DTYPES[precision]
     family = "var" if isinstance(generator, VARConfig) else "rar"
-    specs = (var_graph_specs if family == "var" else graph_specs)(generator, tokenizer, dtype)
+    specs = family_graph_specs(family, generator, tokenizer, dtype)
     manifest = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,

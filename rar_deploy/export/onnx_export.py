@@ -23,7 +23,7 @@ import onnx
 import torch
 from torch import nn
 
-from rar_deploy.contract.graphs import condition_width
+from rar_deploy.contract.graphs import condition_width, forward_arguments, graph_specs, var_graph_specs, var_input_dims
 from rar_deploy.errors import ExportError
 from rar_deploy.model.generator import RARGenerator
 from rar_deploy.model.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
@@ -42,9 +42,21 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 @dataclass
 class GraphExport:
     module: nn.Module
-    args: tuple
+    args: tuple  # example inputs, as the module's forward arguments
     dynamic_shapes: tuple
+    input_names: list[str]
+    output_names: list[str]
     dim_names: dict[str, str] | None = None  # torch's names of derived dims (2*batch) -> the contract's (rows)
+
+
+def graph_export(module: nn.Module, args: tuple, spec: dict, dims: dict, dim_names: dict[str, str] | None = None
+                 ) -> GraphExport:
+    """A graph to export as its contract spec says (contract.graph_specs): the input and output names, and every
+    symbolic axis of an input dynamic as `dims` maps its symbol (torch.export Dims); example inputs `args`."""
+    inputs = [s.name for s in spec["inputs"]]
+    axes = {s.name: {i: dims[d] for i, d in enumerate(s.shape) if isinstance(d, str)} or None for s in spec["inputs"]}
+    shapes = tuple([axes[n] for n in arg] if isinstance(arg, list) else axes[arg] for arg in forward_arguments(inputs))
+    return GraphExport(module, args, shapes, inputs, [s.name for s in spec["outputs"]], dim_names)
 
 
 def cast_models(generator: RARGenerator, tokenizer: VQDecoder, precision: str) -> tuple[RARGenerator, VQDecoder]:
@@ -104,9 +116,10 @@ def rar_graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: 
     c = generator.config
     b, rows, positions, vocab = _EXAMPLE_BATCH, 2 * _EXAMPLE_BATCH, _EXAMPLE_POSITIONS, c.codebook_size
     dtype = generator.embeddings.weight.dtype
-    batch = torch.export.Dim("batch", min=1, max=max(max_batch, b + 1))
-    row = torch.export.Dim("rows", min=1, max=max(2 * max_batch, rows + 1))
-    position = torch.export.Dim("positions", min=1, max=c.cache_len)
+    dims = {"batch": torch.export.Dim("batch", min=1, max=max(max_batch, b + 1)),
+            "rows": torch.export.Dim("rows", min=1, max=max(2 * max_batch, rows + 1)),
+            "positions": torch.export.Dim("positions", min=1, max=c.cache_len)}
+    specs = graph_specs(c, tokenizer.config, str(dtype).removeprefix("torch."))
     # every input a distinct tensor: torch.export ties inputs passed as the same object together
     labels = torch.arange(rows)
     condition = torch.zeros(positions, rows, condition_width(c), dtype=dtype)
@@ -114,19 +127,15 @@ def rar_graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: 
     def cache() -> list[torch.Tensor]:
         return [torch.zeros(rows, c.num_heads, c.cache_len, c.head_dim, dtype=dtype) for _ in range(c.depth)]
 
-    per_image, per_row = {0: batch}, {0: row}
     return {
-        "condition": GraphExport(ConditionGraph(generator), (labels, torch.zeros(positions, rows, dtype=torch.int64)),
-                                 (per_row, {0: position, 1: row})),
-        "decode_step": GraphExport(
+        "condition": graph_export(ConditionGraph(generator), (labels, torch.zeros(positions, rows, dtype=torch.int64)),
+                                  specs["condition"], dims),
+        "decode_step": graph_export(
             DecodeStepGraph(generator),
             (torch.arange(b), torch.full((b,), 3), condition, cache(), cache(),
-             torch.full((b,), 2.0), torch.ones(b), torch.rand(b, vocab)),
-            (per_image, per_image, {0: position, 1: row}, [per_row] * c.depth, [per_row] * c.depth,
-             per_image, per_image, per_image),
-        ),
-        "vq_decoder": GraphExport(VQDecoderGraph(tokenizer), (torch.zeros(b, c.image_seq_len, dtype=torch.int64),),
-                                  (per_image,)),
+             torch.full((b,), 2.0), torch.ones(b), torch.rand(b, vocab)), specs["decode_step"], dims),
+        "vq_decoder": graph_export(VQDecoderGraph(tokenizer), (torch.zeros(b, c.image_seq_len, dtype=torch.int64),),
+                                   specs["vq_decoder"], dims),
     }
 
 
@@ -134,8 +143,9 @@ def var_graph_exports(generator: VARGenerator, vqvae: VARVQVAE, max_batch: int):
     """VAR's scale step and decoder: modules, example inputs and dynamic axes, for export_graph."""
     c, b = generator.config, 2
     dtype = generator.class_emb.weight.dtype
-    batch = torch.export.Dim("batch", min=1, max=max(max_batch, b + 1))
-    pn = torch.export.Dim("side", min=1, max=c.patch_nums[-1])
+    dims = var_input_dims(torch.export.Dim("batch", min=1, max=max(max_batch, b + 1)),
+                          torch.export.Dim("side", min=1, max=c.patch_nums[-1]))
+    specs = var_graph_specs(c, vqvae.config, str(dtype).removeprefix("torch."))
     size, scale = c.patch_nums[-1], 2  # an example scale with pn > 1
     const = scale_constants(c, vqvae.config.num_phi)[scale]
     cache = [torch.zeros(2 * b, c.num_heads, c.seq_len, c.head_dim, dtype=dtype) for _ in range(c.depth)]
@@ -143,13 +153,10 @@ def var_graph_exports(generator: VARGenerator, vqvae: VARVQVAE, max_batch: int):
             const["down"], const["up"], torch.full((b,), 1.0), torch.tensor([0]), torch.tensor([0.0]), torch.ones(b),
             torch.rand(b, c.patch_nums[scale], c.patch_nums[scale], c.codebook_size),
             cache, [x.clone() for x in cache])
-    rows = {0: 2 * batch}
-    shapes = ({0: batch}, {0: batch}, {0: pn, 1: pn}, None, {0: pn}, {1: pn}, {0: batch}, None, None, {0: batch},
-              {0: batch, 1: pn, 2: pn}, [rows] * c.depth, [rows] * c.depth)
     names = {"2*batch": "rows", "side**2": "tokens"}  # torch's derived dims, named as the contract names them
-    return {"var_step": GraphExport(VARScaleStepGraph(generator, vqvae), args, shapes, names),
-            "var_decoder": GraphExport(VARDecoderGraph(vqvae), (torch.zeros(b, c.vae_channels, size, size),),
-                                       ({0: batch},))}
+    return {"var_step": graph_export(VARScaleStepGraph(generator, vqvae), args, specs["var_step"], dims, names),
+            "var_decoder": graph_export(VARDecoderGraph(vqvae), (torch.zeros(b, c.vae_channels, size, size),),
+                                        specs["var_decoder"], dims)}
 
 
 @dataclass(frozen=True)
@@ -167,8 +174,8 @@ def export_graph(graph: GraphExport, path: Path, external_data: bool) -> Exporte
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
-                module, graph.args, dynamo=True, opset_version=OPSET, input_names=list(module.input_names),
-                output_names=list(module.output_names), dynamic_shapes=graph.dynamic_shapes, verbose=False,
+                module, graph.args, dynamo=True, opset_version=OPSET, input_names=graph.input_names,
+                output_names=graph.output_names, dynamic_shapes=graph.dynamic_shapes, verbose=False,
             )
         except Exception as exc:
             raise ExportError(f"torch.onnx.export failed for {path.name}: {exc}") from exc
@@ -183,7 +190,7 @@ def export_graph(graph: GraphExport, path: Path, external_data: bool) -> Exporte
     # what was written, not what was asked: torch also moves weights out above its own threshold (1.5 GiB)
     external = path.with_name(path.name + ".data").exists()
     flat = [shape for spec in graph.dynamic_shapes for shape in (spec if isinstance(spec, list) else [spec])]
-    check_onnx(path, static={name for name, shape in zip(module.input_names, flat) if shape is None})
+    check_onnx(path, static={name for name, shape in zip(graph.input_names, flat) if shape is None})
     return ExportedGraph(external, weights, tables)
 
 

@@ -45,8 +45,6 @@ def _with_embedding_rows(generator: RARGenerator, start: int, stop: int) -> RARG
 class ConditionGraph(nn.Module):
     """class_labels [R] (guidance rows), positions [P, R] -> condition [P, R, C]."""
 
-    input_names = ("class_labels", "positions")
-    output_names = ("condition",)
 
     def __init__(self, generator: RARGenerator) -> None:
         super().__init__()
@@ -67,14 +65,9 @@ class DecodeStepGraph(nn.Module):
     One cache input per layer because slicing a layer out of one [L, ...] input is a copy in ONNX.
     """
 
-    output_names = ("next_tokens", "logits", "keys", "values")
-
     def __init__(self, generator: RARGenerator) -> None:
         super().__init__()
         self.generator = _with_embedding_rows(generator, 0, generator.config.codebook_size)
-        layers = range(generator.config.depth)
-        self.input_names = ("tokens", "position", "condition", *(f"k_cache.{i}" for i in layers),
-                            *(f"v_cache.{i}" for i in layers), "guidance_scale", "temperature", "noise")
 
     def forward(self, tokens, position, condition, k_cache: list, v_cache: list, guidance_scale, temperature, noise):
         rows, batch = condition.shape[1], tokens.shape[0]
@@ -93,8 +86,6 @@ class VQDecoderGraph(nn.Module):
     """tokens [B, N] -> images [B, 3, H, W] float32 clamped to [0, 1], and images_uint8 [B, H, W, 3]
     with the official truncation (floor of x * 255), ready for PIL or a PNG writer."""
 
-    input_names = ("tokens",)
-    output_names = ("images", "images_uint8")
 
     def __init__(self, tokenizer: VQDecoder) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from rar_deploy.contract.checks import check_class_labels, check_sampling
+from rar_deploy.contract.graphs import family_graph_specs
 from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 from rar_deploy.errors import RARDeployError
 from rar_deploy.model.generator import RARGenerator
@@ -69,6 +70,12 @@ def reference_generate(
 
 
 @torch.no_grad()
+def _output_names(generator, tokenizer, float_dtype: str, graph: str) -> list[str]:
+    """A graph's outputs in order, as the contract names them."""
+    family = "var" if graph.startswith("var_") else "rar"
+    return [spec.name for spec in family_graph_specs(family, generator, tokenizer, float_dtype)[graph]["outputs"]]
+
+
 def reference_record(generator: RARGenerator, tokenizer, float_dtype: str, batch: int = 2, seed: int = 0,
                      guidance_scale: float | None = None, guidance_pow: float | None = None) -> dict[str, np.ndarray]:
     """Inputs and float32 reference outputs of every parity check, small enough to ship inside an artifact
@@ -119,7 +126,7 @@ def reference_record(generator: RARGenerator, tokenizer, float_dtype: str, batch
                                          list(cache["k"]), list(cache["v"]), step_inputs["guidance_scale"],
                                          step_inputs["temperature"], step_inputs["noise"])
     record.update({f"decode_step.expected.{name}": out.float().numpy()
-                   for name, out in zip(DecodeStepGraph.output_names, outputs)})
+                   for name, out in zip(_output_names(c, tokenizer.config, float_dtype, "decode_step"), outputs)})
 
     # vq_decoder: one image of random tokens
     record["vq_decoder.tokens"] = ids.numpy()
@@ -246,7 +253,8 @@ def var_reference_record(generator, vqvae, float_dtype: str, batch: int = 2, see
         cache[kv][..., :begin, :] = prefix[kv].float()
     outputs = VARScaleStepGraph(generator, vqvae)(*step_inputs.values(), list(cache["keys"]), list(cache["values"]))
     record.update({f"var_step.expected.{name}": out.float().numpy()
-                   for name, out in zip(VARScaleStepGraph.output_names, outputs) if name in VAR_STEP_COMPARED})
+                   for name, out in zip(_output_names(c, vqvae.config, float_dtype, "var_step"), outputs)
+                   if name in VAR_STEP_COMPARED})
     record["var_decoder.f_hat"] = run.f_hats[-1, :1].numpy()
     record["var_decoder.images"] = VARDecoderGraph(vqvae)(run.f_hats[-1, :1])[0].numpy()
     return record

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from rar_deploy.contract.graphs import forward_arguments
 from rar_deploy.model.graphs import RAR_GRAPH_MODULES
 from rar_deploy.model.var_graphs import VAR_GRAPH_MODULES
 from rar_deploy.runtime.artifacts import Artifacts
@@ -101,24 +102,20 @@ class TorchBackend(Backend):
             # one image per call: torch's batched convolutions on the CPU round differently with the batch size
             # (1 level in a few pixels), and an image must not depend on the batch it was made in
             for i in range(next(iter(feeds.values())).shape[0]):
-                self._call(module, {k: v[i:i + 1] for k, v in feeds.items()},
+                self._call(graph, module, {k: v[i:i + 1] for k, v in feeds.items()},
                            {k: v[i:i + 1] for k, v in outputs.items()})
         else:
-            self._call(module, feeds, outputs)
+            self._call(graph, module, feeds, outputs)
 
-    @staticmethod
-    def _call(module, feeds: Buffers, outputs: Buffers) -> None:
-        args, names = [], list(module.input_names)
-        for name in names:  # a graph's per-layer cache inputs k_cache.i / v_cache.i are one list argument each
-            kind, _, layer = name.rpartition(".")
-            if layer.isdigit():
-                if layer == "0":
-                    args.append([feeds[n] for n in names if n.rpartition(".")[0] == kind])
-            else:
-                args.append(feeds[name])
+    def _call(self, graph: str, module, feeds: Buffers, outputs: Buffers) -> None:
+        """The module on the feeds, as the graph's inputs in the manifest are its forward arguments; its results
+        are the manifest's outputs, in order."""
+        names = [spec["name"] for spec in self.artifacts.graph_inputs(graph)]
+        args = [[feeds[n] for n in arg] if isinstance(arg, list) else feeds[arg] for arg in forward_arguments(names)]
         results = module(*args)
-        for name, tensor in zip(module.output_names, results if isinstance(results, tuple) else (results,)):
-            outputs[name].copy_(tensor)
+        results = results if isinstance(results, tuple) else (results,)
+        for spec, tensor in zip(self.artifacts.graph_outputs(graph), results):
+            outputs[spec["name"]].copy_(tensor)
 
     def cache_view(self, layer: torch.Tensor, p: int) -> torch.Tensor:
         """Eager: the live prefix [0, p) only, a free view in torch (not in ONNX, where a slice is a copy),

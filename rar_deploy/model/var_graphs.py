@@ -63,7 +63,6 @@ class VARScaleStepGraph(nn.Module):
     per layer k_cache.i / v_cache.i [2B, H, L, Dh] holding positions < positions[0]
     -> tokens [B, n], f_hat_out, guided logits [B, n, V], keys / values of this scale [depth, 2B, H, n, Dh]."""
 
-    output_names = ("tokens", "f_hat_out", "logits", "keys", "values")
 
     def __init__(self, generator: VARGenerator, vqvae: VARVQVAE) -> None:
         super().__init__()
@@ -72,10 +71,6 @@ class VARScaleStepGraph(nn.Module):
         self.phi_weight = nn.Parameter(torch.stack([phi.weight for phi in phis]).float(), requires_grad=False)
         self.phi_bias = nn.Parameter(torch.stack([phi.bias for phi in phis]).float(), requires_grad=False)
         self.phi_ratio = phis[0].ratio
-        layers = range(generator.config.depth)
-        self.input_names = ("class_labels", "f_hat", "positions", "phi_index", "down", "up", "guidance", "top_k",
-                            "top_p", "temperature", "noise", *(f"k_cache.{i}" for i in layers),
-                            *(f"v_cache.{i}" for i in layers))
 
     def forward(self, class_labels, f_hat, positions, phi_index, down, up, guidance, top_k, top_p, temperature,
                 noise, k_cache: list, v_cache: list):
@@ -116,8 +111,6 @@ class VARScaleStepGraph(nn.Module):
 class VARDecoderGraph(nn.Module):
     """f_hat [B, Cvae, P, P] -> images [B, 3, H, W] in [0, 1] and images_uint8 [B, H, W, 3] (floor of x * 255)."""
 
-    input_names = ("f_hat",)
-    output_names = ("images", "images_uint8")
 
     def __init__(self, vqvae: VARVQVAE) -> None:
         super().__init__()

@@ -15,6 +15,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from rar_deploy.contract.graphs import var_dims
+
 
 class Backend(Protocol):
     """What a loop uses of a backend (`backends.Backend` is one): the graphs run on buffers of `memory`."""
@@ -290,7 +292,7 @@ class VARLoop:
         for scale in self.scales:
             side = scale["side"]
             self.noise.append(memory.empty((batch, side, side, c.codebook_size), float32))
-            dims = {"batch": batch, "rows": rows, "side": side, "tokens": side * side}
+            dims = var_dims(batch, side)
             self.outputs.append({name: buffer for name, buffer in self.backend.output_buffers("var_step", dims).items()
                                  if name != "f_hat_out"})
         self.image_buffers = self.backend.output_buffers("var_decoder", {"batch": batch})

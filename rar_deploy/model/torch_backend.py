@@ -74,6 +74,18 @@ class TorchMemory:
         return torch.cuda.max_memory_allocated(self.device)
 
 
+def open_torch_backend(artifacts: Artifacts, device: str | None, threads: int | None, ckpt: str | None,
+                       tokenizer: str | None) -> "TorchBackend":
+    """The torch backend as runtime/load.py opens it: torch's thread pool set, the device defaulting to CUDA where
+    torch sees one."""
+    from rar_deploy.runtime.load import check_cuda_present
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = check_cuda_present(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return TorchBackend(artifacts, device, ckpt=ckpt, tokenizer=tokenizer)
+
+
 class TorchBackend(Backend):
     """The graph modules in PyTorch: float32 eager on CPU (attention over the live cache prefix only); on CUDA
     in the artifacts' precision, a step replayed from a CUDA graph."""

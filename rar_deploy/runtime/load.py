@@ -37,16 +37,11 @@ def open_backend(directory: str | Path, backend: str = "onnxruntime", device: st
 
         return artifacts, TensorRTBackend(artifacts, device or "cuda")
     try:
-        import torch
-
-        TorchBackend = import_module(TORCH_BACKEND).TorchBackend
+        plugin = import_module(TORCH_BACKEND)
     except ImportError:
         raise RARDeployError("the torch backend needs torch: pip install 'rar-deploy[export]', or use "
                              "--backend onnxruntime or tensorrt") from None
-    if threads is not None:
-        torch.set_num_threads(threads)
-    device = check_cuda_present(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return artifacts, TorchBackend(artifacts, device, ckpt=ckpt, tokenizer=tokenizer)
+    return artifacts, plugin.open_torch_backend(artifacts, device, threads, ckpt, tokenizer)
 
 
 def check_cuda_present(device: str) -> str:

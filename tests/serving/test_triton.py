@@ -18,7 +18,7 @@ from rar_deploy.cli import main
 from rar_deploy.runtime import RARPipeline
 
 HERE = Path(__file__).parent / "triton_env"
-REPO_ROOT = Path(__file__).parent.parent
+REPO_ROOT = Path(__file__).parents[2]
 
 
 def triton_repo(*args: str | Path):

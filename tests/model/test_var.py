@@ -16,7 +16,7 @@ from rar_deploy.model.checkpoint import load_var_generator, load_var_tokenizer
 from rar_deploy.model.reference import var_reference_generate
 from rar_deploy.model.var import VARGenerator
 
-DATA = Path(__file__).parent / "data" / "official_var_tiny"
+DATA = Path(__file__).parents[1] / "data" / "official_var_tiny"
 TOL = 1e-4
 
 

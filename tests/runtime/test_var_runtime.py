@@ -22,7 +22,7 @@ from rar_deploy.runtime import Artifacts, RARPipeline, VARPipeline, VARSampling,
 from rar_deploy.runtime.engines import find_tensorrt
 from rar_deploy.tools.engine_build import BatchProfile
 
-DATA = Path(__file__).parent / "data" / "official_var_tiny"
+DATA = Path(__file__).parents[1] / "data" / "official_var_tiny"
 OFFICIAL = (str(DATA / "var_tiny_var.pth"), str(DATA / "var_tiny_vae.pth"))
 
 

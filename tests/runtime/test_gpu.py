@@ -110,7 +110,7 @@ def test_tensorrt_cuda_graph_replay_equals_eager_and_survives_batch_changes(engi
     assert graphs.backend.memory.used_bytes() > 0
 
 
-VAR_DATA = Path(__file__).parent / "data" / "official_var_tiny"
+VAR_DATA = Path(__file__).parents[1] / "data" / "official_var_tiny"
 
 
 def _export_var(out: Path, precision: str, engine: bool) -> Path:

@@ -18,7 +18,7 @@ import pytest
 
 from rar_deploy.runtime.engines import find_tensorrt
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 needs_rtx = pytest.mark.skipif(find_tensorrt() is None or find_tensorrt().flavour != "tensorrt-rtx",
                                reason="TensorRT-RTX is not installed in the test environment")
 

@@ -22,7 +22,7 @@ using json = nlohmann::json;
 
 namespace {
 
-constexpr int kSchemaVersion = 4;
+constexpr int kSchemaVersion = 5;
 constexpr uint64_t kChunk = 1 << 16;
 constexpr uint64_t kChunks = 16;
 
@@ -263,6 +263,12 @@ void LoadVar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
                                               std::to_string(size) + "] matrix of finite numbers");
     if (scale.up.empty()) Invalid(path, which + "up is not a [" + std::to_string(size) + ", " +
                                             std::to_string(side) + "] matrix of finite numbers");
+    const json& fraction = node.at("guidance_fraction");
+    if (!fraction.is_array() || fraction.size() != 2 || !fraction[0].is_number_unsigned() ||
+        !fraction[1].is_number_unsigned() || fraction[1].get<int64_t>() == 0) {
+      Invalid(path, which + "guidance_fraction is " + fraction.dump() + ", not [n, d] with whole n >= 0 and d >= 1");
+    }
+    scale.guidance_numerator = fraction[0].get<int64_t>(), scale.guidance_denominator = fraction[1].get<int64_t>();
     artifacts.scales.push_back(std::move(scale));
     begin += side * side;
   }

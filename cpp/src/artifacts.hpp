@@ -1,4 +1,4 @@
-// An artifact folder as the C++ runtime sees it: manifest.json (schema 4, docs/CONTRACT.md) read with
+// An artifact folder as the C++ runtime sees it: manifest.json (schema 5, docs/CONTRACT.md) read with
 // nlohmann::json as data (graph I/O, scales, condition width: never re-derived), its contract sections checked
 // against their SHA-256, and its files checked (size and fingerprint) before a graph is opened. Two families: RAR (condition, decode_step, vq_decoder) and VAR
 // (var_step, var_decoder; manifest `family` "var").
@@ -57,6 +57,7 @@ struct VarConfig {
 struct VarScale {
   int64_t side, begin, end, phi_index;
   std::vector<float> down, up;
+  int64_t guidance_numerator = 0, guidance_denominator = 1;  // guidance t = cfg * numerator / denominator
 };
 
 struct EngineInfo {

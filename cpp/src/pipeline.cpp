@@ -186,7 +186,6 @@ std::vector<int64_t> Pipeline::VarGenerate(const std::vector<int64_t>& labels, c
   if (temperature < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "temperature must be >= 0 (0 is greedy)");
   if (sampling.seed >= (uint64_t{1} << 63)) Fail(RAR_ERROR_INVALID_ARGUMENT, "seed must lie in [0, 2**63)");
   const int64_t batch_size = BatchSize(sampling.batch_size);
-  const std::vector<float> guidance = VarGuidance(m.num_scales(), scale);
 
   std::lock_guard<std::mutex> lock(mutex_);
   timings_ = RarTimings{};
@@ -194,7 +193,7 @@ std::vector<int64_t> Pipeline::VarGenerate(const std::vector<int64_t>& labels, c
   for (size_t start = 0; start < labels.size(); start += static_cast<size_t>(batch_size)) {
     const std::vector<int64_t> chunk = Batch(labels, start, batch_size);
     const int64_t batch = static_cast<int64_t>(chunk.size());
-    const VarInputs inputs{chunk, guidance, top_k, static_cast<float>(top_p),
+    const VarInputs inputs{chunk, scale, top_k, static_cast<float>(top_p),
                            std::vector<float>(chunk.size(), static_cast<float>(temperature)),
                            SamplingNoise(sampling.seed, batch, m.seq_len(), m.codebook_size,
                                          static_cast<int64_t>(start))};

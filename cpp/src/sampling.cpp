@@ -32,15 +32,6 @@ std::vector<float> GuidanceSchedule(int64_t num_steps, double scale, double pow)
   return schedule;
 }
 
-std::vector<float> VarGuidance(int64_t num_scales, double scale) {
-  std::vector<float> guidance(static_cast<size_t>(num_scales));
-  for (int64_t k = 0; k < num_scales; ++k) {
-    guidance[static_cast<size_t>(k)] = static_cast<float>(scale * static_cast<double>(k) /
-                                                          static_cast<double>(num_scales - 1));
-  }
-  return guidance;
-}
-
 std::vector<float> SamplingNoise(uint64_t seed, int64_t num_images, int64_t num_steps, int64_t vocab,
                                  int64_t first_image) {
   const size_t per_image = static_cast<size_t>(num_steps * vocab);

@@ -1,5 +1,5 @@
 // What the runtime owns in sampling, as docs/CONTRACT.md specifies it (rar_deploy/contract/sampling.py in Python):
-// the guidance rows, the guidance schedules (RAR's and VAR's) and the SplitMix64 noise. Same inputs, same bits, both languages.
+// the guidance rows, RAR's guidance schedule and the SplitMix64 noise. Same inputs, same bits, both languages.
 #pragma once
 
 #include <cstdint>
@@ -12,9 +12,6 @@ std::vector<int64_t> GuidanceRows(const std::vector<int64_t>& labels, bool guide
 
 // s_t = (g - 1) * ((1 - cos(pi * (t / N) ** pow)) * 0.5) + 1 in double with the C library, rounded to float
 std::vector<float> GuidanceSchedule(int64_t num_steps, double scale, double pow);
-
-// VAR: t_k = cfg * k / (K - 1) for scales k = 0 .. K-1 in double, rounded to float (Python's var_guidance)
-std::vector<float> VarGuidance(int64_t num_scales, double scale);
 
 // uniform noise [num_images, num_steps, vocab] of images first_image, first_image + 1, ...
 std::vector<float> SamplingNoise(uint64_t seed, int64_t num_images, int64_t num_steps, int64_t vocab,

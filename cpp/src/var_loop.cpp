@@ -50,15 +50,17 @@ void VarLoop::Allocate(int64_t batch) {
 
 void VarLoop::Start(const VarInputs& inputs) {
   const std::vector<int64_t>& labels = inputs.labels;
-  const std::vector<float>& guidance = inputs.guidance;
   const std::vector<float>& temperature = inputs.temperature;
   const std::vector<float>& noise = inputs.noise;
   const int64_t batch = static_cast<int64_t>(labels.size()), seq = artifacts_.var.seq_len();
   if (batch != batch_) Allocate(batch);
   memory_.Upload(labels.data(), labels_);
-  std::vector<float> rows(static_cast<size_t>(guidance.size()) * labels.size());  // [K, B]
-  for (size_t k = 0; k < guidance.size(); ++k) {
-    std::fill_n(rows.begin() + k * labels.size(), labels.size(), guidance[k]);
+  std::vector<float> rows(artifacts_.scales.size() * labels.size());  // [K, B]: t = cfg * n / d in double, to float
+  for (size_t k = 0; k < artifacts_.scales.size(); ++k) {
+    const VarScale& scale = artifacts_.scales[k];
+    const double t = inputs.guidance_scale * static_cast<double>(scale.guidance_numerator) /
+                     static_cast<double>(scale.guidance_denominator);
+    std::fill_n(rows.begin() + k * labels.size(), labels.size(), static_cast<float>(t));
   }
   memory_.Upload(rows.data(), guidance_);
   memory_.Upload(&inputs.top_k, top_k_);

@@ -13,10 +13,11 @@
 
 namespace rar::detail {
 
-// One VAR generation: labels [B], guidance t of every scale [K], top-k, top-p, temperatures [B], noise [B, L, V].
+// One VAR generation: labels [B], the guidance scale (cfg), top-k, top-p, temperatures [B], noise [B, L, V]. The
+// guidance t of each scale is cfg * n / d of its manifest guidance_fraction [n, d].
 struct VarInputs {
   std::vector<int64_t> labels;
-  std::vector<float> guidance;
+  double guidance_scale = 0;
   int64_t top_k = 0;
   float top_p = 0;
   std::vector<float> temperature, noise;

@@ -106,7 +106,10 @@ def prepare(work: Path) -> None:
     malformed["scales"][2]["down"] = malformed["scales"][2]["down"][:-1]
     phi = copy.deepcopy(manifest)
     phi["scales"][1]["phi_index"] = manifest["tokenizer"]["num_phi"]
-    for name, forged in (("var_forged_down_shape", malformed), ("var_forged_phi_index", phi)):
+    fraction = copy.deepcopy(manifest)
+    fraction["scales"][3]["guidance_fraction"] = [3, 0]
+    for name, forged in (("var_forged_down_shape", malformed), ("var_forged_phi_index", phi),
+                         ("var_forged_guidance_fraction", fraction)):
         (work / name).mkdir()
         (work / name / "manifest.json").write_text(json.dumps(rehashed(forged)))
     integers = copy.deepcopy(manifest)  # JSON numbers compared as numbers: 2.0 is the index 2, 1 the weight 1.0
@@ -330,6 +333,8 @@ def cli_refusals(work: Path, exe: str) -> None:
          "scale 2's down is not a [3, 4] matrix of finite numbers"),
         ("forged VAR Phi index", ["--artifacts", work / "var_forged_phi_index", *base],
          "scale 1's phi_index is 4, not one of the tokenizer's 4 Phi convolutions"),
+        ("forged VAR guidance fraction", ["--artifacts", work / "var_forged_guidance_fraction", *base],
+         "scale 3's guidance_fraction is [3,0], not [n, d] with whole n >= 0 and d >= 1"),
         *[(f"{name} (Python's message)", ["--artifacts", work / name, *base], f"Error: {python_refusal(work / name)}")
           for name in ("var_edited_manifest", *SCALE_EDITS)],
         ("guidance over 1e4", ["--artifacts", work / "fp32", *base, "--guidance-scale", "100000"],

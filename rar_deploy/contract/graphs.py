@@ -182,12 +182,14 @@ def bicubic_matrix(size_in: int, size_out: int, a: float = -0.75) -> np.ndarray:
 
 
 def var_scales(config: VARConfig, num_phi: int) -> list[dict]:
-    """The manifest's `scales`: per scale its side, positions [begin, end), Phi index and the float32 resize
-    matrices down [side, P] (area, P -> side) and up [P, side] (bicubic, side -> P)."""
+    """The manifest's `scales`: per scale its side, positions [begin, end), Phi index, the float32 resize
+    matrices down [side, P] (area, P -> side) and up [P, side] (bicubic, side -> P), and its guidance fraction
+    [n, d]: the guidance t = cfg * n / d (the official k / (K - 1))."""
     size = config.patch_nums[-1]
     return [{"side": side, "begin": begin, "end": end, "phi_index": phi_index(k, config.num_scales, num_phi),
              "down": area_matrix(size, side).astype(np.float32).tolist(),
-             "up": bicubic_matrix(side, size).astype(np.float32).tolist()}
+             "up": bicubic_matrix(side, size).astype(np.float32).tolist(),
+             "guidance_fraction": [k, config.num_scales - 1]}
             for k, (side, (begin, end)) in enumerate(zip(config.patch_nums, config.scale_ranges()))]
 
 

@@ -39,7 +39,7 @@ from rar_deploy.errors import RARDeployError
 from rar_deploy.version import __version__
 
 SCHEMA = "rar-deploy/manifest"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # What a manifest's contract_sha256 does not cover: what rar-build rewrites (files, engines, batch_profile,
 # tools), where the checkpoints were, and the part a user may edit (sampling.defaults).
 OUTSIDE_CONTRACT = ("contract_sha256", "rar_deploy_version", "checkpoints", "files", "engines", "batch_profile",
@@ -139,8 +139,10 @@ def _var_sections(generator: VARConfig, tokenizer: VARTokenizerConfig, dtype: st
         "guidance": {
             "rows": "rows = class_labels, then as many null_class rows (always: guidance scale 0 is t = 0)",
             "null_class": generator.null_class,
-            "schedule": {"formula": "t = cfg * k / (K - 1) at scale k of K; logits = (1 + t) * cond - t * uncond",
-                         "evaluation": "float64, rounded to float32 (the var_step's guidance input)"},
+            "schedule": {"formula": "t = cfg * n / d at a scale of guidance_fraction [n, d] (the official "
+                                    "k / (K - 1)); logits = (1 + t) * cond - t * uncond",
+                         "evaluation": "float64, cfg * n first, then / d, rounded to float32 (the var_step's "
+                                       "guidance input)"},
         },
         "sampling": {
             "defaults": {"guidance_scale": defaults.guidance_scale, "top_k": defaults.top_k, "top_p": defaults.top_p,
@@ -295,7 +297,7 @@ def _check_scales(scales: list[dict], config: VARConfig, num_phi: int, refuse) -
     if len(scales) != len(expected):
         raise refuse(f"it lists {len(scales)} scales, its model has {len(expected)}")
     for k, (scale, wanted) in enumerate(zip(scales, expected)):
-        for key in ("side", "begin", "end", "phi_index", "down", "up"):
+        for key in ("side", "begin", "end", "phi_index", "down", "up", "guidance_fraction"):
             if scale[key] != wanted[key]:
                 shown = scale[key] if key not in ("down", "up") else "its matrix"
                 raise refuse(f"scale {k}'s {key} is {shown}, its model gives "

@@ -38,7 +38,14 @@ def guidance_schedule(num_steps: int, scale: float, pow: float) -> np.ndarray:
 
 def var_guidance(num_scales: int, guidance_scale: float) -> np.ndarray:
     """The official schedule, t = cfg * k / (K - 1) for scales k = 0 .. K-1 (float64, rounded to float32)."""
-    return np.array([guidance_scale * k / (num_scales - 1) for k in range(num_scales)], np.float64).astype(np.float32)
+    return scale_guidance([[k, num_scales - 1] for k in range(num_scales)], np.array([guidance_scale]))[:, 0]
+
+
+def scale_guidance(fractions: list[list[int]], guidance_scales: np.ndarray) -> np.ndarray:
+    """The guidance t [K, B] of every scale (its manifest `guidance_fraction` [n, d]) and image (its cfg):
+    cfg * n / d in float64, rounded to float32."""
+    cfg = np.asarray(guidance_scales, np.float64)
+    return np.stack([cfg * n / d for n, d in fractions]).astype(np.float32)
 
 
 def _splitmix64(state: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from rar_deploy.contract.checks import check_sampling, check_var_sampling
 from rar_deploy.contract.config import SamplingDefaults, VARSamplingDefaults
 from rar_deploy.contract.graphs import FAMILY_GRAPHS
-from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise, var_guidance
+from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime.loops import RARInputs, RARLoop, VARInputs, VARLoop
 
@@ -74,7 +74,7 @@ def var_inputs(config: Any, labels: np.ndarray, sampling: VARSampling, seed: int
     """The VAR loop's inputs for images first_image, first_image + 1, ... of a request with `seed`."""
     b = len(labels)
     return VARInputs(labels=np.asarray(labels, np.int64),
-                     guidance=np.repeat(var_guidance(config.num_scales, sampling.guidance_scale)[:, None], b, axis=1),
+                     guidance_scale=np.full(b, sampling.guidance_scale, np.float64),
                      top_k=sampling.top_k, top_p=sampling.top_p,
                      temperature=np.full(b, sampling.temperature, np.float32),
                      noise=sampling_noise(seed, b, config.seq_len, config.codebook_size, first_image))

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from rar_deploy.contract.graphs import var_dims
+from rar_deploy.contract.sampling import scale_guidance
 
 
 class Backend(Protocol):
@@ -46,11 +47,11 @@ class RARInputs:
 
 @dataclass(frozen=True)
 class VARInputs:
-    """One VAR generation: labels [B], the guidance t of every scale [K, B], top-k, top-p, temperatures [B]
-    and uniform noise [B, L, V]."""
+    """One VAR generation: labels [B], guidance scales (cfg) [B], top-k, top-p, temperatures [B] and uniform noise
+    [B, L, V]. The guidance t of each scale follows from its manifest `guidance_fraction`."""
 
     labels: np.ndarray
-    guidance: np.ndarray
+    guidance_scale: np.ndarray
     top_k: int
     top_p: float
     temperature: np.ndarray
@@ -304,7 +305,8 @@ class VARLoop:
             self._allocate(batch)
         upload = self.memory.upload
         upload(inputs.labels, self.labels)
-        upload(inputs.guidance, self.guidance)
+        fractions = [scale["guidance_fraction"] for scale in self.scales]
+        upload(scale_guidance(fractions, inputs.guidance_scale), self.guidance)  # [K, B]: a row a scale
         upload(np.array([inputs.top_k], np.int64), self.top_k)
         upload(np.array([inputs.top_p], np.float32), self.top_p)
         upload(inputs.temperature, self.temperature)

@@ -5,6 +5,7 @@ Expected tokens come from the OFFICIAL code (tests/data/official_var_tiny) or fr
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -150,6 +151,8 @@ def test_family_mismatches_are_one_line(var_exports, export_tiny, tmp_path):
     (lambda m: m["scales"].pop(), "it lists 3 scales, its model has 4"),
     (lambda m: m["scales"][2].update(phi_index=3), "scale 2's phi_index is 3, its model gives 2"),
     (lambda m: m["scales"][2]["up"][0].__setitem__(0, 0.5), "scale 2's up is its matrix, its model gives another"),
+    (lambda m: m["scales"][3].update(guidance_fraction=[3, 4]), "scale 3's guidance_fraction is [3, 4], its model "
+                                                                "gives [3, 3]"),
     (lambda m: m.pop("family"), "is not a valid manifest"),
     (lambda m: m["model"].update(vae_channels=16), "not a VAR generator and its VQVAE"),
     (lambda m: m["sampling"]["defaults"].update(top_p=1.5), "is not a valid manifest at sampling.defaults.top_p"),
@@ -168,7 +171,8 @@ def test_an_edited_var_manifest_is_refused(var_exports, tmp_path, edit, message,
         manifest["contract_sha256"] = contract_sha256(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     schema = "not a valid manifest" in message
-    with pytest.raises(RARDeployError, match=message if rehashed or schema or "defaults" in message else "was edited"):
+    with pytest.raises(RARDeployError, match=re.escape(message) if rehashed or schema or "defaults" in message
+                       else "was edited"):
         Artifacts.load(folder)
 
 

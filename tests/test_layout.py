@@ -19,7 +19,8 @@ ALLOWED = {
     "serving": {"contract", "runtime", "tools"},
     "model": {"contract", "runtime", "outputs"},
     "export": {"contract", "runtime", "outputs", "model", "tools"},
-    "cli": {"contract", "runtime", "tools", "serving", "outputs", "model", "export"},
+    "cli": {"contract", "runtime", "tools", "serving", "outputs", "model", "export", "training"},
+    "training": {"contract", "runtime", "outputs", "model", "export"},
 }
 BASE = {"errors", "version"}
 

@@ -64,8 +64,7 @@ class PerScaleBackend(OnnxRuntimeBackend):
 def time_scales(loop: VARLoop, batch: int, repeats: int) -> list[float]:
     """Median ms of each scale's step over `repeats` generations after a warm-up."""
     artifacts = loop.backend.artifacts
-    sampling = artifacts.family.check_sampling(None, artifacts.sampling_defaults)
-    inputs = artifacts.family.inputs(loop.config, np.arange(batch) % loop.config.num_classes, sampling, 0)
+    inputs = artifacts.family.published_inputs(loop.config, artifacts.sampling_defaults, batch)
     times: list[list[float]] = [[] for _ in loop.scales]
     for _ in range(repeats + 1):
         marks = []

@@ -147,10 +147,8 @@ def bench_var_baseline(generator, vqvae, artifacts, batch: int, memory: TorchMem
     timed (scale 0 as the prefill, scales 1 .. K-1 as the steps, the decoder)."""
     from rar_deploy.model.reference import var_reference_generate
 
-    c, family = artifacts.config, artifacts.family
-    sampling = family.check_sampling(None, artifacts.sampling_defaults)
-    inputs = family.inputs(c, np.arange(batch) % c.num_classes, sampling, seed)
-    args = (generator, vqvae, inputs.labels.tolist(), float(sampling.guidance_scale), inputs.top_k, inputs.top_p,
+    inputs = artifacts.family.published_inputs(artifacts.config, artifacts.sampling_defaults, batch, seed)
+    args = (generator, vqvae, inputs.labels.tolist(), float(inputs.guidance_scale[0]), inputs.top_k, inputs.top_p,
             float(inputs.temperature[0]), torch.from_numpy(inputs.noise).to(memory.device))
     var_reference_generate(*args)
     clock = StageClock(memory)

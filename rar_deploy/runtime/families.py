@@ -29,9 +29,7 @@ class RARSampling:
 
     def resolved(self, defaults: Any) -> "RARSampling":
         """Checked (one line each), None replaced by `defaults`."""
-        values = check_sampling(*(_or_default(self, defaults, name) for name in
-                                  ("guidance_scale", "guidance_pow", "temperature")))
-        return RARSampling(**dict(zip(("guidance_scale", "guidance_pow", "temperature"), values)))
+        return _resolved(self, defaults, check_sampling)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,14 +43,17 @@ class VARSampling:
     temperature: float | None = None
 
     def resolved(self, defaults: Any) -> "VARSampling":
-        names = ("guidance_scale", "top_k", "top_p", "temperature")
-        values = check_var_sampling(*(_or_default(self, defaults, name) for name in names))
-        return VARSampling(**dict(zip(names, values)))
+        """Checked (one line each), None replaced by `defaults`."""
+        return _resolved(self, defaults, check_var_sampling)
 
 
-def _or_default(sampling: Any, defaults: Any, name: str) -> Any:
-    value = getattr(sampling, name)
-    return getattr(defaults, name) if value is None else value
+def _resolved(sampling: Any, defaults: Any, check: Callable[..., tuple]) -> Any:
+    """`sampling` with None replaced by the field of `defaults`, checked by `check` (which takes and returns the
+    values in the order of the fields)."""
+    names = [field.name for field in fields(sampling)]
+    given = (getattr(sampling, name) for name in names)
+    values = check(*(getattr(defaults, name) if value is None else value for name, value in zip(names, given)))
+    return type(sampling)(**dict(zip(names, values)))
 
 
 def rar_inputs(config: Any, labels: np.ndarray, samplings: list[RARSampling], seeds: list[tuple[int, int]]
@@ -115,6 +116,10 @@ class Family:
         if wrong:
             raise RARDeployError(f"--{wrong[0].replace('_', '-')} does not apply to a {self.title} model "
                                  f"({directory}): drop it")
+
+    def published_inputs(self, config: Any, defaults: Any, batch: int, seed: int = 0) -> Any:
+        """The loop's inputs for labels 0 .. B-1 at the published sampling values (what rar-bench times)."""
+        return self.inputs(config, np.arange(batch) % config.num_classes, self.check_sampling(None, defaults), seed)
 
     def sampling_from(self, values: dict[str, Any]) -> Any:
         """This family's sampling type from a dict of options (those of the other family dropped)."""

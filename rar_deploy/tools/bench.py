@@ -8,8 +8,6 @@ import itertools
 import time
 from typing import Callable
 
-import numpy as np
-
 from rar_deploy.runtime.loops import drive
 from rar_deploy.runtime.pipeline import Pipeline, open_pipeline
 from rar_deploy.runtime.timing import StageClock, memory_usage, stage_summary
@@ -26,8 +24,7 @@ def bench_pipeline(pipeline: Pipeline, batch: int, warmup_steps: int = 3, seed: 
     positions 0-1, with the first window of condition rows, all of them when the table fits; VAR: scale 0),
     every later step, the decoder. Labels 0 .. B-1, the published sampling values."""
     loop, c, family = pipeline.loop, pipeline.config, pipeline.family
-    sampling = family.check_sampling(None, pipeline.artifacts.sampling_defaults)
-    inputs = family.inputs(c, np.arange(batch) % c.num_classes, sampling, seed)
+    inputs = family.published_inputs(c, pipeline.artifacts.sampling_defaults, batch, seed)
     loop.start(inputs)
     for _ in range(loop.steps if loop.distinct_step_shapes else min(2 + warmup_steps, loop.steps)):
         loop.step()

@@ -20,7 +20,7 @@ ALLOWED = {
     "model": {"contract", "runtime", "outputs"},
     "export": {"contract", "runtime", "outputs", "model", "tools"},
     "cli": {"contract", "runtime", "tools", "serving", "outputs", "model", "export", "training"},
-    "training": {"contract", "runtime", "outputs", "model", "export"},
+    "training": {"contract", "runtime", "outputs", "model", "export", "tools"},
 }
 BASE = {"errors", "version"}
 

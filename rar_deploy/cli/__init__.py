@@ -5,11 +5,13 @@ import click
 
 from rar_deploy.cli.bench import bench_command
 from rar_deploy.cli.build import build_command
+from rar_deploy.cli.demo_quality import demo_quality_command
 from rar_deploy.cli.export import export_command
 from rar_deploy.cli.generate import generate_command
 from rar_deploy.cli.make_checkpoint import make_checkpoint
 from rar_deploy.cli.parity import parity_command
 from rar_deploy.cli.serve import serve_command
+from rar_deploy.cli.train_demo import train_demo_command
 from rar_deploy.cli.triton_repo import triton_repo_command
 
 
@@ -26,6 +28,8 @@ main.add_command(parity_command, name="parity")
 main.add_command(bench_command, name="bench")
 main.add_command(build_command, name="build")
 main.add_command(serve_command, name="serve")
+main.add_command(train_demo_command, name="train-demo")
+main.add_command(demo_quality_command, name="demo-quality")
 
 __all__ = ["bench_command", "build_command", "export_command", "generate_command", "main", "make_checkpoint",
            "parity_command", "serve_command", "triton_repo_command"]

@@ -182,6 +182,9 @@ class _Shapes:
 
 GENERATOR_PRESETS: dict[str, RARConfig] = {
     "tiny": RARConfig(hidden_size=32, depth=2, num_heads=2, mlp_size=128, image_seq_len=16),
+    # the trained demo model (rar_deploy/training): ten classes of shapes, 64 x 64 images of 8 x 8 tokens
+    "demo": RARConfig(hidden_size=192, depth=4, num_heads=3, mlp_size=768, image_seq_len=64, codebook_size=1024,
+                      num_classes=10),
     "rar_b": RARConfig(hidden_size=768, depth=24, num_heads=16, mlp_size=3072),
     "rar_l": RARConfig(hidden_size=1024, depth=24, num_heads=16, mlp_size=4096),
     "rar_xl": RARConfig(hidden_size=1280, depth=32, num_heads=16, mlp_size=5120),
@@ -190,6 +193,8 @@ GENERATOR_PRESETS: dict[str, RARConfig] = {
 
 TOKENIZER_PRESETS: dict[str, RARTokenizerConfig] = {
     "tiny": RARTokenizerConfig(hidden_channels=32, channel_mult=(1, 1, 1, 1, 2), z_channels=32),
+    "demo": RARTokenizerConfig(hidden_channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=32,
+                               codebook_size=1024),
     "maskgit-vqgan-imagenet-f16-256": RARTokenizerConfig(),
 }
 

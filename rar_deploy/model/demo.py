@@ -110,6 +110,9 @@ def make_demo_checkpoints(preset: str, out_dir: str | Path, seed: int = 0) -> tu
     VQVAE); returns both paths."""
     if preset in VAR_PRESETS:
         return _make_var_checkpoints(preset, Path(out_dir), seed)
+    if preset == "demo":
+        raise RARDeployError("the demo preset is the trained demo model, not random weights: "
+                             "rar_deploy.training.demo_model.write_demo_checkpoints writes it")
     if preset not in GENERATOR_PRESETS:
         raise RARDeployError(f"unknown preset {preset!r}: choose one of {', '.join(GENERATOR_PRESETS)}, "
                              f"{', '.join(VAR_PRESETS)}")

@@ -111,12 +111,12 @@ def test_rar_build_keeps_what_it_did_not_write_and_follows_a_link(export_tiny, t
     (folder / "engines" / "extra.plan").write_bytes(b"a user's own engine")
     link = tmp_path / "link"
     link.symlink_to(folder)
-    before = json.loads((folder / "manifest.json").read_text())["engines"]["decode_step"]["build_seconds"]
     result = run("rar-build", "--artifacts", link, "--max-batch", "3")
     assert result.returncode == 0, result.stdout + result.stderr
     assert link.is_symlink() and link.resolve() == folder.resolve()
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["batch_profile"]["max"] == 3 and manifest["engines"]["decode_step"]["build_seconds"] != before
+    # rebuilt: the engine's own profile says so (its build time may round to the same value twice)
+    assert manifest["batch_profile"]["max"] == 3 and manifest["engines"]["decode_step"]["profile"]["batch"][2] == 3
     assert (folder / "notes.txt").read_text() == "deployment notes"
     assert (folder / "engines" / "extra.plan").read_bytes() == b"a user's own engine"
 

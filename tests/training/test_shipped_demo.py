@@ -1,0 +1,87 @@
+"""The shipped demo model: its files match their record, it loads in the official layouts, exports with
+verification, passes rar-parity, and draws images its classifier labels right; the yardsticks measure an export
+through the export's own graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rar_deploy.cli import main, parity_command
+from rar_deploy.contract.config import GENERATOR_PRESETS, SAMPLING_DEFAULTS
+from rar_deploy.runtime import open_pipeline
+from rar_deploy.training.demo_model import SHIPPED, demo_split, load_full_tokenizer, read_record
+from rar_deploy.training.generator_training import held_out_nll
+from rar_deploy.training.recipe import DemoRecipe
+from rar_deploy.training.tokenizer_training import encode_images
+from rar_deploy.training.yardsticks import Yardsticks
+
+pytestmark = pytest.mark.slow  # an export of the demo model and 100 images (about 40 s); .ci/run runs it
+
+# Measured on the shipped weights (fp32 export, ONNX Runtime CPU, 10 images a class, seed 0, the published
+# sampling): 0.45 of the generated images and 0.875 of the 1000 real held-out images are labelled right (README,
+# "The demo model"). Bounds: three binomial standard errors below (sqrt(0.4 * 0.6 / 100) = 0.05), for another
+# machine's rounding; chance is 0.1.
+MIN_GENERATED_ACCURACY, MIN_REAL_ACCURACY = 0.30, 0.80
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory):
+    from rar_deploy.export.exporter import ExportRequest, export_artifacts
+    from rar_deploy.tools.engine_build import BatchProfile
+
+    folder = tmp_path_factory.mktemp("shipped")
+    result = CliRunner().invoke(main, ["make-checkpoint", "--preset", "demo", "--out", str(folder / "ckpt")])
+    assert result.exit_code == 0, result.output
+    out = folder / "artifacts"
+    export_artifacts(ExportRequest(ckpt=str(folder / "ckpt" / "rar_demo.bin"),
+                                   tokenizer=str(folder / "ckpt" / "maskgit-vqgan-demo.bin"), out=out,
+                                   precision="fp32", engine=False, profile=BatchProfile(1, 8, 50)),
+                     progress=lambda message: None)
+    return out
+
+
+def test_the_shipped_files_match_their_record_and_the_recipe():
+    record = read_record(SHIPPED)
+    assert DemoRecipe(**record["recipe"]) == DemoRecipe()
+    assert sum(f["bytes"] for f in record["files"].values()) < 12 << 20
+
+
+def test_the_export_passes_rar_parity(demo_export):
+    result = CliRunner().invoke(parity_command, ["--artifacts", str(demo_export)])
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output
+
+
+def test_the_export_carries_the_published_sampling_values(demo_export):
+    pipeline = open_pipeline(demo_export)
+    assert pipeline.config == GENERATOR_PRESETS["demo"]
+    assert pipeline.artifacts.sampling_defaults == SAMPLING_DEFAULTS["demo"]
+
+
+def test_generated_images_are_labelled_right_by_the_classifier(demo_export):
+    yardsticks = Yardsticks(open_pipeline(demo_export))
+    quality, images = yardsticks.generated(sampling=None, per_class=10)
+    assert images.shape == (100, 64, 64, 3)
+    assert quality.accuracy >= MIN_GENERATED_ACCURACY, quality
+    assert yardsticks.real_accuracy >= MIN_REAL_ACCURACY
+
+
+def test_the_export_s_teacher_forced_nll_is_the_torch_models(demo_export):
+    """Through the ONNX decode step, position by position, against the torch generator's causal forward."""
+    yardsticks = Yardsticks(open_pipeline(demo_export))
+    yardsticks.real_images, yardsticks.real_labels = yardsticks.real_images[::25], yardsticks.real_labels[::25]
+    likelihood = yardsticks.likelihood()
+    from rar_deploy.model.checkpoint import load_rar_generator
+
+    generator = load_rar_generator(demo_export.parent / "ckpt" / "rar_demo.bin")
+    tokens = encode_images(load_full_tokenizer(SHIPPED / "maskgit-vqgan-demo.fp16.bin"), yardsticks.real_images)
+    assert likelihood.token_nll_nats == pytest.approx(held_out_nll(generator, tokens, yardsticks.real_labels),
+                                                      rel=1e-4)
+    assert 0 < likelihood.top1_under_5_percent < 1 and likelihood.entropy_bits > 0
+
+
+def test_demo_split_is_the_recipe_s_held_out_images():
+    images, labels = demo_split(DemoRecipe(), "held_out")
+    assert images.shape == (1000, 64, 64, 3) and np.bincount(labels).tolist() == [100] * 10

@@ -23,8 +23,8 @@ import torch
 from rar_deploy.contract.config import GENERATOR_PRESETS
 from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime.families import RARSampling, rar_inputs
-from rar_deploy.runtime.loops import drive
 from rar_deploy.runtime.pipeline import RARPipeline
+from rar_deploy.tools.parity import drive_keeping_logits
 from rar_deploy.tools.sample_files import GridWriter
 from rar_deploy.training.classifier import classify, frechet_distance
 from rar_deploy.training.demo_model import (
@@ -102,11 +102,9 @@ class Yardsticks:
         nll, entropy, peaked, agree = [], [], [], []
         for start in range(0, len(tokens), batch):
             chunk, labels = tokens[start:start + batch], self.real_labels[start:start + batch]
-            logits: list[np.ndarray] = []
             inputs = rar_inputs(config, labels, [sampling] * len(chunk), [(0, i) for i in range(len(chunk))])
-            drive(loop, inputs, lambda loop: logits.append(loop.logits()) if loop.tokens_done() else None,
-                  lambda p: chunk[:, p - 2] if p >= 2 else None)
-            log_p = torch.log_softmax(torch.from_numpy(np.concatenate(logits, axis=1)).double(), -1)
+            _, logits = drive_keeping_logits(loop, inputs, lambda p: chunk[:, p - 2] if p >= 2 else None)
+            log_p = torch.log_softmax(torch.from_numpy(logits).double(), -1)
             target = torch.from_numpy(chunk)
             nll.append(-log_p.gather(-1, target[..., None])[..., 0].numpy())
             p = log_p.exp()

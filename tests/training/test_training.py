@@ -18,6 +18,7 @@ from rar_deploy.training.demo_model import demo_files, read_record, train_demo
 from rar_deploy.training.recipe import DemoRecipe
 
 QUICK = DemoRecipe().shortened(200)  # a few steps of each training, 10 training images a class
+pytestmark = pytest.mark.slow  # three short trainings (about 40 s); .ci/run runs tests/training -m slow
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,8 @@ def train_generator(recipe: DemoRecipe, tokens: np.ndarray, labels: np.ndarray,
         batch_labels = torch.where(dropped, null, all_labels[picked])
         for group in optimizer.param_groups:
             group["lr"] = cosine_rate(step, recipe.generator_steps, recipe.generator_lr, recipe.generator_warmup)
-        loss = next_token_loss(generator, batch_labels, all_tokens[picked])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.generator_bfloat16):
+            loss = next_token_loss(generator, batch_labels, all_tokens[picked])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(generator.parameters(), 1.0)

@@ -31,6 +31,9 @@ class DemoRecipe:
     dead_code_every: int = 100  # codes unused for this many steps restart at encoder outputs of the batch
     # generator: next-token cross-entropy over the raster order, class dropout for guidance
     generator_steps: int = 1000
+    # bfloat16 autocast (float32 master weights): 1.6x faster generator steps on this CPU (avx512_bf16), measured
+    # paired under load; off in the shipped recipe, which was trained without it
+    generator_bfloat16: bool = False
     generator_batch: int = 64
     generator_lr: float = 1e-3
     generator_warmup: int = 100

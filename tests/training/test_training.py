@@ -101,3 +101,24 @@ def test_the_record_says_how_it_was_made(trained):
     assert record["command"] == "rar-deploy train-demo --out DIR"
     assert set(record["seconds"]) == {"data", "tokenizer", "encoding", "generator", "classifier", "measuring"}
     assert json.loads(json.dumps(record)) == record
+
+
+def test_bfloat16_generator_training_is_repeatable_and_not_the_float32_one():
+    """The recipe's generator_bfloat16 switch: the same weights twice, and not float32's (autocast took effect)."""
+    import dataclasses
+
+    import numpy as np
+
+    from rar_deploy.training.generator_training import train_generator
+
+    recipe = dataclasses.replace(QUICK, generator_steps=4, generator_batch=8)
+    rng = np.random.default_rng(0)
+    tokens, labels = rng.integers(0, 1024, (32, 64)), rng.integers(0, 10, 32)
+
+    def weights(bfloat16: bool) -> list:
+        model = train_generator(dataclasses.replace(recipe, generator_bfloat16=bfloat16), tokens, labels)
+        return [p.detach().clone() for p in model.parameters()]
+
+    first, second, float32 = weights(True), weights(True), weights(False)
+    assert all(a.equal(b) for a, b in zip(first, second))
+    assert not all(a.equal(b) for a, b in zip(first, float32))

@@ -66,6 +66,9 @@ class OnnxRuntime final : public Backend {
                                                        OrtMemTypeDefault)) {
     Ort::SessionOptions options;
     options.SetLogSeverityLevel(3);
+    // a quantized folder's DequantizeLinear + MatMul fuse into MatMulNBits, whose default (accuracy level 4) also
+    // rounds activations to int8; level 1 computes in float32, the model the folder holds (docs/CONTRACT.md)
+    options.AddConfigEntry("session.qdq_matmulnbits_accuracy_level", "1");
     if (device != "cpu") {
       const auto& api = Ort::GetApi();
       OrtCUDAProviderOptionsV2* cuda = nullptr;

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from rar_deploy.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, friendly_errors, progress_printer
+from rar_deploy.cli.common import (
+    BACKEND_CHOICE,
+    INT8_ACTIVATIONS_OPTION,
+    PATH_TYPE,
+    THREADS_OPTION,
+    friendly_errors,
+    progress_printer,
+)
 from rar_deploy.errors import RARDeployError
 
 
@@ -24,9 +31,10 @@ from rar_deploy.errors import RARDeployError
                    "backend runs at each [default: 2 GiB].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @THREADS_OPTION
+@INT8_ACTIVATIONS_OPTION
 @friendly_errors
 def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, tokenizer, warmup_steps,
-                  condition_budgets, as_json, threads):
+                  condition_budgets, as_json, threads, int8_activations):
     """Per-stage latency (prefill, decode step mean/p50/p99, decoder), per image, images/s, peak memory."""
     import json
 
@@ -41,5 +49,5 @@ def bench_command(artifacts_dir, backends, batch_sizes, device, baseline, ckpt, 
         raise RARDeployError("--batch-sizes is empty: give at least one batch size, e.g. 1,8")
     results = bench_results(artifacts, list(backends), sizes, device, baseline, ckpt, tokenizer,
                             warmup_steps, progress=progress_printer(), threads=threads,
-                            condition_budgets=list(condition_budgets))
+                            condition_budgets=list(condition_budgets), int8_activations=int8_activations)
     click.echo(json.dumps(results, indent=1) if as_json else format_results(results))

@@ -27,6 +27,11 @@ def _threads(context, parameter, value: int | None) -> int | None:
 THREADS_OPTION = click.option("--threads", type=int, callback=_threads,
                               help="CPU threads of ONNX Runtime's and torch's pools, at most this machine's cores "
                                    "[default: every core].")
+INT8_ACTIVATIONS_OPTION = click.option(
+    "--int8-activations", is_flag=True,
+    help="A folder exported with --weights int8|int4, on onnxruntime: its fast MatMulNBits kernels, which round "
+         "activations to int8 at run time (about 2x faster steps on CPU; an approximation of the folder's model, "
+         "its cost measured in the README) [default: float32 compute, exactly the folder's model].")
 
 
 def friendly_errors(command: Callable) -> Callable:

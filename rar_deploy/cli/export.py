@@ -26,6 +26,11 @@ def _default_tokenizer(ckpt: str) -> str:
                                   "for var_*: vae_ch160v4096z32.pth].")
 @click.option("--out", type=PATH_TYPE, help="Artifact directory [default: <ckpt>-<precision>].")
 @click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Precision the graphs carry.")
+@click.option("--weights", type=click.Choice(["float", "int8", "int4"]), default="float", show_default=True,
+              help="The step graph's Linear weights: the precision's, or weight-only int8 (per output channel) or "
+                   "int4 (per block of --group-size input channels), symmetric, as DequantizeLinear + MatMul.")
+@click.option("--group-size", type=int, help="int4 block size: 32, 64 or 128 [default: the largest dividing every "
+                                             "quantized width].")
 @click.option("--engine/--no-engine", default=None,
               help="Build TensorRT engines [default: when TensorRT is importable].")
 @click.option("--min-batch", default=1, show_default=True, help="Smallest batch of the engine profile.")
@@ -42,8 +47,8 @@ def _default_tokenizer(ckpt: str) -> str:
 @click.option("--external-data", is_flag=True, help="Store weights in .onnx.data files even below 2 GB.")
 @click.option("--force", is_flag=True, help="Replace an earlier export at --out (never anything else).")
 @friendly_errors
-def export_command(ckpt, tokenizer, out, fp16, engine, min_batch, opt_batch, max_batch, opt_level, capabilities,
-                   timing_cache, verify, external_data, force) -> None:
+def export_command(ckpt, tokenizer, out, fp16, weights, group_size, engine, min_batch, opt_batch, max_batch, opt_level,
+                   capabilities, timing_cache, verify, external_data, force) -> None:
     """Export a RAR (or VAR) generator and its tokenizer to ONNX graphs, TensorRT engines and a manifest."""
     from rar_deploy.export.exporter import ExportRequest, export_artifacts
     from rar_deploy.tools.engine_build import RTX_DEFAULT_CAPABILITIES, BatchProfile
@@ -51,11 +56,12 @@ def export_command(ckpt, tokenizer, out, fp16, engine, min_batch, opt_batch, max
     precision = "fp16" if fp16 else "fp32"
     request = ExportRequest(
         ckpt=ckpt, tokenizer=tokenizer or _default_tokenizer(ckpt),
-        out=out or Path(f"{Path(ckpt).name.split('.')[0]}-{precision}"), precision=precision, engine=engine,
+        out=out or Path(f"{Path(ckpt).name.split('.')[0]}-{precision}{'' if weights == 'float' else '-' + weights}"),
+        precision=precision, engine=engine,
         profile=BatchProfile(min_batch, opt_batch or max(min_batch, min(8, max_batch)), max_batch),
         verify=verify, force=force, opt_level=opt_level,
         compute_capabilities=tuple(capabilities) or RTX_DEFAULT_CAPABILITIES, external_data=external_data,
-        timing_cache=timing_cache,
+        timing_cache=timing_cache, weights=weights, group_size=group_size,
     )
     result = export_artifacts(request, progress=progress_printer())
     click.echo(export_summary(result))
@@ -68,7 +74,11 @@ def export_summary(result) -> str:
     def size(path: Path) -> str:
         return f"{path.stat().st_size / 2**20:9.1f} MiB" if path.exists() else "        -"
 
-    lines = [f"wrote {result.out} in {result.seconds:.1f} s ({result.manifest['precision']})",
+    from rar_deploy.contract.weights import WeightQuantization
+
+    weights = result.manifest.get("weights")
+    scheme = "" if weights is None else f", weights {WeightQuantization.from_manifest(weights).description}"
+    lines = [f"wrote {result.out} in {result.seconds:.1f} s ({result.manifest['precision']}{scheme})",
              f"{'graph':<12} {'onnx':>13} {'weights':>13} {'engine':>13}"]
     for name, graph in result.manifest["graphs"].items():
         data = result.out / graph["external_data"] if graph["external_data"] else Path("/nonexistent")
@@ -81,9 +91,17 @@ def export_summary(result) -> str:
         worst = max(stats["max_rel_to_peak"] for stats in checks)
         logits = next(iter(parity["teacher_forced"].values()))["logits"]  # RAR: the table; VAR: every scale
         tokens = next(iter(parity["free_running"].values()))["token_agreement"]  # guided (RAR), sampled (VAR)
-        lines.append(f"parity vs float32 reference (ONNX Runtime CPU): worst error {worst:.2e} of peak, teacher-forced "
-                     f"logits max abs {logits['max_abs']:.2e}, top-1 {logits['top1_agreement']:.3f}, free-running "
-                     f"tokens {tokens:.3f} equal: PASSED")
+        reference = "float32" if weights is None else f"the {weights['scheme']} model's float32"
+        lines.append(f"parity vs {reference} reference (ONNX Runtime CPU): worst error {worst:.2e} of peak, "
+                     f"teacher-forced logits max abs {logits['max_abs']:.2e}, top-1 {logits['top1_agreement']:.3f}, "
+                     f"free-running tokens {tokens:.3f} equal: PASSED")
+        if "float32_weights" in parity:
+            gap = parity["float32_weights"]
+            logits = next(iter(gap["teacher_forced"].values()))["logits"]
+            tokens = next(iter(gap["free_running"].values()))["token_agreement"]
+            lines.append(f"cost of the {weights['scheme']} weights vs the float model: teacher-forced top-1 "
+                         f"{logits['top1_agreement']:.3f}, logits max abs {logits['max_abs']:.2e}, free-running "
+                         f"tokens {tokens:.3f} equal (reported, not enforced)")
     else:
         lines.append("parity: not verified (--no-verify)")
     engines = result.manifest["engines"]

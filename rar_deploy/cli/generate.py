@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from rar_deploy.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, friendly_errors
+from rar_deploy.cli.common import (
+    BACKEND_CHOICE,
+    INT8_ACTIVATIONS_OPTION,
+    PATH_TYPE,
+    THREADS_OPTION,
+    friendly_errors,
+)
 from rar_deploy.errors import RARDeployError
 
 
@@ -37,10 +43,11 @@ from rar_deploy.errors import RARDeployError
 @click.option("--condition-budget", type=click.IntRange(0),
               help="Bytes of condition rows a generation may hold (0: one position a step) [default: 2 GiB].")
 @THREADS_OPTION
+@INT8_ACTIVATIONS_OPTION
 @friendly_errors
 def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, device, out, guidance_scale,
                      guidance_pow, temperature, top_k, top_p, batch_size, save_tokens, ckpt, tokenizer, force,
-                     verify_files, condition_budget, threads) -> None:
+                     verify_files, condition_budget, threads, int8_activations) -> None:
     """Generate images from exported artifacts (RAR or VAR): one PNG per image, grid.png and samples.json."""
     from tqdm import tqdm
 
@@ -75,7 +82,7 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
 
     with atomic_outputs(outputs) as temporaries:  # all published together at the end, or none
         pipeline = open_pipeline(artifacts_dir, backend=backend, device=device, ckpt=ckpt, tokenizer=tokenizer,
-                                 threads=threads)
+                                 threads=threads, int8_activations=int8_activations)
         if condition_budget is not None:
             pipeline.loop.condition_table_budget = condition_budget
         per_image = family.tokens_per_image(pipeline.config)

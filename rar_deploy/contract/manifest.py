@@ -77,7 +77,7 @@ def contract_sha256(manifest: dict) -> str:
 
 def build_manifest(*, generator: RARConfig | VARConfig, tokenizer: RARTokenizerConfig | VARTokenizerConfig,
                    checkpoints: dict, precision: str, graphs: dict, files: dict, tools: dict, engines: dict,
-                   batch_profile: list[int]) -> dict:
+                   batch_profile: list[int], weights: dict | None = None) -> dict:
     """graphs: name -> {"file", "external_data", ...}; files: relative path -> integrity.file_record."""
     dtype = FLOAT_DTYPES[precision]
     family = "var" if isinstance(generator, VARConfig) else "rar"
@@ -91,6 +91,7 @@ def build_manifest(*, generator: RARConfig | VARConfig, tokenizer: RARTokenizerC
         "tokenizer": tokenizer.to_dict(),
         "checkpoints": checkpoints,
         "precision": precision,
+        **({"weights": weights} if weights else {}),
         "graphs": {name: {**graphs[name], "inputs": [s.to_dict() for s in specs[name]["inputs"]],
                           "outputs": [s.to_dict() for s in specs[name]["outputs"]]} for name in FAMILY_GRAPHS[family]},
         "files": files,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
@@ -15,19 +16,32 @@ import torch
 from rar_deploy.contract.config import VARConfig
 from rar_deploy.contract.graphs import FAMILY_GRAPHS
 from rar_deploy.contract.integrity import file_record, sha256_of
-from rar_deploy.contract.manifest import PARITY_FILE, RECORD_FILE, build_manifest, exported_files, write_manifest
+from rar_deploy.contract.manifest import (
+    FLOAT_DTYPES,
+    PARITY_FILE,
+    RECORD_FILE,
+    build_manifest,
+    exported_files,
+    write_manifest,
+)
+from rar_deploy.contract.weights import WeightQuantization, weight_quantization
 from rar_deploy.errors import ExportError
 from rar_deploy.export.onnx_export import (
     FAMILY_EXPORTS,
     OPSET,
     cast_models,
+    check_onnx,
     export_graph,
     release_cast_copy,
     release_memory,
+    static_inputs,
 )
+from rar_deploy.export.quantize_graph import initializer_bytes, quantize_graph
 from rar_deploy.export.verify import reference_for_export, verify_export
 from rar_deploy.model.checkpoint import load_models, require_file, resolve_checkpoint
+from rar_deploy.model.quantized import quantize_generator, resolve_weights
 from rar_deploy.outputs import Output, atomic_directory
+from rar_deploy.runtime.families import FAMILIES
 from rar_deploy.tools.engine_build import (
     RTX_DEFAULT_CAPABILITIES,
     BatchProfile,
@@ -55,6 +69,8 @@ class ExportRequest:
     compute_capabilities: tuple[str, ...] = RTX_DEFAULT_CAPABILITIES
     external_data: bool = False  # force weights into .onnx.data even below 2 GB
     timing_cache: Path | None = None  # a TensorRT timing cache shared across exports: read, then updated
+    weights: str | None = None  # None or "float": the precision's; "int8" | "int4": weight-only quantized step graph
+    group_size: int | None = None  # int4 block [default: the largest of 128, 64, 32 dividing every width]
 
 
 @dataclass
@@ -71,6 +87,7 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
     trt = require_tensorrt() if request.engine else (find_tensorrt() if request.engine is None else None)
     build = check_build(trt, BuildOptions(request.profile, request.opt_level, request.compute_capabilities,
                                           request.timing_cache), progress)
+    weight_quantization(request.weights, request.group_size, widths={})  # the flags alone, before anything is read
     ckpt = require_file(resolve_checkpoint(request.ckpt))  # first: a wrong --ckpt is named before any tokenizer
     tokenizer_path = require_file(resolve_checkpoint(request.tokenizer))
     output = Output(request.out, "--out", request.force, written=exported_files, owner="rar-export",
@@ -81,8 +98,20 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
         progress(f"loading {ckpt} and {tokenizer_path}")
         generator, tokenizer = load_models(ckpt, tokenizer_path)
         _check_compatible(generator.config, tokenizer.config, tokenizer_path)
+        quantization = resolve_weights(generator, request.weights, request.group_size)
+        quantized, float_record = {}, None
+        if quantization is not None:  # from here on the generator is the quantized reference
+            if request.verify:  # the float model's, to measure the quantization's own cost
+                float_record = reference_for_export(None, generator, tokenizer, request.precision, progress,
+                                                    "float weights' reference record")
+            progress(f"quantizing the step graph's weights ({quantization.description}, round to nearest)")
+            quantized = quantize_generator(generator, quantization, np.dtype(FLOAT_DTYPES[request.precision]).type)
         configs = generator.config, tokenizer.config
         graphs = _export_graphs(generator, tokenizer, tmp, request, progress)
+        weights = None
+        if quantization is not None:
+            weights = _quantize_step_graph(tmp, graphs, generator, quantized, quantization, request, progress)
+        del quantized
         checkpoints = {kind: {"file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
                        for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))}
         tools = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
@@ -97,7 +126,8 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
             manifest = build_manifest(
                 generator=configs[0], tokenizer=configs[1], precision=request.precision, checkpoints=checkpoints,
                 graphs=graphs, files={name: file_record(tmp / name) for name in listed}, engines={},
-                batch_profile=[request.profile.min, request.profile.opt, request.profile.max], tools=tools)
+                batch_profile=[request.profile.min, request.profile.opt, request.profile.max], tools=tools,
+                weights=weights)
             write_manifest(manifest, tmp)
             return manifest
 
@@ -110,13 +140,15 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
         parity = None
         if record is not None:
             parity = verify_export(tmp, record, progress)
+            if float_record is not None:  # reported, not enforced: what the quantization itself costs
+                parity["float32_weights"] = verify_export(tmp, float_record, progress)
             (tmp / PARITY_FILE).write_text(json.dumps(parity, indent=1) + "\n")
             manifest = write()  # now listing parity.json too
             if parity["failures"]:
                 overflow = request.precision == "fp16" and any("inf/nan" in f for f in parity["failures"])
                 raise ExportError("export verification failed: " + "; ".join(parity["failures"][:3])
                                   + (" (float16 overflow: export with --fp32)" if overflow else ""))
-            del record
+            del record, float_record
             release_memory()
         if trt is not None:
             manifest = build_engines(trt, tmp, manifest, build, progress)
@@ -139,6 +171,22 @@ def _export_graphs(generator, tokenizer, directory: Path, request: ExportRequest
     release_cast_copy(generator, cast_gen), release_cast_copy(tokenizer, cast_tok)
     release_memory()
     return graphs
+
+
+def _quantize_step_graph(directory: Path, graphs: dict[str, dict], generator, quantized: dict,
+                         quantization: WeightQuantization, request: ExportRequest,
+                         progress: Callable[[str], None]) -> dict:
+    """The step graph rewritten to read its quantized weights through DequantizeLinear; the manifest's `weights`."""
+    step = FAMILIES[FAMILY_EXPORTS[type(generator)][0]].step_graph
+    graph = graphs[step]
+    progress(f"storing {len(quantized)} weights of {step}.onnx as {quantization.description}")
+    dtype = np.dtype(FLOAT_DTYPES[request.precision]).type
+    path = directory / graph["file"]
+    static = static_inputs(path)  # inputs exported without a symbolic dim (VAR's phi_index): the rest keep theirs
+    tensors = quantize_graph(path, quantized, quantization, dtype, external_data=graph["external_data"] is not None)
+    check_onnx(path, static)
+    graph["weight_bytes"] = initializer_bytes(path)
+    return quantization.to_manifest({step: tensors}, FLOAT_DTYPES[request.precision])
 
 
 def _check_compatible(generator, tokenizer, tokenizer_path: Path) -> None:

@@ -217,6 +217,12 @@ def _quiet_logger(name: str):
         logger.setLevel(level)
 
 
+def static_inputs(path: Path) -> set[str]:
+    """The inputs of the graph at `path` with no symbolic dim."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {t.name for t in model.graph.input if not any(d.dim_param for d in t.type.tensor_type.shape.dim)}
+
+
 def check_onnx(path: Path, static: set[str] = frozenset()) -> None:
     """onnx.checker with full_check (which includes strict shape inference); every input but the `static`
     ones (those exported without a dynamic axis, such as VAR's top_k) keeps a symbolic dim."""

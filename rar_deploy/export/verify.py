@@ -21,14 +21,17 @@ VERIFY_BATCH = 2  # the graphs were traced at batch 2 and must hold at any batch
 VERIFY_SEED = 0
 
 
-def reference_for_export(directory: Path, generator: RARGenerator | VARGenerator, tokenizer: VQDecoder | VARVQVAE,
-                         precision: str, progress: Callable[[str], None]) -> dict:
-    """The reference record of the export, written into `directory`; the torch models are then no longer needed."""
-    progress(f"reference record (float32, batch {VERIFY_BATCH}, seed {VERIFY_SEED})")
+def reference_for_export(directory: Path | None, generator: RARGenerator | VARGenerator,
+                         tokenizer: VQDecoder | VARVQVAE, precision: str, progress: Callable[[str], None],
+                         what: str = "reference record") -> dict:
+    """The reference record of the export, written into `directory` (None: kept in memory only); the torch models
+    are then no longer needed."""
+    progress(f"{what} (float32, batch {VERIFY_BATCH}, seed {VERIFY_SEED})")
     make_record = var_reference_record if isinstance(generator, VARGenerator) else reference_record
     with torch.no_grad():
         record = make_record(generator, tokenizer, FLOAT_DTYPES[precision], VERIFY_BATCH, VERIFY_SEED)
-    save_record(record, directory)
+    if directory is not None:
+        save_record(record, directory)
     return record
 
 

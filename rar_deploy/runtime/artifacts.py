@@ -22,6 +22,7 @@ from rar_deploy.contract.manifest import (
     manifest_tokenizer_config,
     read_manifest,
 )
+from rar_deploy.contract.weights import WeightQuantization
 from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime.families import FAMILIES, Family
 
@@ -91,6 +92,11 @@ class Artifacts:
     @property
     def precision(self) -> str:
         return self.manifest["precision"]
+
+    @property
+    def weights(self) -> WeightQuantization | None:
+        """The step graph's weight quantization (None: float weights in `precision`)."""
+        return WeightQuantization.from_manifest(self.manifest.get("weights"))
 
     @property
     def cache_dtype(self) -> np.dtype:

@@ -65,16 +65,23 @@ class Backend(ABC):
         return layer
 
 
-def _copy_options(options, entries: dict[str, str]):
-    """SessionOptions like `options`, with these config entries."""
+# ONNX Runtime fuses a quantized folder's DequantizeLinear + MatMul into MatMulNBits, which by default (accuracy
+# level 4) also rounds the activations to int8: not the model the folder holds. Level 1 computes in float32
+# (exact); level 4 only when asked (int8_activations), for its speed.
+EXACT_QUANTIZED_MATMUL = {"session.qdq_matmulnbits_accuracy_level": "1"}
+INT8_ACTIVATIONS = {"session.qdq_matmulnbits_accuracy_level": "4"}
+
+
+def _session_options(threads: int | None, entries: dict[str, str]):
     import onnxruntime as ort
 
-    copy = ort.SessionOptions()
-    copy.log_severity_level = options.log_severity_level
-    copy.intra_op_num_threads = options.intra_op_num_threads
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
     for key, value in entries.items():
-        copy.add_session_config_entry(key, value)
-    return copy
+        options.add_session_config_entry(key, value)
+    return options
 
 
 class OnnxRuntimeBackend(Backend):
@@ -84,13 +91,12 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, artifacts: Artifacts, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, artifacts: Artifacts, device: str = "cpu", threads: int | None = None,
+                 int8_activations: bool = False) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = threads
+        matmul = INT8_ACTIVATIONS if int8_activations else EXACT_QUANTIZED_MATMUL
+        options = _session_options(threads, matmul)
         if device == "cpu":
             memory, providers = HostMemory(), ["CPUExecutionProvider"]
         else:
@@ -105,7 +111,7 @@ class OnnxRuntimeBackend(Backend):
         for name in artifacts.graph_names:
             if name != artifacts.family.step_graph:
                 # the other graphs run between steps: their idle threads must not spin against the step's
-                options = _copy_options(options, {"session.intra_op.allow_spinning": "0"})
+                options = _session_options(threads, {**matmul, "session.intra_op.allow_spinning": "0"})
             self.sessions[name] = artifacts.onnxruntime_session(name, options, providers)
         self.run_options = ort.RunOptions()
         if device != "cpu":  # our stream orders the work; no host synchronisation after every run

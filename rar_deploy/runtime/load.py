@@ -19,7 +19,7 @@ TORCH_BACKEND = "rar_deploy.model.torch_backend"  # a plug-in of the torch part:
 
 def open_backend(directory: str | Path, backend: str = "onnxruntime", device: str | None = None,
                  ckpt: str | None = None, tokenizer: str | None = None, verify_files: bool = False,
-                 threads: int | None = None) -> tuple[Artifacts, Backend]:
+                 threads: int | None = None, int8_activations: bool = False) -> tuple[Artifacts, Backend]:
     """An artifact directory (checked) and one backend on its graphs; the arguments of from_artifacts."""
     if not isinstance(directory, (str, os.PathLike)):
         raise RARDeployError(f"the artifact directory must be a path, got {directory!r}")
@@ -28,8 +28,13 @@ def open_backend(directory: str | Path, backend: str = "onnxruntime", device: st
     check_device(device)
     threads = check_threads(threads)
     artifacts = Artifacts.load(directory, verify="all" if verify_files else "fingerprint")
+    if int8_activations and (backend != "onnxruntime" or artifacts.weights is None):
+        weights = artifacts.weights.label if artifacts.weights else "float"
+        raise RARDeployError("--int8-activations applies to a folder exported with --weights int8|int4, on the "
+                             f"onnxruntime backend ({directory} has {weights} weights, backend {backend}): drop it")
     if backend == "onnxruntime":
-        return artifacts, OnnxRuntimeBackend(artifacts, check_cuda_present(device or "cpu"), threads)
+        return artifacts, OnnxRuntimeBackend(artifacts, check_cuda_present(device or "cpu"), threads,
+                                             int8_activations)
     if backend == "tensorrt":
         if device == "cpu":
             raise RARDeployError("the tensorrt backend runs on a CUDA GPU: drop --device cpu")

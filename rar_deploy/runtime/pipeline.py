@@ -55,12 +55,15 @@ class Pipeline:
     @classmethod
     def from_artifacts(cls, directory: str | Path, backend: str = "onnxruntime", *, device: str | None = None,
                        ckpt: str | None = None, tokenizer: str | None = None, verify_files: bool = False,
-                       threads: int | None = None) -> "Pipeline":
+                       threads: int | None = None, int8_activations: bool = False) -> "Pipeline":
         """backend: onnxruntime | tensorrt | torch. device: cpu, cuda or cuda:N (default: cpu for onnxruntime,
         cuda for tensorrt, cuda where torch sees one for torch). ckpt/tokenizer: for torch, when the
         checkpoints moved since export. verify_files: check every byte of every file the manifest lists (SHA-256)
-        instead of the graphs' size and fingerprint. threads: CPU threads of onnxruntime's and torch's pools."""
-        return cls(*open_backend(directory, backend, device, ckpt, tokenizer, verify_files, threads))
+        instead of the graphs' size and fingerprint. threads: CPU threads of onnxruntime's and torch's pools.
+        int8_activations: a quantized folder on onnxruntime runs its fast MatMulNBits kernels, which round the
+        activations to int8 at run time (an approximation of the folder's model, measured in the README)."""
+        return cls(*open_backend(directory, backend, device, ckpt, tokenizer, verify_files, threads,
+                                 int8_activations))
 
     def generate(self, class_labels: Sequence[int], *, sampling: RARSampling | VARSampling | None = None,
                  seed: int = 0, batch_size: int | None = None, progress: Progress | None = None) -> Generated:

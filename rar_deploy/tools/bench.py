@@ -58,7 +58,7 @@ def step_floor_ms(bytes_per_step: float, device: str | None) -> float | None:
 def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device: str | None, baseline: bool,
                   ckpt: str | None, tokenizer: str | None, warmup_steps: int = 3,
                   progress: Callable[[str], None] = lambda message: None, threads: int | None = None,
-                  condition_budgets: list[int] | None = None) -> dict:
+                  condition_budgets: list[int] | None = None, int8_activations: bool = False) -> dict:
     """Every backend at every batch size (and condition budget: none given is the backend's default), then
     the baseline (needs torch), in this one process."""
     import os
@@ -73,12 +73,14 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
     c = artifacts.config
     results = {"family": artifacts.family.name, "model": {**c.to_dict(), "preset": c.preset_name},
                "precision": artifacts.precision,
+               "weights": None if artifacts.weights is None else artifacts.weights.label
+               + (", int8 activations" if int8_activations else ""),
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": device_name(),
                            "onnxruntime": _version("onnxruntime"), "torch": _version("torch")},
                "runs": []}
     for name in backends:
         pipeline = open_pipeline(artifacts.directory, backend=name, device=device, ckpt=ckpt, tokenizer=tokenizer,
-                                 threads=threads)
+                                 threads=threads, int8_activations=int8_activations)
         for batch, budget in itertools.product(batch_sizes, condition_budgets or [None]):
             progress(f"{name}, batch {batch}" + ("" if budget is None else f", condition budget {budget} bytes"))
             if budget is not None:
@@ -111,7 +113,8 @@ def format_results(results: dict) -> str:
     shape = (f"L={m['depth']}, D={m['embed_dim']}, {len(m['patch_nums'])} scales" if var
              else f"L={m['depth']}, D={m['hidden_size']}, N={m['image_seq_len']}")
     lines = [f"rar-bench: {m['preset'] or 'custom'} ({shape}), "
-             f"{results['precision']} artifacts, onnxruntime {results['machine']['onnxruntime']}, "
+             f"{results['precision']}{' ' + results['weights'] + ' weights' if results.get('weights') else ''} "
+             f"artifacts, onnxruntime {results['machine']['onnxruntime']}, "
              f"{results['machine']['gpu'] or str(results['machine']['cpus']) + ' CPUs'}",
              f"{'backend':<12} {'batch':>5} {'W':>4} {'start':>7} {'prefill':>9} {'step mean':>9} {'p50':>8} "
              f"{'p99':>8} {'GB/s':>7} {'drift':>6} {'decoder':>9} {'ms/image':>9} {'img/s':>8} {'RSS MiB':>8} "

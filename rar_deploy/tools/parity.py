@@ -233,7 +233,9 @@ def run_parity(pipeline, record: dict[str, np.ndarray], rel_tol: float | None = 
     (the per-graph decode_step check always runs with a per-step condition). RAR or VAR, as the pipeline."""
     precision = pipeline.artifacts.precision
     tolerances = {**TOLERANCES[precision], **({} if rel_tol is None else {"max_rel_to_peak": rel_tol})}
+    weights = pipeline.artifacts.weights
     report = {"precision": precision, "backend": pipeline.backend.name, "batch": int(len(record["labels"])),
+              "reference": "float32" if weights is None else f"float32 with the folder's {weights.scheme} weights",
               "seed": int(record["seed"]),
               "guidance": {name: float(record[key]) for name, key in (
                   ("scale", "guidance_scale"), ("pow", "guidance_pow"), ("top_k", "top_k"), ("top_p", "top_p"),
@@ -333,7 +335,7 @@ def _uint8_psnr(actual: np.ndarray, expected: np.ndarray) -> dict:
 
 def format_report(report: dict) -> str:
     """The terminal table."""
-    lines = [f"rar-parity: {report['backend']} ({report['precision']}) vs PyTorch float32 reference, "
+    lines = [f"rar-parity: {report['backend']} ({report['precision']}) vs PyTorch {report['reference']} reference, "
              f"batch {report['batch']}, seed {report['seed']}",
              f"{'check':<28} {'max abs':>10} {'mean abs':>10} {'rel/peak':>10} {'cosine':>10} {'top-1':>7} "
              f"{'inf/nan':>7}"]

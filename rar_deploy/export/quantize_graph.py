@@ -1,0 +1,77 @@
+"""A step graph with quantized weights: every MatMul whose weight is one of the quantized reference's Linears reads
+it through a standard ONNX `DequantizeLinear` (opset 21: int4 and blocked scales) instead of a float initializer.
+
+One graph form for every backend: ONNX Runtime fuses DequantizeLinear + MatMul into MatMulNBits by itself,
+TensorRT and TensorRT-RTX build weight-only quantized engines from it, the C++ runtime runs it unchanged. The
+weights are found by value: the exported initializer is exactly the dequantized weight in the graph's precision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, version_converter
+
+from rar_deploy.contract.weights import WeightQuantization
+from rar_deploy.errors import ExportError
+from rar_deploy.model.quantized import QuantizedWeight
+
+QUANTIZED_OPSET = 21
+_STORAGE = {"int8": np.int8, "int4": ml_dtypes.int4}
+
+
+def quantize_graph(path: Path, weights: dict[str, QuantizedWeight], quantization: WeightQuantization,
+                   dtype: type, external_data: bool) -> dict[str, list[int]]:
+    """Rewrite the graph at `path` in place; return the quantized Linears by name with their [in, out] shapes.
+    Every Linear of `weights` must be found, or the export stops (the graph would not be the quantized model)."""
+    model = version_converter.convert_version(onnx.load(str(path)), QUANTIZED_OPSET)
+    by_value = {_key(w.dequantized.astype(dtype)): name for name, w in weights.items()}
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    replaced: dict[str, str] = {}  # initializer -> the Linear it holds
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in initializers:
+            continue
+        name = by_value.get(_key(numpy_helper.to_array(initializers[node.input[1]])))
+        if name is not None:
+            replaced[node.input[1]] = name
+            node.input[1] = f"{node.input[1]}_dequantized"
+    missing = sorted(set(weights) - set(replaced.values()))
+    if missing:
+        raise ExportError(f"{path.name}: no MatMul reads the weights of {', '.join(missing[:3])}; the graph cannot "
+                          "be quantized (export with float weights)")
+    kept = [tensor for tensor in model.graph.initializer if tensor.name not in replaced]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    dequantize_nodes = []
+    for initializer, name in replaced.items():
+        w = weights[name]
+        q = numpy_helper.from_array(w.q.astype(_STORAGE[quantization.scheme]), f"{initializer}_q")
+        scale = numpy_helper.from_array(w.scale, f"{initializer}_scale")
+        model.graph.initializer.extend([q, scale])
+        attributes = {"axis": 1} if quantization.group_size is None else \
+            {"axis": 0, "block_size": quantization.group_size}
+        dequantize_nodes.append(helper.make_node("DequantizeLinear", [q.name, scale.name],
+                                                 [f"{initializer}_dequantized"], name=f"{name}.dequantize",
+                                                 **attributes))
+    nodes = dequantize_nodes + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save(model, str(path), save_as_external_data=external_data, location=data.name)
+    return {name: list(weights[name].q.shape) for name in sorted(weights)}
+
+
+def initializer_bytes(path: Path) -> int:
+    """Bytes of every initializer as stored (int4 packed two to a byte)."""
+    model = onnx.load(str(path))
+    return sum(len(t.raw_data) if t.HasField("raw_data") else numpy_helper.to_array(t).nbytes
+               for t in model.graph.initializer)
+
+
+def _key(array: np.ndarray) -> tuple:
+    return array.shape, str(array.dtype), hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()

@@ -39,6 +39,26 @@ def step_bytes(preset: str, itemsize: int) -> tuple[int, int]:
     return before, after
 
 
+# memory bandwidth from NVIDIA's data sheets (GB/s): the floor of a batch-1 step is its bytes over these
+GPUS = {"H100 SXM": 3350.0, "A100 80GB SXM": 2039.0, "L4": 300.0, "Jetson AGX Orin 64GB": 204.8,
+        "Jetson Orin Nano 8GB": 68.0}
+
+
+def quantized_step_bytes(preset: str, weights: str) -> int:
+    """A batch-1 fp16 decode step's bytes with the block Linears stored as `weights` (fp16, int8 per channel,
+    int4 in blocks of 128 with fp16 scales), as rar-export --weights writes them; the rest fp16."""
+    from rar_deploy.model.quantized import quantized_linears
+
+    with torch.device("meta"):
+        model = RARGenerator(GENERATOR_PRESETS[preset])
+    _, after = step_bytes(preset, 2)
+    for linear in quantized_linears(model).values():
+        k, n = linear.in_features, linear.out_features
+        stored = {"fp16": 2 * k * n, "int8": k * n + 2 * n, "int4": k * n // 2 + 2 * (k // 128) * n}[weights]
+        after += stored - 2 * k * n
+    return after
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bandwidth-gbs", type=float, default=27.1)
@@ -52,6 +72,15 @@ def main() -> None:
             print(f"| {preset} | {precision} | {before / 1e6:.0f} MB | {after / 1e6:.0f} MB | {before / after:.2f}x "
                   f"| {before / H100_GBS / 1e6:.3f} ms | {after / H100_GBS / 1e6:.3f} ms "
                   f"| {before / args.bandwidth_gbs / 1e6:.1f} ms | {after / args.bandwidth_gbs / 1e6:.1f} ms |")
+    print()
+    print("| model | weights (fp16 activations) | bytes/step | " + " | ".join(
+        f"floor {gpu} ({gbs:g} GB/s)" for gpu, gbs in GPUS.items()) + " |")
+    print("|" + " --- |" * (3 + len(GPUS)))
+    for preset in ("rar_b", "rar_l", "rar_xl", "rar_xxl"):
+        for weights in ("fp16", "int8", "int4"):
+            size = quantized_step_bytes(preset, weights)
+            print(f"| {preset} | {weights} | {size / 1e6:.0f} MB | " + " | ".join(
+                f"{size / gbs / 1e6:.3f} ms" for gbs in GPUS.values()) + " |")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ class Likelihood:
     top1_agreement: float  # share of held-out tokens that are the model's most likely value
 
 
+@dataclass(frozen=True)
+class Divergence:
+    sequences: int
+    kl_nats: float  # mean per token of KL(reference || this export)
+    kl_p99_nats: float  # its 99th percentile over tokens
+    top1_agreement: float  # share of tokens where both have the same most likely value
+
+
 class Yardsticks:
     """The instruments (classifier, real held-out images and their features and token sequences) made once, and
     the measurements of one export."""
@@ -96,15 +104,11 @@ class Yardsticks:
     def likelihood(self) -> Likelihood:
         """Teacher-forced through the export's decode step (unguided: the class rows alone, as trained)."""
         tokens = self.held_out_tokens()
-        config, loop = self.pipeline.config, self.pipeline.loop
-        sampling = RARSampling(guidance_scale=0.0, guidance_pow=0.0, temperature=1.0)
         batch = self.pipeline.artifacts.check_batch_size(None)
         nll, entropy, peaked, agree = [], [], [], []
         for start in range(0, len(tokens), batch):
             chunk, labels = tokens[start:start + batch], self.real_labels[start:start + batch]
-            inputs = rar_inputs(config, labels, [sampling] * len(chunk), [(0, i) for i in range(len(chunk))])
-            _, logits = drive_keeping_logits(loop, inputs, lambda p: chunk[:, p - 2] if p >= 2 else None)
-            log_p = torch.log_softmax(torch.from_numpy(logits).double(), -1)
+            log_p = _teacher_forced_log_p(self.pipeline, chunk, labels)
             target = torch.from_numpy(chunk)
             nll.append(-log_p.gather(-1, target[..., None])[..., 0].numpy())
             p = log_p.exp()
@@ -115,9 +119,33 @@ class Yardsticks:
         return Likelihood(int(len(tokens)), float(nll.mean()), float(entropy.mean()), float(peaked.mean()),
                           float(agree.mean()))
 
+    def divergence(self, reference: RARPipeline) -> Divergence:
+        """How far this export's next-token distributions are from `reference`'s (another export of the demo, for
+        example its float32 one), teacher-forced on the held-out sequences, unguided."""
+        tokens = self.held_out_tokens()
+        batch = min(self.pipeline.artifacts.check_batch_size(None), reference.artifacts.check_batch_size(None))
+        kl, agree = [], []
+        for start in range(0, len(tokens), batch):
+            chunk, labels = tokens[start:start + batch], self.real_labels[start:start + batch]
+            log_q = _teacher_forced_log_p(self.pipeline, chunk, labels)
+            log_p = _teacher_forced_log_p(reference, chunk, labels)
+            kl.append((log_p.exp() * (log_p - log_q)).sum(-1).numpy())
+            agree.append((log_p.argmax(-1) == log_q.argmax(-1)).numpy())
+        kl, agree = np.concatenate(kl), np.concatenate(agree)
+        return Divergence(int(len(tokens)), float(kl.mean()), float(np.percentile(kl, 99)), float(agree.mean()))
+
     def held_out_tokens(self) -> np.ndarray:
         """The held-out images encoded by the demo tokenizer's encoder (the export holds only its decoder)."""
         return encode_images(load_full_tokenizer(self.weights / TOKENIZER_FILE), self.real_images)
+
+
+def _teacher_forced_log_p(pipeline: RARPipeline, tokens: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+    """log-probabilities [B, N, V] (float64) of the model's unguided T = 1 distribution at every position of the
+    sequences `tokens` [B, N] of classes `labels`, through the export's own decode step."""
+    sampling = RARSampling(guidance_scale=0.0, guidance_pow=0.0, temperature=1.0)
+    inputs = rar_inputs(pipeline.config, labels, [sampling] * len(tokens), [(0, i) for i in range(len(tokens))])
+    _, logits = drive_keeping_logits(pipeline.loop, inputs, lambda p: tokens[:, p - 2] if p >= 2 else None)
+    return torch.log_softmax(torch.from_numpy(logits).double(), -1)
 
 
 def quality_rows(results: list[Quality], real_accuracy: float) -> list[str]:
@@ -130,7 +158,7 @@ def quality_rows(results: list[Quality], real_accuracy: float) -> list[str]:
     return rows
 
 
-def as_dict(result: Quality | Likelihood) -> dict:
+def as_dict(result: Quality | Likelihood | Divergence) -> dict:
     return asdict(result)
 
 

@@ -85,3 +85,38 @@ def test_the_export_s_teacher_forced_nll_is_the_torch_models(demo_export):
 def test_demo_split_is_the_recipe_s_held_out_images():
     images, labels = demo_split(DemoRecipe(), "held_out")
     assert images.shape == (1000, 64, 64, 3) and np.bincount(labels).tolist() == [100] * 10
+
+
+def test_divergence_between_exports_is_the_kl_between_their_torch_models(demo_export):
+    """Yardsticks.divergence (int4 export against the fp32 one, through their ONNX decode steps) equals the KL and
+    top-1 agreement of the torch generator and its quantized reference, computed by their causal forwards."""
+    import torch
+
+    from rar_deploy.contract.weights import WeightQuantization
+    from rar_deploy.export.exporter import ExportRequest, export_artifacts
+    from rar_deploy.model.checkpoint import load_rar_generator
+    from rar_deploy.model.quantized import quantize_generator
+    from rar_deploy.tools.engine_build import BatchProfile
+
+    ckpt = demo_export.parent / "ckpt"
+    int4 = demo_export.parent / "int4"
+    export_artifacts(ExportRequest(ckpt=str(ckpt / "rar_demo.bin"), tokenizer=str(ckpt / "maskgit-vqgan-demo.bin"),
+                                   out=int4, precision="fp32", engine=False, verify=False,
+                                   profile=BatchProfile(1, 8, 50), weights="int4", group_size=64),
+                     progress=lambda message: None)
+    yardsticks = Yardsticks(open_pipeline(int4))
+    yardsticks.real_images, yardsticks.real_labels = yardsticks.real_images[::25], yardsticks.real_labels[::25]
+    divergence = yardsticks.divergence(open_pipeline(demo_export))
+
+    tokens = torch.from_numpy(encode_images(load_full_tokenizer(SHIPPED / "maskgit-vqgan-demo.fp16.bin"),
+                                            yardsticks.real_images))
+    labels = torch.from_numpy(yardsticks.real_labels)
+    generator, quantized = (load_rar_generator(ckpt / "rar_demo.bin") for _ in range(2))
+    quantize_generator(quantized, WeightQuantization("int4", 64), np.float32)
+    with torch.no_grad():
+        log_p, log_q = (torch.log_softmax(model.forward_prefix(labels, tokens[:, :-1])[0].double(), -1)
+                        for model in (generator, quantized))
+    kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    assert divergence.sequences == 40 and divergence.kl_nats == pytest.approx(kl, rel=1e-3) and kl > 1e-3
+    assert divergence.top1_agreement == pytest.approx(float((log_p.argmax(-1) == log_q.argmax(-1)).float().mean()),
+                                                      abs=2 / tokens.numel())

@@ -85,12 +85,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--official-repo", type=Path, required=True)
     parser.add_argument("--ckpt", type=Path, required=True)
-    parser.add_argument("--artifacts", type=Path, required=True, help="fp32 artifacts exported from --ckpt")
+    parser.add_argument("--artifacts", type=Path, required=True,
+                        help="fp32 artifacts exported from --ckpt (any --weights)")
+    parser.add_argument("--int8-activations", action="store_true", help="a quantized folder's fast kernels")
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     official = official_model(args.official_repo, args.ckpt)
-    pipeline = RARPipeline.from_artifacts(args.artifacts, "onnxruntime")
+    pipeline = RARPipeline.from_artifacts(args.artifacts, "onnxruntime", int8_activations=args.int8_activations)
     defaults = pipeline.artifacts.sampling_defaults
     print(f"model {pipeline.config.preset_name}, torch {torch.__version__}, {torch.get_num_threads()} threads",
           flush=True)

@@ -89,16 +89,13 @@ def export_summary(result) -> str:
         checks = [s for g in parity["graphs"].values() for s in g.values()]
         checks += [mode["logits"] for mode in parity["teacher_forced"].values()]
         worst = max(stats["max_rel_to_peak"] for stats in checks)
-        logits = next(iter(parity["teacher_forced"].values()))["logits"]  # RAR: the table; VAR: every scale
-        tokens = next(iter(parity["free_running"].values()))["token_agreement"]  # guided (RAR), sampled (VAR)
+        logits, tokens = _headline(parity)
         reference = "float32" if weights is None else f"the {weights['scheme']} model's float32"
         lines.append(f"parity vs {reference} reference (ONNX Runtime CPU): worst error {worst:.2e} of peak, "
                      f"teacher-forced logits max abs {logits['max_abs']:.2e}, top-1 {logits['top1_agreement']:.3f}, "
                      f"free-running tokens {tokens:.3f} equal: PASSED")
         if "float32_weights" in parity:
-            gap = parity["float32_weights"]
-            logits = next(iter(gap["teacher_forced"].values()))["logits"]
-            tokens = next(iter(gap["free_running"].values()))["token_agreement"]
+            logits, tokens = _headline(parity["float32_weights"])
             lines.append(f"cost of the {weights['scheme']} weights vs the float model: teacher-forced top-1 "
                          f"{logits['top1_agreement']:.3f}, logits max abs {logits['max_abs']:.2e}, free-running "
                          f"tokens {tokens:.3f} equal (reported, not enforced)")
@@ -114,3 +111,10 @@ def export_summary(result) -> str:
     else:
         lines.append("engines: none (no TensorRT importable, or --no-engine)")
     return "\n".join(lines)
+
+
+def _headline(parity: dict) -> tuple[dict, float]:
+    """A parity report's teacher-forced logit statistics (RAR: the table; VAR: every scale) and free-running token
+    agreement (guided for RAR, sampled for VAR)."""
+    logits = next(iter(parity["teacher_forced"].values()))["logits"]
+    return logits, next(iter(parity["free_running"].values()))["token_agreement"]

@@ -30,13 +30,11 @@ from rar_deploy.export.onnx_export import (
     FAMILY_EXPORTS,
     OPSET,
     cast_models,
-    check_onnx,
     export_graph,
     release_cast_copy,
     release_memory,
-    static_inputs,
 )
-from rar_deploy.export.quantize_graph import initializer_bytes, quantize_graph
+from rar_deploy.export.quantize_graph import quantize_graph
 from rar_deploy.export.verify import reference_for_export, verify_export
 from rar_deploy.model.checkpoint import load_models, require_file, resolve_checkpoint
 from rar_deploy.model.quantized import quantize_generator, resolve_weights
@@ -105,7 +103,7 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
                 float_record = reference_for_export(None, generator, tokenizer, request.precision, progress,
                                                     "float weights' reference record")
             progress(f"quantizing the step graph's weights ({quantization.description}, round to nearest)")
-            quantized = quantize_generator(generator, quantization, np.dtype(FLOAT_DTYPES[request.precision]).type)
+            quantized = quantize_generator(generator, quantization, _scale_dtype(request))
         configs = generator.config, tokenizer.config
         graphs = _export_graphs(generator, tokenizer, tmp, request, progress)
         weights = None
@@ -180,13 +178,15 @@ def _quantize_step_graph(directory: Path, graphs: dict[str, dict], generator, qu
     step = FAMILIES[FAMILY_EXPORTS[type(generator)][0]].step_graph
     graph = graphs[step]
     progress(f"storing {len(quantized)} weights of {step}.onnx as {quantization.description}")
-    dtype = np.dtype(FLOAT_DTYPES[request.precision]).type
-    path = directory / graph["file"]
-    static = static_inputs(path)  # inputs exported without a symbolic dim (VAR's phi_index): the rest keep theirs
-    tensors = quantize_graph(path, quantized, quantization, dtype, external_data=graph["external_data"] is not None)
-    check_onnx(path, static)
-    graph["weight_bytes"] = initializer_bytes(path)
-    return quantization.to_manifest({step: tensors}, FLOAT_DTYPES[request.precision])
+    rewritten = quantize_graph(directory / graph["file"], quantized, quantization, _scale_dtype(request),
+                               external_data=graph["external_data"] is not None)
+    graph["weight_bytes"] = rewritten.weight_bytes
+    return quantization.to_manifest({step: rewritten.tensors}, FLOAT_DTYPES[request.precision])
+
+
+def _scale_dtype(request: ExportRequest) -> type:
+    """The quantization scales' numpy type: the export's activation precision."""
+    return np.dtype(FLOAT_DTYPES[request.precision]).type
 
 
 def _check_compatible(generator, tokenizer, tokenizer_path: Path) -> None:

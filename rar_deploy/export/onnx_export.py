@@ -217,9 +217,8 @@ def _quiet_logger(name: str):
         logger.setLevel(level)
 
 
-def static_inputs(path: Path) -> set[str]:
-    """The inputs of the graph at `path` with no symbolic dim."""
-    model = onnx.load(str(path), load_external_data=False)
+def static_inputs(model: onnx.ModelProto) -> set[str]:
+    """The inputs of a graph with no symbolic dim."""
     return {t.name for t in model.graph.input if not any(d.dim_param for d in t.type.tensor_type.shape.dim)}
 
 

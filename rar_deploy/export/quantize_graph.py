@@ -9,6 +9,7 @@ weights are found by value: the exported initializer is exactly the dequantized 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
@@ -18,17 +19,27 @@ from onnx import helper, numpy_helper, version_converter
 
 from rar_deploy.contract.weights import WeightQuantization
 from rar_deploy.errors import ExportError
+from rar_deploy.export.onnx_export import check_onnx, static_inputs
 from rar_deploy.model.quantized import QuantizedWeight
 
 QUANTIZED_OPSET = 21
 _STORAGE = {"int8": np.int8, "int4": ml_dtypes.int4}
 
 
+@dataclass(frozen=True)
+class QuantizedGraph:
+    tensors: dict[str, list[int]]  # the quantized Linears by name, with their [in, out] shapes
+    weight_bytes: int  # every initializer as stored (int4 packed two to a byte)
+
+
 def quantize_graph(path: Path, weights: dict[str, QuantizedWeight], quantization: WeightQuantization,
-                   dtype: type, external_data: bool) -> dict[str, list[int]]:
-    """Rewrite the graph at `path` in place; return the quantized Linears by name with their [in, out] shapes.
-    Every Linear of `weights` must be found, or the export stops (the graph would not be the quantized model)."""
-    model = version_converter.convert_version(onnx.load(str(path)), QUANTIZED_OPSET)
+                   dtype: type, external_data: bool) -> QuantizedGraph:
+    """Rewrite the graph at `path` in place and check it. Every Linear of `weights` must be found, or the export
+    stops (the graph would not be the quantized model)."""
+    original = onnx.load(str(path))
+    static = static_inputs(original)  # inputs exported without a symbolic dim (VAR's phi_index): the rest keep theirs
+    model = version_converter.convert_version(original, QUANTIZED_OPSET)
+    del original
     by_value = {_key(w.dequantized.astype(dtype)): name for name, w in weights.items()}
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     replaced: dict[str, str] = {}  # initializer -> the Linear it holds
@@ -60,17 +71,13 @@ def quantize_graph(path: Path, weights: dict[str, QuantizedWeight], quantization
     nodes = dequantize_nodes + list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    stored = sum(len(t.raw_data) if t.HasField("raw_data") else numpy_helper.to_array(t).nbytes
+                 for t in model.graph.initializer)  # before saving: external data empties raw_data
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)
     onnx.save(model, str(path), save_as_external_data=external_data, location=data.name)
-    return {name: list(weights[name].q.shape) for name in sorted(weights)}
-
-
-def initializer_bytes(path: Path) -> int:
-    """Bytes of every initializer as stored (int4 packed two to a byte)."""
-    model = onnx.load(str(path))
-    return sum(len(t.raw_data) if t.HasField("raw_data") else numpy_helper.to_array(t).nbytes
-               for t in model.graph.initializer)
+    check_onnx(path, static)
+    return QuantizedGraph({name: list(weights[name].q.shape) for name in sorted(weights)}, stored)
 
 
 def _key(array: np.ndarray) -> tuple:

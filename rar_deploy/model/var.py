@@ -53,7 +53,9 @@ class VARAttention(nn.Module):
         """x [B, L, C] -> q, k, v [B, H, L, Dh], q and k normalised (and q scaled) as the official."""
         b, n, _ = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        q, k, v = F.linear(x, self.mat_qkv.weight, bias).view(b, n, 3, self.num_heads, self.head_dim).permute(
+        # the official F.linear(x, mat_qkv.weight, bias), through the module so that its hooks see the input
+        # (quantization calibration, fp8 inputs)
+        q, k, v = (self.mat_qkv(x) + bias).view(b, n, 3, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4).unbind(0)
         if self.l2_norm:
             q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()

@@ -42,11 +42,12 @@ def step_bytes(preset: str, itemsize: int) -> tuple[int, int]:
 # memory bandwidth from NVIDIA's data sheets (GB/s): the floor of a batch-1 step is its bytes over these
 GPUS = {"H100 SXM": 3350.0, "A100 80GB SXM": 2039.0, "L4": 300.0, "Jetson AGX Orin 64GB": 204.8,
         "Jetson Orin Nano 8GB": 68.0}
+FP8_GPUS = {"H100 SXM", "L4"}  # FP8 GEMMs from SM89 on: not Ampere (A100 SM80, Orin SM87)
 
 
 def quantized_step_bytes(preset: str, weights: str) -> int:
     """A batch-1 fp16 decode step's bytes with the block Linears stored as `weights` (fp16, int8 per channel,
-    int4 in blocks of 128 with fp16 scales), as rar-export --weights writes them; the rest fp16."""
+    int4 in blocks of 128 with fp16 scales, fp8 per tensor), as rar-export --weights writes them; the rest fp16."""
     from rar_deploy.model.quantized import quantized_linears
 
     with torch.device("meta"):
@@ -54,7 +55,8 @@ def quantized_step_bytes(preset: str, weights: str) -> int:
     _, after = step_bytes(preset, 2)
     for linear in quantized_linears(model).values():
         k, n = linear.in_features, linear.out_features
-        stored = {"fp16": 2 * k * n, "int8": k * n + 2 * n, "int4": k * n // 2 + 2 * (k // 128) * n}[weights]
+        stored = {"fp16": 2 * k * n, "int8": k * n + 2 * n, "int4": k * n // 2 + 2 * (k // 128) * n,
+                  "fp8": k * n + 2 + 2}[weights]  # fp8: the weight's scale and the input's
         after += stored - 2 * k * n
     return after
 
@@ -77,10 +79,11 @@ def main() -> None:
         f"floor {gpu} ({gbs:g} GB/s)" for gpu, gbs in GPUS.items()) + " |")
     print("|" + " --- |" * (3 + len(GPUS)))
     for preset in ("rar_b", "rar_l", "rar_xl", "rar_xxl"):
-        for weights in ("fp16", "int8", "int4"):
+        for weights in ("fp16", "int8", "int4", "fp8"):
             size = quantized_step_bytes(preset, weights)
             print(f"| {preset} | {weights} | {size / 1e6:.0f} MB | " + " | ".join(
-                f"{size / gbs / 1e6:.3f} ms" for gbs in GPUS.values()) + " |")
+                "no FP8" if weights == "fp8" and gpu not in FP8_GPUS else f"{size / gbs / 1e6:.3f} ms"
+                for gpu, gbs in GPUS.items()) + " |")
 
 
 if __name__ == "__main__":

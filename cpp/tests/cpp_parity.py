@@ -35,7 +35,8 @@ SKIP = 77
 SEEDS, BATCH_SIZES, TEMPERATURES = (0, 1, 2), (1, 3), (0.0, 1.0)
 SCHEDULES = {"const": (4.0, 0.0), "powcos": (16.0, 2.75)}
 LABELS = [3, 500, 999]
-QUANTIZED = (("fp16", "int8"), ("fp32", "int4"))  # (precision, --weights) of the quantized folders
+# (precision, --weights, --calibration) of the quantized folders; GPTQ's manifest carries its calibration record
+QUANTIZED = (("fp16", "int8", "rtn"), ("fp32", "int4", "gptq"), ("fp32", "fp8", "rtn"))
 # VAR models whose scales only their manifests hold (patch_nums, num_phi): the released one, near and exact
 # ties of the Phi rule, one Phi, sides above P (area up, bicubic down); ratios whose weights round in float32.
 # one_phi's up matrices and unordered's Phi tie at k / (K - 1) = 0.5 come out otherwise with fused multiply-adds
@@ -65,13 +66,15 @@ def prepare(work: Path) -> None:
     for precision in ("fp32", "fp16"):
         export_artifacts(ExportRequest(str(TINY / "tiny_rar.bin"), str(TINY / "tiny_vq.bin"), work / precision,
                                        precision, engine=False, profile=BatchProfile(1, 2, 4)), progress=lambda m: None)
-    for precision, weights in QUANTIZED:  # weight-only quantized step graphs (DequantizeLinear + MatMul)
+    for precision, weights, calibration in QUANTIZED:  # weight-only quantized step graphs (DequantizeLinear + MatMul)
         export_artifacts(ExportRequest(str(TINY / "tiny_rar.bin"), str(TINY / "tiny_vq.bin"),
                                        work / f"{precision}_{weights}", precision, engine=False, verify=False,
-                                       profile=BatchProfile(1, 2, 4), weights=weights), progress=lambda m: None)
+                                       profile=BatchProfile(1, 2, 4), weights=weights, calibration=calibration),
+                         progress=lambda m: None)
         export_artifacts(ExportRequest(str(VAR_TINY / "var_tiny_var.pth"), str(VAR_TINY / "var_tiny_vae.pth"),
                                        work / f"var_{precision}_{weights}", precision, engine=False, verify=False,
-                                       profile=BatchProfile(1, 2, 4), weights=weights), progress=lambda m: None)
+                                       profile=BatchProfile(1, 2, 4), weights=weights, calibration=calibration),
+                         progress=lambda m: None)
     rtx = find_tensorrt() is not None
     export_artifacts(ExportRequest(str(TINY / "tiny_rar.bin"), str(TINY / "tiny_vq.bin"), work / "fp16_engines",
                                    "fp16", engine=rtx, verify=False, profile=BatchProfile(1, 2, 4)),
@@ -200,7 +203,7 @@ def parity(work: Path, exe: str) -> None:
     from rar_deploy import RARPipeline, RARSampling
 
     checked = 0
-    for precision in ("fp32", "fp16", *(f"{p}_{w}" for p, w in QUANTIZED)):
+    for precision in ("fp32", "fp16", *(f"{p}_{w}" for p, w, _ in QUANTIZED)):
         pipeline = RARPipeline.from_artifacts(work / precision, "onnxruntime")
         for seed, batch, temperature, (scale, pow_) in itertools.product(SEEDS, BATCH_SIZES, TEMPERATURES,
                                                                         SCHEDULES.values()):
@@ -244,7 +247,7 @@ def var_parity(work: Path, exe: str) -> None:
 
     samplings = ({}, {"temperature": 0.0})  # the published defaults (sampled), and greedy
     checked = 0
-    for precision in ("var_fp32", "var_fp16", *(f"var_{p}_{w}" for p, w in QUANTIZED)):
+    for precision in ("var_fp32", "var_fp16", *(f"var_{p}_{w}" for p, w, _ in QUANTIZED)):
         pipeline = VARPipeline.from_artifacts(work / precision, "onnxruntime")
         for seed, batch, sampling in itertools.product(SEEDS[:2], BATCH_SIZES, samplings):
             tokens, images = cpp_generate_var(exe, work / precision, work / "out" / "var", LABELS, seed, batch,

@@ -26,11 +26,15 @@ def _default_tokenizer(ckpt: str) -> str:
                                   "for var_*: vae_ch160v4096z32.pth].")
 @click.option("--out", type=PATH_TYPE, help="Artifact directory [default: <ckpt>-<precision>].")
 @click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Precision the graphs carry.")
-@click.option("--weights", type=click.Choice(["float", "int8", "int4"]), default="float", show_default=True,
+@click.option("--weights", type=click.Choice(["float", "int8", "int4", "fp8"]), default="float", show_default=True,
               help="The step graph's Linear weights: the precision's, or weight-only int8 (per output channel) or "
-                   "int4 (per block of --group-size input channels), symmetric, as DequantizeLinear + MatMul.")
+                   "int4 (per block of --group-size input channels), symmetric, as DequantizeLinear + MatMul; fp8: "
+                   "E4M3 weights and inputs (W8A8, static scales; TensorRT on SM89 and later).")
 @click.option("--group-size", type=int, help="int4 block size: 32, 64 or 128 [default: the largest dividing every "
                                              "quantized width].")
+@click.option("--calibration", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
+              help="How --weights int8/int4 are chosen: round to nearest, or GPTQ on the model's own generations "
+                   "(NVIDIA Model Optimizer: pip install 'rar-deploy[calibrate]'; lower error, slower export).")
 @click.option("--engine/--no-engine", default=None,
               help="Build TensorRT engines [default: when TensorRT is importable].")
 @click.option("--min-batch", default=1, show_default=True, help="Smallest batch of the engine profile.")
@@ -47,8 +51,8 @@ def _default_tokenizer(ckpt: str) -> str:
 @click.option("--external-data", is_flag=True, help="Store weights in .onnx.data files even below 2 GB.")
 @click.option("--force", is_flag=True, help="Replace an earlier export at --out (never anything else).")
 @friendly_errors
-def export_command(ckpt, tokenizer, out, fp16, weights, group_size, engine, min_batch, opt_batch, max_batch, opt_level,
-                   capabilities, timing_cache, verify, external_data, force) -> None:
+def export_command(ckpt, tokenizer, out, fp16, weights, group_size, calibration, engine, min_batch, opt_batch,
+                   max_batch, opt_level, capabilities, timing_cache, verify, external_data, force) -> None:
     """Export a RAR (or VAR) generator and its tokenizer to ONNX graphs, TensorRT engines and a manifest."""
     from rar_deploy.export.exporter import ExportRequest, export_artifacts
     from rar_deploy.tools.engine_build import RTX_DEFAULT_CAPABILITIES, BatchProfile
@@ -61,7 +65,7 @@ def export_command(ckpt, tokenizer, out, fp16, weights, group_size, engine, min_
         profile=BatchProfile(min_batch, opt_batch or max(min_batch, min(8, max_batch)), max_batch),
         verify=verify, force=force, opt_level=opt_level,
         compute_capabilities=tuple(capabilities) or RTX_DEFAULT_CAPABILITIES, external_data=external_data,
-        timing_cache=timing_cache, weights=weights, group_size=group_size,
+        timing_cache=timing_cache, weights=weights, group_size=group_size, calibration=calibration,
     )
     result = export_artifacts(request, progress=progress_printer())
     click.echo(export_summary(result))
@@ -77,7 +81,8 @@ def export_summary(result) -> str:
     from rar_deploy.contract.weights import WeightQuantization
 
     weights = result.manifest.get("weights")
-    scheme = "" if weights is None else f", weights {WeightQuantization.from_manifest(weights).description}"
+    scheme = "" if weights is None else f", weights {WeightQuantization.from_manifest(weights).description}" + (
+        f" by {weights['calibration']['method'].upper()}" if weights.get("calibration") else "")
     lines = [f"wrote {result.out} in {result.seconds:.1f} s ({result.manifest['precision']}{scheme})",
              f"{'graph':<12} {'onnx':>13} {'weights':>13} {'engine':>13}"]
     for name, graph in result.manifest["graphs"].items():

@@ -36,8 +36,9 @@ from rar_deploy.export.onnx_export import (
 )
 from rar_deploy.export.quantize_graph import quantize_graph
 from rar_deploy.export.verify import reference_for_export, verify_export
+from rar_deploy.model.calibration import calibrate, calibrate_inputs, check_calibration
 from rar_deploy.model.checkpoint import load_models, require_file, resolve_checkpoint
-from rar_deploy.model.quantized import quantize_generator, resolve_weights
+from rar_deploy.model.quantized import quantize_generator, quantize_inputs, resolve_weights
 from rar_deploy.outputs import Output, atomic_directory
 from rar_deploy.runtime.families import FAMILIES
 from rar_deploy.tools.engine_build import (
@@ -69,6 +70,7 @@ class ExportRequest:
     timing_cache: Path | None = None  # a TensorRT timing cache shared across exports: read, then updated
     weights: str | None = None  # None or "float": the precision's; "int8" | "int4": weight-only quantized step graph
     group_size: int | None = None  # int4 block [default: the largest of 128, 64, 32 dividing every width]
+    calibration: str = "rtn"  # "rtn": round to nearest; "gptq": GPTQ on the model's own generations (ModelOpt)
 
 
 @dataclass
@@ -84,8 +86,9 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
     start = time.perf_counter()
     trt = require_tensorrt() if request.engine else (find_tensorrt() if request.engine is None else None)
     build = check_build(trt, BuildOptions(request.profile, request.opt_level, request.compute_capabilities,
-                                          request.timing_cache), progress)
-    weight_quantization(request.weights, request.group_size, widths={})  # the flags alone, before anything is read
+                                          request.timing_cache), progress, fp8=request.weights == "fp8")
+    # the flags alone, before anything is read
+    check_calibration(request.calibration, weight_quantization(request.weights, request.group_size, widths={}))
     ckpt = require_file(resolve_checkpoint(request.ckpt))  # first: a wrong --ckpt is named before any tokenizer
     tokenizer_path = require_file(resolve_checkpoint(request.tokenizer))
     output = Output(request.out, "--out", request.force, written=exported_files, owner="rar-export",
@@ -97,19 +100,27 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
         generator, tokenizer = load_models(ckpt, tokenizer_path)
         _check_compatible(generator.config, tokenizer.config, tokenizer_path)
         quantization = resolve_weights(generator, request.weights, request.group_size)
-        quantized, float_record = {}, None
+        quantized, float_record, calibration = {}, None, None
         if quantization is not None:  # from here on the generator is the quantized reference
             if request.verify:  # the float model's, to measure the quantization's own cost
                 float_record = reference_for_export(None, generator, tokenizer, request.precision, progress,
                                                     "float weights' reference record")
-            progress(f"quantizing the step graph's weights ({quantization.description}, round to nearest)")
-            quantized = quantize_generator(generator, quantization, _scale_dtype(request))
+            if request.calibration == "gptq":
+                calibration = calibrate(generator, tokenizer, quantization, progress=progress)
+            elif quantization.quantizes_activations:
+                calibration = calibrate_inputs(generator, tokenizer, progress=progress)
+            progress(f"quantizing the step graph's weights ({quantization.description}, "
+                     f"{'GPTQ' if request.calibration == 'gptq' else 'round to nearest'})")
+            quantized = quantize_generator(generator, quantization, _scale_dtype(request), calibration)
         configs = generator.config, tokenizer.config
         graphs = _export_graphs(generator, tokenizer, tmp, request, progress)
         weights = None
         if quantization is not None:
-            weights = _quantize_step_graph(tmp, graphs, generator, quantized, quantization, request, progress)
-        del quantized
+            weights = _quantize_step_graph(tmp, graphs, generator, quantized, quantization, request, progress,
+                                           calibration.record if calibration else None)
+            if quantization.quantizes_activations:  # the reference from here on: fp8 inputs too (after the export)
+                quantize_inputs(generator, {name: w.input_scale for name, w in quantized.items()})
+        del quantized, calibration
         checkpoints = {kind: {"file": path.name, "path": str(path.resolve()), "sha256": sha256_of(path)}
                        for kind, path in (("generator", ckpt), ("tokenizer", tokenizer_path))}
         tools = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
@@ -173,7 +184,7 @@ def _export_graphs(generator, tokenizer, directory: Path, request: ExportRequest
 
 def _quantize_step_graph(directory: Path, graphs: dict[str, dict], generator, quantized: dict,
                          quantization: WeightQuantization, request: ExportRequest,
-                         progress: Callable[[str], None]) -> dict:
+                         progress: Callable[[str], None], calibration: dict | None) -> dict:
     """The step graph rewritten to read its quantized weights through DequantizeLinear; the manifest's `weights`."""
     step = FAMILIES[FAMILY_EXPORTS[type(generator)][0]].step_graph
     graph = graphs[step]
@@ -181,7 +192,7 @@ def _quantize_step_graph(directory: Path, graphs: dict[str, dict], generator, qu
     rewritten = quantize_graph(directory / graph["file"], quantized, quantization, _scale_dtype(request),
                                external_data=graph["external_data"] is not None)
     graph["weight_bytes"] = rewritten.weight_bytes
-    return quantization.to_manifest({step: rewritten.tensors}, FLOAT_DTYPES[request.precision])
+    return quantization.to_manifest({step: rewritten.tensors}, FLOAT_DTYPES[request.precision], calibration)
 
 
 def _scale_dtype(request: ExportRequest) -> type:

@@ -1,5 +1,6 @@
 """A step graph with quantized weights: every MatMul whose weight is one of the quantized reference's Linears reads
-it through a standard ONNX `DequantizeLinear` (opset 21: int4 and blocked scales) instead of a float initializer.
+it through a standard ONNX `DequantizeLinear` (opset 21: int4 and blocked scales) instead of a float initializer;
+fp8 also reads its input through QuantizeLinear + DequantizeLinear (E4M3, a static scale).
 
 One graph form for every backend: ONNX Runtime fuses DequantizeLinear + MatMul into MatMulNBits by itself,
 TensorRT and TensorRT-RTX build weight-only quantized engines from it, the C++ runtime runs it unchanged. The
@@ -23,7 +24,7 @@ from rar_deploy.export.onnx_export import check_onnx, static_inputs
 from rar_deploy.model.quantized import QuantizedWeight
 
 QUANTIZED_OPSET = 21
-_STORAGE = {"int8": np.int8, "int4": ml_dtypes.int4}
+_STORAGE = {"int8": np.int8, "int4": ml_dtypes.int4, "fp8": ml_dtypes.float8_e4m3fn}
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,17 @@ def quantize_graph(path: Path, weights: dict[str, QuantizedWeight], quantization
     by_value = {_key(w.dequantized.astype(dtype)): name for name, w in weights.items()}
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     replaced: dict[str, str] = {}  # initializer -> the Linear it holds
+    nodes = []
     for node in model.graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in initializers:
-            continue
-        name = by_value.get(_key(numpy_helper.to_array(initializers[node.input[1]])))
+        name = None
+        if node.op_type == "MatMul" and node.input[1] in initializers:
+            name = by_value.get(_key(numpy_helper.to_array(initializers[node.input[1]])))
         if name is not None:
             replaced[node.input[1]] = name
             node.input[1] = f"{node.input[1]}_dequantized"
+            if quantization.quantizes_activations:  # the input through fp8 with its static scale
+                nodes += _quantized_input(model, node, name, weights[name].input_scale)
+        nodes.append(node)
     missing = sorted(set(weights) - set(replaced.values()))
     if missing:
         raise ExportError(f"{path.name}: no MatMul reads the weights of {', '.join(missing[:3])}; the graph cannot "
@@ -63,14 +68,13 @@ def quantize_graph(path: Path, weights: dict[str, QuantizedWeight], quantization
         q = numpy_helper.from_array(w.q.astype(_STORAGE[quantization.scheme]), f"{initializer}_q")
         scale = numpy_helper.from_array(w.scale, f"{initializer}_scale")
         model.graph.initializer.extend([q, scale])
-        attributes = {"axis": 1} if quantization.group_size is None else \
-            {"axis": 0, "block_size": quantization.group_size}
+        attributes = {"fp8": {}, "int8": {"axis": 1},
+                      "int4": {"axis": 0, "block_size": quantization.group_size}}[quantization.scheme]
         dequantize_nodes.append(helper.make_node("DequantizeLinear", [q.name, scale.name],
                                                  [f"{initializer}_dequantized"], name=f"{name}.dequantize",
                                                  **attributes))
-    nodes = dequantize_nodes + list(model.graph.node)
     del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    model.graph.node.extend(dequantize_nodes + nodes)
     stored = sum(len(t.raw_data) if t.HasField("raw_data") else numpy_helper.to_array(t).nbytes
                  for t in model.graph.initializer)  # before saving: external data empties raw_data
     data = path.with_name(path.name + ".data")
@@ -78,6 +82,20 @@ def quantize_graph(path: Path, weights: dict[str, QuantizedWeight], quantization
     onnx.save(model, str(path), save_as_external_data=external_data, location=data.name)
     check_onnx(path, static)
     return QuantizedGraph({name: list(weights[name].q.shape) for name in sorted(weights)}, stored)
+
+
+def _quantized_input(model: onnx.ModelProto, matmul: onnx.NodeProto, name: str, scale: np.ndarray
+                     ) -> list[onnx.NodeProto]:
+    """QuantizeLinear + DequantizeLinear of the MatMul's input (fp8 E4M3, one static scale), rewiring the MatMul."""
+    source = matmul.input[0]
+    model.graph.initializer.extend([numpy_helper.from_array(scale, f"{name}.input_scale"),
+                                    numpy_helper.from_array(np.zeros((), ml_dtypes.float8_e4m3fn),
+                                                            f"{name}.input_zero_point")])
+    matmul.input[0] = f"{name}.input_dequantized"
+    return [helper.make_node("QuantizeLinear", [source, f"{name}.input_scale", f"{name}.input_zero_point"],
+                             [f"{name}.input_quantized"], name=f"{name}.quantize_input", saturate=1),
+            helper.make_node("DequantizeLinear", [f"{name}.input_quantized", f"{name}.input_scale"],
+                             [matmul.input[0]], name=f"{name}.dequantize_input")]
 
 
 def _key(array: np.ndarray) -> tuple:

@@ -10,21 +10,29 @@ outliers PTQ4ARVG names), embeddings, norms, the head and the tokenizer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from rar_deploy.contract.weights import WeightQuantization, dequantize, quantize, weight_quantization
+from rar_deploy.contract.weights import LEVELS, WeightQuantization, dequantize, quantize, weight_quantization
+from rar_deploy.errors import RARDeployError
+
+if TYPE_CHECKING:
+    from rar_deploy.model.calibration import Calibration
 
 _KEPT = ("adaLN_modulation", "ada_lin")
 
 
 @dataclass(frozen=True)
 class QuantizedWeight:
-    q: np.ndarray  # int8 [in, out] (int4 values for int4)
+    q: np.ndarray  # int8 [in, out] (int4 values for int4), or fp8 E4M3 values
     scale: np.ndarray  # scale_shape, in the activation precision
     dequantized: np.ndarray  # float32 [in, out]: what q * scale is
+    input_scale: np.ndarray | None = None  # fp8: the input's static scale (a scalar in the activation precision)
 
 
 def quantized_linears(generator: nn.Module) -> dict[str, nn.Linear]:
@@ -40,14 +48,81 @@ def resolve_weights(generator: nn.Module, scheme: str | None, group_size: int | 
 
 
 @torch.no_grad()
-def quantize_generator(generator: nn.Module, quantization: WeightQuantization, scale_dtype: type
-                       ) -> dict[str, QuantizedWeight]:
-    """Replace, in place, every quantized Linear's weight by its dequantized value; return what was stored."""
+def quantize_generator(generator: nn.Module, quantization: WeightQuantization, scale_dtype: type,
+                       calibration: Calibration | None = None) -> dict[str, QuantizedWeight]:
+    """Replace, in place, every quantized Linear's weight by its dequantized value; return what was stored.
+    `calibration` (model.calibration): GPTQ's weights and ranges instead of round-to-nearest's; fp8's input ranges
+    (the inputs are quantized by `quantize_inputs`, once the graphs are exported)."""
     stored = {}
+    calibrated = calibration.weights if calibration is not None else None
+    peaks = calibration.input_peaks if calibration is not None else None
+    if quantization.quantizes_activations and peaks is None:
+        raise ValueError("fp8 needs the inputs' calibrated ranges (model.calibration.calibrate_inputs)")
     for name, linear in quantized_linears(generator).items():
-        weight = linear.weight.detach().float().T.numpy()  # [in, out], as a MatMul reads it
-        q, scale = quantize(weight, quantization, scale_dtype)
+        if calibrated is None:
+            q, scale = quantize(linear.weight.detach().float().T.numpy(), quantization, scale_dtype)  # [in, out]
+        else:
+            q, scale = quantize(calibrated[name].weight, quantization, scale_dtype, calibrated[name].peak)
         dequantized = dequantize(q, scale, quantization)
         linear.weight.copy_(torch.from_numpy(dequantized.T.copy()))
-        stored[name] = QuantizedWeight(q, scale, dequantized)
+        stored[name] = QuantizedWeight(q, scale, dequantized,
+                                       None if peaks is None else input_scale(peaks[name], scale_dtype))
     return stored
+
+
+@torch.no_grad()
+def load_stored_weights(generator: nn.Module, step_graph: Path, quantization: WeightQuantization) -> None:
+    """Every quantized Linear's weight set, in place, to exactly what the folder's step graph stores (its
+    DequantizeLinear's integers times scales): the same weights whatever calibration chose them; fp8: the inputs
+    quantized with the graph's QuantizeLinear scales."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(step_graph))
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    nodes = {node.name: node for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    for name, linear in quantized_linears(generator).items():
+        node = nodes.get(f"{name}.dequantize")
+        if node is None:
+            raise RARDeployError(f"{step_graph} stores no quantized weight of {name}: export the folder again")
+        q, scale = (numpy_helper.to_array(initializers[input_name]) for input_name in node.input[:2])
+        linear.weight.copy_(torch.from_numpy(dequantize(q, scale, quantization).T.copy()))
+    if quantization.quantizes_activations:
+        quantize_inputs(generator, {node.name.removesuffix(".quantize_input"):
+                                    numpy_helper.to_array(initializers[node.input[1]])
+                                    for node in model.graph.node if node.op_type == "QuantizeLinear"})
+
+
+@torch.no_grad()
+def input_peaks(generator: nn.Module, forward: Callable[[nn.Module], None]) -> dict[str, float]:
+    """max |input| of every quantized Linear over `forward(generator)` (the static ranges of fp8 activations)."""
+    peaks: dict[str, float] = {}
+
+    def record(name: str, module: nn.Module, args: tuple) -> None:
+        peaks[name] = max(peaks.get(name, 0.0), float(args[0].detach().abs().max()))
+    linears = quantized_linears(generator)
+    handles = [linear.register_forward_pre_hook(partial(record, name)) for name, linear in linears.items()]
+    try:
+        forward(generator)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return peaks
+
+
+def input_scale(peak: float, scale_dtype: type) -> np.ndarray:
+    """The stored per-tensor fp8 scale of an input whose calibrated range is `peak`."""
+    return np.asarray(peak / LEVELS["fp8"] if peak > 0 else 1.0, scale_dtype)
+
+
+def quantize_inputs(generator: nn.Module, scales: dict[str, np.ndarray]) -> None:
+    """Every quantized Linear's input, in place, through fp8 E4M3 with its static scale: QuantizeLinear then
+    DequantizeLinear, as the fp8 step graph computes (round to nearest even, saturating at +-448)."""
+    for name, linear in quantized_linears(generator).items():
+        linear.register_forward_pre_hook(partial(_fp8_input, float(np.float32(scales[name]))))
+
+
+def _fp8_input(scale: float, module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    q = (x.float() / scale).clamp(-LEVELS["fp8"], LEVELS["fp8"]).to(torch.float8_e4m3fn)
+    return (q.float().mul(scale).to(x.dtype), *args[1:])

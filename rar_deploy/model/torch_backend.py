@@ -96,14 +96,14 @@ class TorchBackend(Backend):
                  tokenizer: str | None = None, cuda_graphs: bool = True) -> None:
         from rar_deploy.model.checkpoint import load_exported_from
         from rar_deploy.model.layers import cast_for_inference
-        from rar_deploy.model.quantized import quantize_generator
+        from rar_deploy.model.quantized import load_stored_weights
 
         target = torch.device(device)
         dtype = torch.float16 if target.type == "cuda" and artifacts.precision == "fp16" else torch.float32
         super().__init__(artifacts, TorchMemory(target), np.dtype(str(dtype).removeprefix("torch.")))
         generator = load_exported_from(artifacts.manifest, "generator", ckpt)
-        if artifacts.weights is not None:  # the same quantized weights as the folder's step graph
-            quantize_generator(generator, artifacts.weights, artifacts.cache_dtype.type)
+        if artifacts.weights is not None:  # the folder's own quantized weights, read from its step graph
+            load_stored_weights(generator, artifacts.graph_path(artifacts.family.step_graph), artifacts.weights)
         decoder = load_exported_from(artifacts.manifest, "tokenizer", tokenizer)
         generator = cast_for_inference(generator, dtype).to(target)
         decoder = cast_for_inference(decoder, dtype).to(target)

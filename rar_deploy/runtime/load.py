@@ -28,7 +28,8 @@ def open_backend(directory: str | Path, backend: str = "onnxruntime", device: st
     check_device(device)
     threads = check_threads(threads)
     artifacts = Artifacts.load(directory, verify="all" if verify_files else "fingerprint")
-    if int8_activations and (backend != "onnxruntime" or artifacts.weights is None):
+    if int8_activations and (backend != "onnxruntime" or artifacts.weights is None
+                             or artifacts.weights.quantizes_activations):
         weights = artifacts.weights.label if artifacts.weights else "float"
         raise RARDeployError("--int8-activations applies to a folder exported with --weights int8|int4, on the "
                              f"onnxruntime backend ({directory} has {weights} weights, backend {backend}): drop it")

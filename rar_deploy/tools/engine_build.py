@@ -149,8 +149,14 @@ class BuildOptions:
     timing_cache: Path | None = None
 
 
-def check_build(trt: TensorRT | None, options: BuildOptions, progress: Callable[[str], None]) -> BuildOptions:
-    """The build options checked before any work: the profile, the targets (canonical names), the cache."""
+FP8_FIRST_TARGET = 89  # FP8 GEMMs: Ada (SM89), Hopper, Blackwell
+
+
+def check_build(trt: TensorRT | None, options: BuildOptions, progress: Callable[[str], None],
+                fp8: bool = False) -> BuildOptions:
+    """The build options checked before any work: the profile, the targets (canonical names), the cache. `fp8`
+    (a --weights fp8 graph): TensorRT-RTX's default targets narrowed to the FP8-capable ones, older ones named by
+    the user refused."""
     options.profile.validate()
     if options.timing_cache and options.timing_cache.is_dir():
         raise ExportError(f"--timing-cache {options.timing_cache} is a folder: name a file")
@@ -160,7 +166,14 @@ def check_build(trt: TensorRT | None, options: BuildOptions, progress: Callable[
         if options.timing_cache:
             progress(f"note: TensorRT-RTX has no timing cache (it tunes on the GPU at run time): --timing-cache "
                      f"{options.timing_cache} is not used")
-        return replace(options, compute_capabilities=parse_compute_capabilities(trt, options.compute_capabilities))
+        targets = parse_compute_capabilities(trt, options.compute_capabilities)
+        if fp8:
+            older = [name for name in targets if int(name.removeprefix("SM")) < FP8_FIRST_TARGET]
+            if older and options.compute_capabilities != RTX_DEFAULT_CAPABILITIES:
+                raise ExportError(f"--weights fp8 runs FP8 GEMMs, which need SM89 or later: drop "
+                                  f"--compute-capability {' '.join(older)}")
+            targets = tuple(name for name in targets if name not in older)
+        return replace(options, compute_capabilities=targets)
     if options.compute_capabilities != RTX_DEFAULT_CAPABILITIES:
         progress("note: --compute-capability applies to TensorRT-RTX; standard TensorRT builds for this machine's GPU")
     return options

@@ -25,7 +25,7 @@ from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime.families import VARSampling, var_inputs
 from rar_deploy.runtime.loops import RARInputs, drive
 from rar_deploy.runtime.pipeline import RARPipeline
-from rar_deploy.tools.metrics import TOLERANCES, error_stats, failures, top1_agreement
+from rar_deploy.tools.metrics import error_stats, failures, tolerances_for, top1_agreement
 
 
 def load_record(artifacts) -> dict[str, np.ndarray]:
@@ -232,8 +232,9 @@ def run_parity(pipeline, record: dict[str, np.ndarray], rel_tol: float | None = 
     per_step_teacher_forcing: also force the reference's tokens with the condition computed in every step
     (the per-graph decode_step check always runs with a per-step condition). RAR or VAR, as the pipeline."""
     precision = pipeline.artifacts.precision
-    tolerances = {**TOLERANCES[precision], **({} if rel_tol is None else {"max_rel_to_peak": rel_tol})}
     weights = pipeline.artifacts.weights
+    tolerances = {**tolerances_for(precision, weights is not None and weights.quantizes_activations),
+                  **({} if rel_tol is None else {"max_rel_to_peak": rel_tol})}
     report = {"precision": precision, "backend": pipeline.backend.name, "batch": int(len(record["labels"])),
               "reference": "float32" if weights is None else f"float32 with the folder's {weights.scheme} weights",
               "seed": int(record["seed"]),

@@ -31,7 +31,8 @@ def rebuild_engines(directory: Path, options: BuildOptions | None = None,
     otherwise); returns the new manifest."""
     trt = require_tensorrt()
     artifacts = Artifacts.load(directory, verify="sha256")
-    options = check_build(trt, options or recorded_options(artifacts.manifest), progress)
+    options = check_build(trt, options or recorded_options(artifacts.manifest), progress,
+                          fp8=artifacts.weights is not None and artifacts.weights.quantizes_activations)
     # a link names the folder to rebuild (Output follows it); what rar-build did not write is carried over
     output = Output(directory, "--artifacts", force=True, written=exported_files, owner="rar-export",
                     keeps_foreign=True)

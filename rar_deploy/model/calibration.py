@@ -18,6 +18,7 @@ import copy
 import hashlib
 import importlib.metadata
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -83,7 +84,8 @@ def calibrate(generator: nn.Module, tokenizer: nn.Module, quantization: WeightQu
               + [{"quantizer_name": f"{name}.weight_quantizer", "cfg": quantizer, "enable": True} for name in names],
               "algorithm": dict(_GPTQ)}
     progress(f"GPTQ on {len(names)} Linears (NVIDIA Model Optimizer)")
-    with contextlib.redirect_stdout(io.StringIO()):  # a line per Linear; the export's progress says what runs
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the export's progress says what runs
+        warnings.filterwarnings("ignore", message="Cannot find transformers")  # ModelOpt's, for LLM export only
         mtq.quantize(model, config, forward_loop=forward)
     modules = dict(model.named_modules())
     weights = {}

@@ -84,7 +84,7 @@ def calibrate(generator: nn.Module, tokenizer: nn.Module, quantization: WeightQu
               + [{"quantizer_name": f"{name}.weight_quantizer", "cfg": quantizer, "enable": True} for name in names],
               "algorithm": dict(_GPTQ)}
     progress(f"GPTQ on {len(names)} Linears (NVIDIA Model Optimizer)")
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the export's progress says what runs
+    with contextlib.redirect_stdout(_GPTQProgress(len(names), progress)), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Cannot find transformers")  # ModelOpt's, for LLM export only
         mtq.quantize(model, config, forward_loop=forward)
     modules = dict(model.named_modules())
@@ -97,6 +97,22 @@ def calibrate(generator: nn.Module, tokenizer: nn.Module, quantization: WeightQu
     record = {"method": "gptq", "library": f"nvidia-modelopt {importlib.metadata.version('nvidia-modelopt')}",
               "settings": {k: v for k, v in _GPTQ.items() if k != "method"}, "data": data}
     return Calibration(record, weights=weights)
+
+
+class _GPTQProgress(io.TextIOBase):
+    """ModelOpt's printout during GPTQ, as the export's progress: a line per Linear it has updated."""
+
+    def __init__(self, total: int, progress: Callable[[str], None]) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.startswith("[") and "Relative MSE error" in line:  # "[blocks.0.attn.qkv] Relative MSE error: ..."
+                self.done += 1
+                self.progress(f"GPTQ {self.done}/{self.total}: {line[1:line.index(']')]}")
+            elif line.startswith("Computing Hessians"):
+                self.progress("GPTQ: Hessians from the calibration generations")
+        return len(text)
 
 
 def calibrate_inputs(generator: nn.Module, tokenizer: nn.Module, images: int = CALIBRATION_IMAGES,

@@ -100,8 +100,10 @@ def test_calibration_is_repeatable_and_leaves_the_model_alone(official_generator
 
     generator = copy.deepcopy(official_generator)
     before = {name: p.detach().clone() for name, p in generator.named_parameters()}
-    runs = [calibrate(generator, official_tokenizer, WeightQuantization("int8"), images=8, progress=lambda m: None)
+    said: list[str] = []
+    runs = [calibrate(generator, official_tokenizer, WeightQuantization("int8"), images=8, progress=said.append)
             for _ in range(2)]
+    assert "GPTQ 8/8: blocks.1.mlp.fc2" in said  # ModelOpt's printout, shown as progress, a line per Linear
     assert all(p.equal(before[name]) for name, p in generator.named_parameters())
     assert runs[0].record == runs[1].record
     for name, weight in runs[0].weights.items():

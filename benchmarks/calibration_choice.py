@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from rar_deploy.contract.weights import WeightQuantization
-from rar_deploy.model.calibration import calibrate, calibration_forward
+from rar_deploy.model.calibration import calibrate, calibration_forward, modelopt_config
 from rar_deploy.model.checkpoint import load_rar_generator
 from rar_deploy.model.quantized import quantize_generator, quantized_linears
 from rar_deploy.training.demo_model import GENERATOR_FILE, SHIPPED, TOKENIZER_FILE, demo_split, load_full_tokenizer
@@ -68,11 +68,7 @@ def main() -> None:
                 calibration = calibrate(generator, tokenizer, scheme, args.images, progress=lambda m: None)
                 quantize_generator(model, scheme, np.float32, calibration)
             else:
-                bits = {"num_bits": 8, "axis": 0} if scheme.group_size is None else \
-                    {"num_bits": 4, "block_sizes": {-1: scheme.group_size, "type": "static"}}
-                config = {"quant_cfg": [{"quantizer_name": "*", "enable": False}] + [
-                    {"quantizer_name": f"{name}.weight_quantizer", "cfg": {**bits, "narrow_range": True},
-                     "enable": True} for name in quantized_linears(model)], "algorithm": method}
+                config = modelopt_config(list(quantized_linears(model)), scheme, method)
                 with contextlib.redirect_stdout(io.StringIO()):
                     mtq.quantize(model, config, forward_loop=forward)
             seconds = time.perf_counter() - start

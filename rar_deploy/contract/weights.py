@@ -112,8 +112,7 @@ def quantize(weight: np.ndarray, quantization: WeightQuantization, scale_dtype: 
     weight = np.asarray(weight, dtype=np.float32)
     k, n = weight.shape
     if quantization.scheme == "fp8":
-        scale = np.asarray((np.abs(weight).max() if peak is None else peak) / quantization.levels, scale_dtype)
-        scale = scale if scale != 0 else np.asarray(1, scale_dtype)
+        scale = fp8_scale(float(np.abs(weight).max() if peak is None else peak), scale_dtype)
         return to_fp8(weight / scale.astype(np.float32)), scale
     blocks = weight.reshape(1, k, n) if quantization.group_size is None else \
         weight.reshape(k // quantization.group_size, quantization.group_size, n)
@@ -134,6 +133,13 @@ def dequantize(q: np.ndarray, scale: np.ndarray, quantization: WeightQuantizatio
     per_row = scale.astype(np.float32).reshape(-1, n)  # [groups, out]
     rows = k if quantization.group_size is None else quantization.group_size
     return (q.astype(np.float32).reshape(-1, rows, n) * per_row[:, None, :]).reshape(k, n)
+
+
+def fp8_scale(peak: float, scale_dtype: type) -> np.ndarray:
+    """The stored per-tensor fp8 scale of a tensor whose range is `peak` (a weight's max |w|, or an input's
+    calibrated max |x|): peak / 448 in `scale_dtype`, 1 where that is 0 (any scale gives zeros)."""
+    scale = np.asarray(peak / LEVELS["fp8"], scale_dtype)
+    return scale if scale != 0 else np.asarray(1, scale_dtype)
 
 
 def to_fp8(values: np.ndarray) -> np.ndarray:

@@ -68,7 +68,7 @@ class ExportRequest:
     compute_capabilities: tuple[str, ...] = RTX_DEFAULT_CAPABILITIES
     external_data: bool = False  # force weights into .onnx.data even below 2 GB
     timing_cache: Path | None = None  # a TensorRT timing cache shared across exports: read, then updated
-    weights: str | None = None  # None or "float": the precision's; "int8" | "int4": weight-only quantized step graph
+    weights: str | None = None  # None or "float": the precision's; "int8" | "int4": weight-only; "fp8": W8A8
     group_size: int | None = None  # int4 block [default: the largest of 128, 64, 32 dividing every width]
     calibration: str = "rtn"  # "rtn": round to nearest; "gptq": GPTQ on the model's own generations (ModelOpt)
 

@@ -4,7 +4,7 @@ per channel or block, no extra operator. GPTQ moves each weight to the integer t
 on the calibration activations (second-order error compensation); the scales stay max |weight| / levels.
 
 Measured on the trained demo model (benchmarks/RESULTS.md): against round-to-nearest, GPTQ cut the KL to the
-float model about 3x at int4; ModelOpt's AWQ variants (`awq_clip`, `awq_lite`) gained far less, and `awq_lite`
+float model 2.5x at int4; ModelOpt's AWQ variants (`awq_clip`, `awq_lite`) gained far less, and `awq_lite`
 needs a Mul before every MatMul.
 
 The calibration data is the float model's own generations at its published sampling (class-conditional rows and
@@ -77,12 +77,7 @@ def calibrate(generator: nn.Module, tokenizer: nn.Module, quantization: WeightQu
     forward, data = calibration_forward(generator, tokenizer, images, seed)
     model = copy.deepcopy(generator).float().eval()
     names = list(quantized_linears(model))
-    quantizer = {"num_bits": 8 if quantization.scheme == "int8" else 4, "narrow_range": True,
-                 **({"axis": 0} if quantization.group_size is None else
-                    {"block_sizes": {-1: quantization.group_size, "type": "static"}})}
-    config = {"quant_cfg": [{"quantizer_name": "*", "enable": False}]
-              + [{"quantizer_name": f"{name}.weight_quantizer", "cfg": quantizer, "enable": True} for name in names],
-              "algorithm": dict(_GPTQ)}
+    config = modelopt_config(names, quantization, dict(_GPTQ))
     progress(f"GPTQ on {len(names)} Linears (NVIDIA Model Optimizer)")
     with contextlib.redirect_stdout(_GPTQProgress(len(names), progress)), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Cannot find transformers")  # ModelOpt's, for LLM export only
@@ -97,6 +92,17 @@ def calibrate(generator: nn.Module, tokenizer: nn.Module, quantization: WeightQu
     record = {"method": "gptq", "library": f"nvidia-modelopt {importlib.metadata.version('nvidia-modelopt')}",
               "settings": {k: v for k, v in _GPTQ.items() if k != "method"}, "data": data}
     return Calibration(record, weights=weights)
+
+
+def modelopt_config(names: list[str], quantization: WeightQuantization, algorithm: dict | str) -> dict:
+    """ModelOpt's quantization config for our scheme on the Linears `names` alone (every other quantizer off):
+    symmetric on our grid (narrow range: -7 .. 7, -127 .. 127), int8 per output channel, int4 in our blocks."""
+    quantizer = {"num_bits": 8 if quantization.scheme == "int8" else 4, "narrow_range": True,
+                 **({"axis": 0} if quantization.group_size is None else
+                    {"block_sizes": {-1: quantization.group_size, "type": "static"}})}
+    return {"quant_cfg": [{"quantizer_name": "*", "enable": False}]
+            + [{"quantizer_name": f"{name}.weight_quantizer", "cfg": quantizer, "enable": True} for name in names],
+            "algorithm": algorithm}
 
 
 class _GPTQProgress(io.TextIOBase):

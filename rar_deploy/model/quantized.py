@@ -18,7 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from rar_deploy.contract.weights import LEVELS, WeightQuantization, dequantize, quantize, weight_quantization
+from rar_deploy.contract.weights import (
+    LEVELS,
+    WeightQuantization,
+    dequantize,
+    fp8_scale,
+    quantize,
+    weight_quantization,
+)
 from rar_deploy.errors import RARDeployError
 
 if TYPE_CHECKING:
@@ -66,7 +73,7 @@ def quantize_generator(generator: nn.Module, quantization: WeightQuantization, s
         dequantized = dequantize(q, scale, quantization)
         linear.weight.copy_(torch.from_numpy(dequantized.T.copy()))
         stored[name] = QuantizedWeight(q, scale, dequantized,
-                                       None if peaks is None else input_scale(peaks[name], scale_dtype))
+                                       None if peaks is None else fp8_scale(peaks[name], scale_dtype))
     return stored
 
 
@@ -108,11 +115,6 @@ def input_peaks(generator: nn.Module, forward: Callable[[nn.Module], None]) -> d
         for handle in handles:
             handle.remove()
     return peaks
-
-
-def input_scale(peak: float, scale_dtype: type) -> np.ndarray:
-    """The stored per-tensor fp8 scale of an input whose calibrated range is `peak`."""
-    return np.asarray(peak / LEVELS["fp8"] if peak > 0 else 1.0, scale_dtype)
 
 
 def quantize_inputs(generator: nn.Module, scales: dict[str, np.ndarray]) -> None:

@@ -46,6 +46,17 @@ class TorchMemory:
     def write_position(self, cache: torch.Tensor, new: torch.Tensor, position: int) -> None:
         cache[:, :, :, position:position + new.shape[3]] = new
 
+    def take(self, source: torch.Tensor, axis: int, index: list[int]) -> torch.Tensor:
+        return source.index_select(axis, torch.tensor(index, device=self.device)).contiguous()
+
+    def put(self, destination: torch.Tensor, axis: int, index: list[int], source: torch.Tensor) -> None:
+        destination.index_copy_(axis, torch.tensor(index, device=self.device), source)
+
+    def write_rows(self, cache: torch.Tensor, new: torch.Tensor, rows: list[int], positions: list[int]) -> None:
+        n = new.shape[3]
+        for j, (row, position) in enumerate(zip(rows, positions)):
+            cache[:, row, :, position:position + n] = new[:, j]
+
     def capture(self, body: Callable[[], None]) -> Callable[[], None]:
         """torch's CUDA-graph capture on a side stream (after the loop's warm-up run)."""
         graph = torch.cuda.CUDAGraph()

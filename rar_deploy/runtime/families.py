@@ -16,6 +16,7 @@ from rar_deploy.contract.graphs import FAMILY_GRAPHS
 from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, is_guided, sampling_noise
 from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime.loops import RARInputs, RARLoop, VARInputs, VARLoop
+from rar_deploy.runtime.slots import RARSlots, VARSlots
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +92,7 @@ class Family:
     sampling: type
     defaults: type  # the manifest's sampling.defaults
     loop: type
+    slots: type  # its slot table for in-flight batching (slots.py)
     inputs: Callable[..., Any]  # (config, labels, resolved sampling, seed, first image) -> the loop's inputs
     record_keys: tuple[str, ...]  # what its parity checks read of a record (beyond the graphs' own feeds)
     tokens_per_image: Callable[[Any], int]
@@ -134,13 +136,13 @@ def _rar_batch_inputs(config: Any, labels: np.ndarray, sampling: RARSampling, se
 
 RAR = Family(name="rar", title="RAR", graphs=FAMILY_GRAPHS["rar"], step_graph="decode_step",
              decoder_graph="vq_decoder", sampling=RARSampling, defaults=SamplingDefaults, loop=RARLoop,
-             inputs=_rar_batch_inputs, tokens_per_image=lambda config: config.image_seq_len,
+             slots=RARSlots, inputs=_rar_batch_inputs, tokens_per_image=lambda config: config.image_seq_len,
              record_keys=("seed", "labels", "guidance_scale", "guidance_pow", "temperature", "tokens",
                           "guided_logits", "unguided_tokens", "unguided_logits", "images_uint8"),
              loop_options=("condition_budget",))
 VAR = Family(name="var", title="VAR", graphs=FAMILY_GRAPHS["var"], step_graph="var_step",
              decoder_graph="var_decoder", sampling=VARSampling, defaults=VARSamplingDefaults, loop=VARLoop,
-             inputs=var_inputs, tokens_per_image=lambda config: config.seq_len,
+             slots=VARSlots, inputs=var_inputs, tokens_per_image=lambda config: config.seq_len,
              record_keys=("seed", "labels", "guidance_scale", "top_k", "top_p", "temperature", "tokens",
                           "guided_logits", "f_hats", "greedy_tokens", "greedy_logits", "images_uint8"))
 FAMILIES = {family.name: family for family in (RAR, VAR)}

@@ -28,6 +28,10 @@ class Memory(Protocol):
     def download(self, buffer: Any) -> np.ndarray: ...
     def copy(self, destination: Any, source: Any) -> None: ...
     def write_position(self, cache: Any, new: Any, position: int) -> None: ...  # new's n positions from `position`
+    # in-flight batching (scheduler.py): rows of one buffer to or from another, images at positions of their own
+    def take(self, source: Any, axis: int, index: list[int]) -> Any: ...  # a new buffer of source's rows `index`
+    def put(self, destination: Any, axis: int, index: list[int], source: Any) -> None: ...  # rows `index` <- source
+    def write_rows(self, cache: Any, new: Any, rows: list[int], positions: list[int]) -> None: ...
     def capture(self, body: Callable[[], None]) -> Callable[[], None] | None: ...
     def synchronize(self) -> None: ...
     def mark(self) -> Any: ...  # a point in the device's work, for timing
@@ -64,6 +68,18 @@ class HostMemory:
     def write_position(self, cache: np.ndarray, new: np.ndarray, position: int) -> None:
         """cache [L, R, H, S, Dh] <- new [L, R, H, n, Dh] at sequence indices position .. position + n - 1."""
         cache[:, :, :, position:position + new.shape[3]] = new
+
+    def take(self, source: np.ndarray, axis: int, index: list[int]) -> np.ndarray:
+        return np.take(source, index, axis=axis)
+
+    def put(self, destination: np.ndarray, axis: int, index: list[int], source: np.ndarray) -> None:
+        destination[(slice(None),) * axis + (index,)] = source
+
+    def write_rows(self, cache: np.ndarray, new: np.ndarray, rows: list[int], positions: list[int]) -> None:
+        """cache [L, R, H, S, Dh] row rows[j] <- new [L, R', H, n, Dh] row j at positions[j] .. positions[j] + n - 1."""
+        n = new.shape[3]
+        for j, (row, position) in enumerate(zip(rows, positions)):
+            cache[:, row, :, position:position + n] = new[:, j]
 
     def capture(self, body: Callable[[], None]) -> None:
         return None  # nothing to capture on the host: the loop runs its steps directly
@@ -167,6 +183,38 @@ class CudaMemory:
         _check(self.runtime, self.runtime.cudaMemcpy2DAsync(
             cache.address + position * step, seq * step, new.address, width, width, int(np.prod(rows)),
             self.kinds.cudaMemcpyDeviceToDevice, self.stream), "writing the KV cache")
+
+    def take(self, source: DeviceArray, axis: int, index: list[int]) -> DeviceArray:
+        shape = list(source.shape)
+        shape[axis] = len(index)
+        destination = self.empty(tuple(shape), source.dtype)
+        self._copy_rows(destination, range(len(index)), source, index, axis)
+        return destination
+
+    def put(self, destination: DeviceArray, axis: int, index: list[int], source: DeviceArray) -> None:
+        self._copy_rows(destination, index, source, range(len(index)), axis)
+
+    def _copy_rows(self, destination: DeviceArray, to_rows, source: DeviceArray, from_rows, axis: int) -> None:
+        """destination[..., to_rows[j], ...] <- source[..., from_rows[j], ...] along `axis`: one 2-D copy a row."""
+        outer = int(np.prod(source.shape[:axis], dtype=np.int64))
+        inner = int(np.prod(source.shape[axis + 1:], dtype=np.int64)) * source.dtype.itemsize
+        for to_row, from_row in zip(to_rows, from_rows):
+            _check(self.runtime, self.runtime.cudaMemcpy2DAsync(
+                destination.address + int(to_row) * inner, destination.shape[axis] * inner,
+                source.address + int(from_row) * inner, source.shape[axis] * inner, inner, outer,
+                self.kinds.cudaMemcpyDeviceToDevice, self.stream), "copying rows")
+
+    def write_rows(self, cache: DeviceArray, new: DeviceArray, rows: list[int], positions: list[int]) -> None:
+        """cache [L, R, H, S, Dh] row rows[j] <- new [L, R', H, n, Dh] row j at positions[j]: per layer and row,
+        one 2-D copy of H rows of n*Dh elements."""
+        layers, num_rows, heads, seq, head_dim = cache.shape
+        n, new_rows, step = new.shape[3], new.shape[1], head_dim * cache.dtype.itemsize
+        for j, (row, position) in enumerate(zip(rows, positions)):
+            for layer in range(layers):
+                _check(self.runtime, self.runtime.cudaMemcpy2DAsync(
+                    cache.address + ((layer * num_rows + int(row)) * heads * seq + int(position)) * step, seq * step,
+                    new.address + (layer * new_rows + j) * heads * n * step, n * step, n * step, heads,
+                    self.kinds.cudaMemcpyDeviceToDevice, self.stream), "writing the KV cache")
 
     def capture(self, body: Callable[[], None]) -> Callable[[], None]:
         """Capture the device work `body` enqueues on the stream into a CUDA graph; returns its replay."""

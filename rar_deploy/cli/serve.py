@@ -21,9 +21,12 @@ from rar_deploy.errors import RARDeployError
 @click.option("--num-gpus", type=click.FloatRange(0), default=0.0, show_default=True,
               help="GPUs each replica holds (1 for --backend tensorrt; a fraction shares a GPU).")
 @click.option("--max-batch-size", type=click.IntRange(1),
-              help="Most images a replica generates together [default: the artifacts' profile].")
-@click.option("--batch-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
-              help="How long a replica waits to fill a batch.")
+              help="Slots of a replica's in-flight batch: images it generates at once, each joining at any step "
+                   "[default: the artifacts' profile].")
+@click.option("--max-queue", type=click.IntRange(1), default=256, show_default=True,
+              help="Images a replica lets wait for a slot; past it requests are answered 503 (busy).")
+@click.option("--request-timeout", "request_timeout_s", type=click.FloatRange(0, min_open=True),
+              help="Seconds a request may take; past it the client gets 408 and its images leave [default: none].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP address (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--address", help="A running Ray cluster to join (e.g. auto) [default: start Ray on this machine, "
@@ -32,20 +35,22 @@ from rar_deploy.errors import RARDeployError
               help="On Ctrl-C or SIGTERM, seconds the requests in flight may still take (new ones are turned away).")
 @friendly_errors
 def serve_command(artifacts_dir, backend, device, threads, replicas, max_replicas, num_cpus, num_gpus,
-                  max_batch_size, batch_wait_ms, host, port, address, drain_s) -> None:
-    """Serve an artifact folder over HTTP with Ray Serve: POST /generate, GET /healthz, GET /ready.
-    Runs until interrupted (Ctrl-C or SIGTERM), then stops its replicas."""
+                  max_batch_size, max_queue, request_timeout_s, host, port, address, drain_s) -> None:
+    """Serve an artifact folder (RAR or VAR) over HTTP with Ray Serve and in-flight batching: POST /generate,
+    POST /generate/stream (previews), GET /healthz, GET /ready, GET /stats. Runs until interrupted (Ctrl-C or
+    SIGTERM), then stops its replicas."""
     from rar_deploy.runtime import Artifacts
     from rar_deploy.serving.server import ServeOptions, check_before_start, serve_until_stopped
 
     artifacts = Artifacts.load(artifacts_dir)
-    artifacts.require_family("rar", "rar-serve")
     artifacts.check_batch_size(max_batch_size)
     if max_replicas is not None and max_replicas < replicas:
         raise RARDeployError(f"--max-replicas {max_replicas} is below --replicas {replicas}")
     if backend == "tensorrt" and num_gpus == 0:
         raise RARDeployError("--backend tensorrt runs on a GPU: give each replica one with --num-gpus 1")
-    options = ServeOptions(str(artifacts.directory.resolve()), backend, device, threads, replicas, max_replicas,
-                           num_cpus, num_gpus, max_batch_size, batch_wait_ms / 1000, host, port, address, drain_s)
+    options = ServeOptions(str(artifacts.directory.resolve()), backend=backend, device=device, threads=threads,
+                           replicas=replicas, max_replicas=max_replicas, num_cpus=num_cpus, num_gpus=num_gpus,
+                           max_batch_size=max_batch_size, max_queue=max_queue, request_timeout_s=request_timeout_s,
+                           host=host, port=port, address=address, drain_s=drain_s)
     check_before_start(options)
     serve_until_stopped(options, echo=lambda message: click.echo(message, err=True))

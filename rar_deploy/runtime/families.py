@@ -99,9 +99,13 @@ class Family:
     loop_options: tuple[str, ...] = ()  # options of its loop (as CLI options, underscored)
 
     @property
+    def sampling_fields(self) -> tuple[str, ...]:
+        return tuple(field.name for field in fields(self.sampling))
+
+    @property
     def options(self) -> tuple[str, ...]:
         """The options that apply: its sampling type's fields and its loop's."""
-        return tuple(field.name for field in fields(self.sampling)) + self.loop_options
+        return self.sampling_fields + self.loop_options
 
     def check_sampling(self, sampling: Any, defaults: Any) -> Any:
         """`sampling` (None: all defaults) checked and resolved; the other family's type is one clear line."""

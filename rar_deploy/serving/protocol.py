@@ -1,12 +1,20 @@
-"""The HTTP request and response of `POST /generate`, shared by every server (no Ray, no Triton here).
+"""The HTTP request and response of `POST /generate` and `POST /generate/stream`, shared by every server (no Ray,
+no Triton here), for both families.
 
-Request (JSON object; only class_labels is required; absent or null: seed 0, the model size's published
-sampling values):
-    {"class_labels": [207, 360], "seed": 0, "guidance_scale": 4.0, "guidance_pow": 1.0, "temperature": 1.0,
-     "output": "png" | "tokens"}
-Response: {"model": ..., "seed": ..., "class_labels": [...], "images": [base64 PNG, ...]} (or "tokens": [[...]]).
-Image i of a request is the sample (class_labels[i], seed, index i): the image `rar-generate` writes for
-the same labels and seed, byte for byte, whatever else shares its batch on the server.
+Request (JSON object; only class_labels is required; absent or null: seed 0, the model's published sampling
+values):
+    RAR: {"class_labels": [207, 360], "seed": 0, "guidance_scale": 4.0, "guidance_pow": 1.0, "temperature": 1.0,
+          "output": "png" | "tokens"}
+    VAR: {"class_labels": [207], "seed": 0, "guidance_scale": 1.5, "top_k": 900, "top_p": 0.96, "temperature": 1.0,
+          "output": "png" | "tokens"}
+    /generate/stream also takes "preview_every": k (a preview of each image every k steps; RAR: positions,
+    VAR: scales; 0 or absent: none).
+Response of /generate: {"model": ..., "seed": ..., "class_labels": [...], "images": [base64 PNG, ...]} (or
+"tokens": [[...]]). /generate/stream answers server-sent events: `preview` {"image": i, "step": s, "png": ...}
+while image i is generated, `image` {"image": i, "png": ...} (or "tokens") the moment it is done (in the order
+images finish), then `done` {"model", "seed", "class_labels"}; an `error` {"error": one line} ends the stream.
+Image i of a request is the sample (class_labels[i], seed, index i): the image `rar-generate` writes for the
+same labels and seed, byte for byte, whatever else runs beside it on the server.
 """
 
 from __future__ import annotations
@@ -18,12 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from rar_deploy.contract.checks import check_class_labels
+from rar_deploy.contract.checks import check_class_labels, check_count, check_seed
 from rar_deploy.errors import RARDeployError
-from rar_deploy.runtime import RARPipeline, RARSampling, Sample
+from rar_deploy.runtime import Pipeline
+from rar_deploy.runtime.scheduler import ImageRequest
 from rar_deploy.tools.sample_files import png_bytes
 
-FIELDS = ("class_labels", "seed", "guidance_scale", "guidance_pow", "temperature", "output")
+COMMON_FIELDS = ("class_labels", "seed", "output")
+STREAM_FIELDS = ("preview_every",)
 OUTPUTS = ("png", "tokens")
 MAX_IMAGES_PER_REQUEST = 64
 _MAX_DIGITS = 40  # longer integers are refused as what they are, not parsed (Python caps int parsing at 4300)
@@ -52,21 +62,32 @@ def _refuse_long_integers(body: dict) -> None:
                                      f"{name} accepts")
 
 
+def request_fields(pipeline: Pipeline, stream: bool = False) -> tuple[str, ...]:
+    """The fields a request to this model may hold: the common ones and its family's sampling values."""
+    return COMMON_FIELDS + pipeline.family.sampling_fields + (STREAM_FIELDS if stream else ())
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
-    samples: list[Sample]
+    images: list[ImageRequest]
     seed: int
     output: str
 
+    @property
+    def class_labels(self) -> list[int]:
+        return [image.label for image in self.images]
 
-def parse_generate_request(body: Any, pipeline: RARPipeline,
-                           max_images: int = MAX_IMAGES_PER_REQUEST) -> GenerateRequest:
-    """A decoded JSON body -> checked samples; RARDeployError (one line, a 400 to the client) otherwise."""
+
+def parse_generate_request(body: Any, pipeline: Pipeline, max_images: int = MAX_IMAGES_PER_REQUEST,
+                           stream: bool = False) -> GenerateRequest:
+    """A decoded JSON body -> checked images; RARDeployError (one line, a 400 to the client) otherwise."""
     if not isinstance(body, dict):
         raise RARDeployError('the request body must be a JSON object such as {"class_labels": [207]}')
-    unknown = sorted(set(body) - set(FIELDS))
+    fields = request_fields(pipeline, stream)
+    unknown = sorted(set(body) - set(fields))
     if unknown:
-        raise RARDeployError(f"unknown field {unknown[0]!r}: the fields are {', '.join(FIELDS)}")
+        hint = " (previews: POST /generate/stream)" if unknown[0] in STREAM_FIELDS else ""
+        raise RARDeployError(f"unknown field {unknown[0]!r}{hint}: the fields are {', '.join(fields)}")
     _refuse_long_integers(body)
     if "class_labels" not in body:
         raise RARDeployError('class_labels is required, e.g. {"class_labels": [207, 360]}')
@@ -76,16 +97,29 @@ def parse_generate_request(body: Any, pipeline: RARPipeline,
     output = body.get("output", "png")
     if output not in OUTPUTS:
         raise RARDeployError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-    seed = 0 if body.get("seed") is None else body["seed"]
-    sampling = {name: body.get(name) for name in ("guidance_scale", "guidance_pow", "temperature")}
-    samples = [pipeline.check_sample(Sample(int(label), seed, index, RARSampling(**sampling)))
-               for index, label in enumerate(labels)]
-    return GenerateRequest(samples, samples[0].seed, output)
+    seed = check_seed(0 if body.get("seed") is None else body["seed"])
+    every = body.get("preview_every")
+    every = 0 if every is None else check_count("preview_every", every, 0)
+    family = pipeline.family
+    sampling = family.check_sampling(family.sampling_from(body), pipeline.artifacts.sampling_defaults)
+    return GenerateRequest([ImageRequest(int(label), seed, index, sampling, every)
+                            for index, label in enumerate(labels)], seed, output)
+
+
+def image_payload(request: GenerateRequest, tokens: np.ndarray, image: np.ndarray) -> dict:
+    """One image of the reply: its tokens or its PNG (base64)."""
+    if request.output == "tokens":
+        return {"tokens": tokens.tolist()}
+    return {"png": base64.b64encode(png_bytes(image)).decode("ascii")}
+
+
+def preview_payload(image: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def generate_response(request: GenerateRequest, tokens: np.ndarray, images: np.ndarray | None, model: str) -> dict:
-    """tokens [B, N] (and uint8 images [B, H, W, 3] for png output) of the request's samples -> the JSON reply."""
-    reply = {"model": model, "seed": request.seed, "class_labels": [s.class_label for s in request.samples]}
+    """tokens [B, L] (and uint8 images [B, H, W, 3] for png output) of the request's images -> the JSON reply."""
+    reply = {"model": model, "seed": request.seed, "class_labels": request.class_labels}
     if request.output == "tokens":
         reply["tokens"] = tokens.tolist()
     else:
@@ -93,8 +127,14 @@ def generate_response(request: GenerateRequest, tokens: np.ndarray, images: np.n
     return reply
 
 
-def model_description(pipeline: RARPipeline, max_batch_size: int) -> dict:
+def server_sent_event(event: str, data: dict) -> bytes:
+    """One server-sent event (text/event-stream)."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def model_description(pipeline: Pipeline, max_batch_size: int) -> dict:
     """What /ready reports: which model this server runs, and how."""
-    return {"model": pipeline.config.preset_name or "custom", "precision": pipeline.artifacts.manifest["precision"],
-            "backend": pipeline.backend.name, "device": pipeline.backend.device,
-            "max_batch_size": max_batch_size, "image_seq_len": pipeline.config.image_seq_len}
+    return {"model": pipeline.config.preset_name or "custom", "family": pipeline.family.name,
+            "precision": pipeline.artifacts.manifest["precision"], "backend": pipeline.backend.name,
+            "device": pipeline.backend.device, "max_batch_size": max_batch_size,
+            "tokens_per_image": pipeline.family.tokens_per_image(pipeline.config)}

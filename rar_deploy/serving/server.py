@@ -24,7 +24,8 @@ class ServeOptions:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_batch_size: int | None = None
-    batch_wait_s: float = 0.005
+    max_queue: int = 256
+    request_timeout_s: float | None = None  # the proxy's: past it a request is answered 408 and cancelled
     host: str = "127.0.0.1"
     port: int = 8000
     address: str | None = None
@@ -101,13 +102,15 @@ def serve_until_stopped(options: ServeOptions, echo: Callable[[str], None] = pri
             ray.init(address=options.address, logging_level="ERROR")
         catch_signals()  # again: ray.init installs its own (fatal) handlers
         if not stop.is_set():
-            serve.start(http_options={"host": options.host, "port": options.port})
+            serve.start(http_options={"host": options.host, "port": options.port,
+                                      "request_timeout_s": options.request_timeout_s})
             app = build_app(options.artifacts, options.backend, options.device, options.threads, options.replicas,
                             options.max_replicas, options.num_cpus, options.num_gpus, options.max_batch_size,
-                            options.batch_wait_s, options.drain_s)
+                            options.max_queue, options.drain_s)
             serve.run(app, name="rar", route_prefix="/")
             echo(f"serving {options.artifacts} ({options.backend}, {options.replicas} replica(s)) at "
-                 f"http://{options.host}:{options.port}: POST /generate, GET /healthz, GET /ready; Ctrl-C stops")
+                 f"http://{options.host}:{options.port}: POST /generate, POST /generate/stream, GET /healthz, "
+                 "GET /ready, GET /stats; Ctrl-C stops")
         stop.wait()
         echo(f"stopping: answering the requests in flight (up to {options.drain_s:g} s)")
         with contextlib.suppress(Exception):  # the app may not have started

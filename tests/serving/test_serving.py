@@ -1,5 +1,7 @@
 """rar-serve (Ray Serve) end to end on loopback: a real server process, concurrent HTTP requests with different
-seeds, images byte-identical to rar-generate's files, 400s for bad requests, a clean stop on SIGTERM."""
+seeds, images byte-identical to rar-generate's files (in-flight: whatever joined beside them), streamed previews,
+503 when the queue is full, a client that goes away freeing its slots, 400s for bad requests, a clean stop on
+SIGTERM; a VAR folder served the same way (slow)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from rar_deploy.cli import generate_command, serve_command
+from rar_deploy.runtime import VARSampling, open_pipeline
 from rar_deploy.runtime.gpu import cuda_capability
 
 SERVE_START_TIMEOUT = 240  # Ray and one replica on 2 busy cores
@@ -52,10 +55,10 @@ def artifacts(export_tiny, tmp_path_factory) -> Path:
     return export_tiny(tmp_path_factory.mktemp("serving") / "fp32", "fp32")
 
 
-def start_server(artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(artifacts: Path, log: Path, max_queue: int = 64) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [str(Path(sys.executable).with_name("rar-serve")), "--artifacts", str(artifacts), "--port", str(port),
-               "--threads", "1", "--batch-wait-ms", "20", "--max-batch-size", "3"]
+               "--threads", "1", "--max-batch-size", "3", "--max-queue", str(max_queue)]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
@@ -88,25 +91,90 @@ def test_ready_and_health_routes(server):
     assert get(url, "/healthz") == (200, {"status": "ok"})
     status, ready = get(url, "/ready")
     assert status == 200 and ready["model"] == "tiny" and ready["backend"] == "onnxruntime"
+    assert ready["family"] == "rar" and ready["tokens_per_image"] == 16
     assert ready["max_batch_size"] == 3  # the setting, not the artifacts' profile
 
 
-def test_concurrent_requests_give_the_images_rar_generate_writes(server, artifacts, tmp_path):
-    _, url, _ = server
-    jobs = [([3 + i, 500 + i, 999 - i], 100 + i) for i in range(8)]
-    with ThreadPoolExecutor(len(jobs)) as pool:  # eight clients at once: their images share batches
+def rar_generate_files(artifacts: Path, labels: list[int], seed: int, out: Path) -> list[bytes]:
+    """The PNG files rar-generate writes for these labels and seed: what the server must answer."""
+    result = CliRunner().invoke(generate_command, ["--artifacts", str(artifacts), "--class-labels",
+                                                   ",".join(map(str, labels)), "--seed", str(seed), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return [(out / name).read_bytes() for name in json.loads((out / "samples.json").read_text())["images"]]
+
+
+def concurrent_requests_match_rar_generate(url: str, artifacts: Path, tmp_path: Path, labels_of) -> None:
+    jobs = [(labels_of(i), 100 + i) for i in range(8)]
+    with ThreadPoolExecutor(len(jobs)) as pool:  # eight clients at once: their images join each other's batch
         replies = list(pool.map(lambda job: post(url, {"class_labels": job[0], "seed": job[1]}), jobs))
     for (labels, seed), (status, reply) in zip(jobs, replies):
         assert status == 200, reply
-        out = tmp_path / f"seed{seed}"
-        labels_option = ",".join(map(str, labels))
-        result = CliRunner().invoke(generate_command, ["--artifacts", str(artifacts), "--class-labels", labels_option,
-                                                       "--seed", str(seed), "--out", str(out)])
-        assert result.exit_code == 0, result.output
-        names = json.loads((out / "samples.json").read_text())["images"]
         assert reply["class_labels"] == labels and reply["seed"] == seed
-        assert [base64.b64decode(image) for image in reply["images"]] == [(out / n).read_bytes() for n in names]
+        expected = rar_generate_files(artifacts, labels, seed, tmp_path / f"seed{seed}")
+        assert [base64.b64decode(image) for image in reply["images"]] == expected
     assert len({reply["images"][0] for _, reply in replies}) == len(jobs)  # different seeds, different images
+
+
+def test_concurrent_requests_give_the_images_rar_generate_writes(server, artifacts, tmp_path):
+    concurrent_requests_match_rar_generate(server[1], artifacts, tmp_path, lambda i: [3 + i, 500 + i, 999 - i])
+
+
+def stream(url: str, body: dict, on_event=None) -> list[tuple[str, dict]]:
+    """POST /generate/stream; the server-sent events (event, data) as they come (on_event(event, data, response)
+    sees each; returning False closes the connection: a client that goes away)."""
+    request = urllib.request.Request(url + "/generate/stream", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    events = []
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        event = None
+        for line in response:
+            line = line.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line[len("data: "):])))
+                if on_event and on_event(*events[-1]) is False:
+                    break
+    return events
+
+
+def test_streamed_previews_then_the_images_rar_generate_writes(server, artifacts, tmp_path):
+    labels, seed = [11, 12], 21
+    events = stream(server[1], {"class_labels": labels, "seed": seed, "preview_every": 4})
+    previews = [data for event, data in events if event == "preview"]
+    finals = {data["image"]: base64.b64decode(data["png"]) for event, data in events if event == "image"}
+    assert sorted((p["image"], p["step"]) for p in previews) == [(i, s) for i in (0, 1) for s in (4, 8, 12, 16)]
+    assert all(base64.b64decode(p["png"]).startswith(b"\x89PNG") for p in previews)
+    assert events[-1] == ("done", {"model": "tiny", "seed": seed, "class_labels": labels})
+    assert [finals[0], finals[1]] == rar_generate_files(artifacts, labels, seed, tmp_path / "out")
+
+
+def test_full_queue_answers_503_and_a_client_that_leaves_frees_its_slots(server):
+    """A stream of 64 images holds the 3 slots and 61 places of the queue (64); another request of 64 images is
+    turned away with 503 and Retry-After; then the streaming client hangs up and its images leave the slots and
+    the queue."""
+    url = server[1]
+    refused = {}
+
+    def on_event(event, data):
+        request = urllib.request.Request(url + "/generate", data=json.dumps({"class_labels": list(range(64))}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(request, timeout=30)
+        refused.update(code=error.value.code, retry=error.value.headers["Retry-After"],
+                       body=json.loads(error.value.read()))
+        return False  # hang up after the first event
+
+    before = get(url, "/stats")[1]["cancelled_requests"]
+    stream(url, {"class_labels": list(range(64)), "preview_every": 1}, on_event)
+    assert refused["code"] == 503 and refused["retry"] == "1", refused
+    assert refused["body"]["error"].startswith("busy: ") and "try again later" in refused["body"]["error"]
+    deadline = time.monotonic() + 30
+    while (stats := get(url, "/stats")[1])["busy_slots"] or stats["waiting"]:
+        assert time.monotonic() < deadline, stats  # 64 images would take far longer than their slots' release
+        time.sleep(0.2)
+    assert stats["cancelled_requests"] == before + 1 and stats["slots"] == 3, stats
 
 
 def test_tokens_output_and_per_request_sampling_values(server, artifacts):
@@ -134,6 +202,8 @@ def test_tokens_output_and_per_request_sampling_values(server, artifacts):
     ({"class_labels": [1], "seed": -3}, "seed must lie in"),
     ({"class_labels": [1], "output": "jpeg"}, "output must be one of"),
     ({"class_labels": [1], "labels": [2]}, "unknown field 'labels'"),
+    ({"class_labels": [1], "top_k": 5}, "unknown field 'top_k'"),  # a VAR value, not RAR's
+    ({"class_labels": [1], "preview_every": 2}, "previews: POST /generate/stream"),
     ({"class_labels": [2**64]}, "out of range"),  # beyond int64
     ({"class_labels": [1], "guidance_scale": 1e39}, "within float32's range"),
     (b'{"class_labels": [1], "guidance_scale": 1' + b"0" * 400 + b"}", "a 401-digit integer"),
@@ -250,3 +320,28 @@ def test_a_killed_server_leaves_no_ray_process_behind(artifacts, tmp_path):
     process.wait()
     _, alive = psutil.wait_procs(descendants, timeout=10)  # Ray alone leaves its agents for a minute
     assert not alive, [p.name() for p in alive]
+
+
+@pytest.mark.slow
+def test_a_var_folder_is_served_in_flight(export_var_tiny, tmp_path):
+    """rar-serve on a VAR export: concurrent requests give rar-generate's files, VAR's own sampling values apply
+    (RAR's are refused), and the stream previews every scale's estimate before the image."""
+    artifacts = export_var_tiny(tmp_path / "var", "fp32")
+    process, url = start_server(artifacts, tmp_path / "rar-serve.log")
+    try:
+        ready = get(url, "/ready")[1]
+        assert (ready["family"], ready["tokens_per_image"]) == ("var", 30)
+        concurrent_requests_match_rar_generate(url, artifacts, tmp_path, lambda i: [7 * i, 990 - i])
+        status, reply = post(url, {"class_labels": [4], "top_k": 5, "top_p": 0, "guidance_scale": 0,
+                                   "output": "tokens"})
+        expected = open_pipeline(artifacts).generate([4], sampling=VARSampling(top_k=5, top_p=0, guidance_scale=0))
+        assert status == 200 and reply["tokens"] == expected.tokens.tolist(), reply
+        status, reply = post(url, {"class_labels": [4], "guidance_pow": 1})
+        assert status == 400 and "unknown field 'guidance_pow'" in reply["error"], reply
+        events = stream(url, {"class_labels": [9], "seed": 3, "preview_every": 1})
+        assert [(event, data.get("step")) for event, data in events] == [
+            ("preview", 1), ("preview", 2), ("preview", 3), ("image", None), ("done", None)]
+        assert base64.b64decode(events[3][1]["png"]) == rar_generate_files(artifacts, [9], 3, tmp_path / "one")[0]
+    finally:
+        process.terminate()
+        assert process.wait(timeout=120) == 0

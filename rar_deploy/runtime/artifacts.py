@@ -61,12 +61,6 @@ class Artifacts:
     def graph_names(self) -> tuple[str, ...]:
         return self.family.graphs
 
-    def require_family(self, family: str, tool: str) -> None:
-        """Refuse, in one line, a tool that runs one family on the other's artifacts."""
-        if self.family.name != family:
-            raise RARDeployError(f"{tool} runs {family.upper()} artifacts so far; {self.directory} holds a "
-                                 f"{self.family.title} export: use rar-generate or the Python API for it")
-
     def check_files(self, graph: str, verify: str = "fingerprint", engine: bool = False) -> Path:
         """Check a graph's files (or its engine's) against the manifest; returns the graph or engine path."""
         entry = self.manifest["engines"][graph] if engine else self.manifest["graphs"][graph]

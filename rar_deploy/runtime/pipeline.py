@@ -19,6 +19,7 @@ from rar_deploy.runtime.backends import Backend
 from rar_deploy.runtime.families import RAR, VAR, Family, RARSampling, VARSampling, rar_inputs
 from rar_deploy.runtime.load import open_backend
 from rar_deploy.runtime.loops import decode_tokens, drive
+from rar_deploy.runtime.scheduler import ImageRequest
 
 # progress(done, total) counts sampled tokens over all images
 Progress = Callable[[int, int], None]
@@ -89,6 +90,15 @@ class Pipeline:
                 tokens = self._drive(inputs, len(chunk), start * per_image, total, progress)
                 images = self.loop.images()
             yield Generated(tokens, images)
+
+    def image_request(self, label: int, seed: int = 0, index: int = 0,
+                      sampling: RARSampling | VARSampling | None = None, preview_every: int = 0) -> ImageRequest:
+        """One image for the in-flight scheduler (runtime/scheduler.py), its values checked (one line each) and the
+        published defaults filled in: the image `generate` draws for label at position `index` of a call with seed."""
+        check_class_labels([label], self.config.num_classes)
+        return ImageRequest(int(label), check_seed(seed), check_count("image index", index, 0),
+                            self.family.check_sampling(sampling, self.artifacts.sampling_defaults),
+                            check_count("preview_every", preview_every, 0))
 
     def _drive(self, inputs: Any, size: int, before: int, total: int, progress: Progress | None) -> np.ndarray:
         def on_step(loop) -> None:

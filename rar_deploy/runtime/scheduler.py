@@ -44,8 +44,8 @@ class ImageRequest:
 
 @dataclass(frozen=True)
 class Event:
-    """What a ticket's callback receives: kind "preview" (step, image), "image" (tokens, image) or "error"
-    (message)."""
+    """What a ticket's callback receives: kind "preview" (step, tokens so far: 0 where not sampled yet, image),
+    "image" (tokens, image), "error" (message), or "cancelled" (once, when its `wanted` said no: nothing follows)."""
 
     kind: str
     step: int = 0
@@ -60,6 +60,7 @@ class Ticket:
 
     images: list[ImageRequest]
     on_event: Callable[["Ticket", int, Event], None]
+    wanted: Callable[[], bool] | None = None  # asked every tick: False cancels the request (its client left)
     cancelled: bool = False
     remaining: int = field(init=False)
 
@@ -91,9 +92,11 @@ class Scheduler:
 
     # --- the submitter's side (any thread)
 
-    def submit(self, images: list[ImageRequest], on_event: Callable[[Ticket, int, Event], None]) -> Ticket:
-        """Queue a request's images (all or none: `Busy` when the queue cannot take them all)."""
-        ticket = Ticket(list(images), on_event)
+    def submit(self, images: list[ImageRequest], on_event: Callable[[Ticket, int, Event], None],
+               wanted: Callable[[], bool] | None = None) -> Ticket:
+        """Queue a request's images (all or none: `Busy` when the queue cannot take them all). `wanted`, when given,
+        is asked every tick whether the request still has a client (False: cancelled)."""
+        ticket = Ticket(list(images), on_event, wanted)
         with self._condition:
             if self._closing:
                 raise Busy("the scheduler is stopping: no new requests")
@@ -193,6 +196,11 @@ class Scheduler:
                 self._fail(pool, slot, f"admission failed: {exc}")
 
     def _leave_cancelled(self) -> None:
+        tickets = {occupant.ticket for occupant in self.occupants.values()} | {ticket for ticket, _ in self.queue}
+        for ticket in tickets:
+            if not ticket.cancelled and ticket.wanted is not None and not _asks_true(ticket.wanted):
+                self._emit(_Occupant(ticket, 0), Event("cancelled"))  # its last event: the request can be closed
+                self.cancel(ticket)
         for (pool, slot), occupant in list(self.occupants.items()):
             if occupant.ticket.cancelled:
                 self.tables[pool].release(slot)
@@ -212,7 +220,8 @@ class Scheduler:
             for slot, picture in zip(slots, images):
                 occupant = self.occupants[pool, slot]
                 if kind == "preview":
-                    self._emit(occupant, Event("preview", step=table.images[slot].step, image=picture))
+                    self._emit(occupant, Event("preview", step=table.images[slot].step, tokens=table.tokens(slot),
+                                               image=picture))
                 else:
                     self._emit(occupant, Event("image", step=table.steps, tokens=table.tokens(slot), image=picture))
                     self._leave(pool, table, slot)
@@ -226,7 +235,7 @@ class Scheduler:
         ticket = occupant.ticket
         if ticket.cancelled:
             return
-        if event.kind != "preview":
+        if event.kind in ("image", "error"):
             ticket.remaining -= 1
         try:
             ticket.on_event(ticket, occupant.number, event)
@@ -249,13 +258,20 @@ class Scheduler:
             self._fail(pool, slot, message)
 
 
+def _asks_true(question: Callable[[], bool]) -> bool:
+    try:
+        return bool(question())
+    except Exception:  # a client that cannot be asked is gone
+        return False
+
+
 def run_request(scheduler: Scheduler, images: list[ImageRequest]) -> list[Event]:
     """Submit `images` as one request and tick (in this thread) until they are done; their final events, in order.
     For tests and benchmarks of a scheduler without its thread."""
     results: dict[int, Event] = {}
 
     def on_event(ticket: Ticket, number: int, event: Event) -> None:
-        if event.kind != "preview":
+        if event.kind in ("image", "error"):
             results[number] = event
 
     scheduler.submit(images, on_event)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rar_deploy.contract.checks import check_class_labels, check_count, check_seed
+from rar_deploy.contract.checks import check_class_labels
 from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime import Pipeline
 from rar_deploy.runtime.scheduler import ImageRequest
@@ -97,13 +97,11 @@ def parse_generate_request(body: Any, pipeline: Pipeline, max_images: int = MAX_
     output = body.get("output", "png")
     if output not in OUTPUTS:
         raise RARDeployError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-    seed = check_seed(0 if body.get("seed") is None else body["seed"])
-    every = body.get("preview_every")
-    every = 0 if every is None else check_count("preview_every", every, 0)
-    family = pipeline.family
-    sampling = family.check_sampling(family.sampling_from(body), pipeline.artifacts.sampling_defaults)
-    return GenerateRequest([ImageRequest(int(label), seed, index, sampling, every)
-                            for index, label in enumerate(labels)], seed, output)
+    seed = 0 if body.get("seed") is None else body["seed"]
+    every = 0 if body.get("preview_every") is None else body["preview_every"]
+    sampling = pipeline.family.sampling_from(body)
+    images = [pipeline.image_request(label, seed, index, sampling, every) for index, label in enumerate(labels)]
+    return GenerateRequest(images, images[0].seed, output)
 
 
 def image_payload(request: GenerateRequest, tokens: np.ndarray, image: np.ndarray) -> dict:

@@ -183,3 +183,19 @@ def test_run_request_gives_a_requests_images_in_order(folders):
                 for i, label in enumerate([4, 8, 15])]
     events = run_request(Scheduler(pipeline.backend, slots=2), requests)
     np.testing.assert_array_equal(np.stack([e.tokens for e in events]), generated.tokens)
+
+
+def test_a_request_whose_client_left_is_cancelled_once_and_frees_its_slots(folders):
+    """`wanted` (a server's "is the client still there?") is asked every tick: when it says no, the request hears
+    one "cancelled" event (a decoupled Triton model must still close it) and its images leave."""
+    pipeline = open_pipeline(folders["var"], threads=1)
+    scheduler, heard, present = Scheduler(pipeline.backend, slots=1), [], [True]
+    scheduler.submit([image_request(pipeline, VAR_REQUESTS[0], preview_every=1)] * 3,
+                     lambda ticket, n, event: heard.append(event.kind), wanted=lambda: present[0])
+    scheduler.tick()
+    scheduler.tick()
+    assert heard == ["preview", "preview"] and scheduler.busy_slots() == 1 and scheduler.waiting() == 2
+    present[0] = False
+    scheduler.run()
+    assert heard == ["preview", "preview", "cancelled"]
+    assert scheduler.busy_slots() == 0 and scheduler.waiting() == 0

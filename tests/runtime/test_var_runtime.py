@@ -140,10 +140,6 @@ def test_family_mismatches_are_one_line(var_exports, export_tiny, tmp_path):
         RARPipeline.from_artifacts(var_exports["fp32"])
     with pytest.raises(RARDeployError, match="holds a RAR export: use RARPipeline"):
         VARPipeline.from_artifacts(rar)
-    from rar_deploy.cli import serve_command
-
-    result = CliRunner().invoke(serve_command, ["--artifacts", str(var_exports["fp32"])])
-    assert result.exit_code == 1 and "rar-serve runs RAR artifacts so far" in result.output
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from rar_deploy.cli import main
-from rar_deploy.runtime import RARPipeline
+from rar_deploy.runtime import open_pipeline
 
 HERE = Path(__file__).parent / "triton_env"
 REPO_ROOT = Path(__file__).parents[2]
@@ -41,6 +41,25 @@ def test_config_comes_from_the_manifest(artifacts, tmp_path):
     assert f'string_value: "{artifacts.resolve()}"' in config
     model = (tmp_path / "repo" / "rar" / "1" / "model.py").read_text()
     assert "class TritonPythonModel" in model
+
+
+def test_a_var_folder_gets_a_var_model_and_decoupled_is_a_choice(export_var_tiny, artifacts, tmp_path):
+    var = export_var_tiny(tmp_path / "var", "fp32")
+    repo = tmp_path / "repo"
+    assert triton_repo("--artifacts", var, "--out", repo).exit_code == 0
+    config = (repo / "var" / "config.pbtxt").read_text()
+    for line in ('name: "var"', 'name: "top_k" data_type: TYPE_INT64 dims: [ 1 ] optional: true',
+                 'name: "top_p" data_type: TYPE_FP32', 'name: "tokens" data_type: TYPE_INT64 dims: [ 30 ]'):
+        assert line in config
+    assert "guidance_pow" not in config and "decoupled" not in config and "preview_every" not in config
+    written = triton_repo("--artifacts", artifacts, "--out", repo, "--name", "rar_stream", "--decoupled")
+    assert written.exit_code == 0 and "decoupled: gRPC streaming clients" in written.output
+    config = (repo / "rar_stream" / "config.pbtxt").read_text()
+    for line in ('name: "rar_stream"', "model_transaction_policy { decoupled: true }", 'name: "preview_every"',
+                 'name: "row" data_type: TYPE_INT64 dims: [ 1 ]', 'name: "guidance_pow"'):
+        assert line in config
+    refused = triton_repo("--artifacts", artifacts, "--out", repo, "--name", "../up")
+    assert refused.exit_code == 1 and "a model name is letters" in refused.output
 
 
 def test_output_rules(artifacts, tmp_path):
@@ -96,11 +115,16 @@ def triton_python() -> Path:
 
 
 @pytest.mark.slow
-def test_tritonserver_serves_the_images_of_local_generation(artifacts, triton_python, tmp_path):
-    repo = tmp_path / "repo"
-    written = triton_repo("--artifacts", artifacts, "--out", repo, "--max-batch-size", "4", "--threads", "1")
-    assert written.exit_code == 0, written.output
-    jobs = [[[3, 500], 7], [[999], 8], [[1, 2, 3], 9]]
+def test_tritonserver_serves_the_images_of_local_generation(artifacts, export_var_tiny, triton_python, tmp_path):
+    """One repository, three models: rar (answered once, HTTP and gRPC), var (a VAR folder), rar_stream
+    (decoupled: gRPC streams with previews, each image as it is done; a full queue refused, a cancel frees it)."""
+    repo, var = tmp_path / "repo", export_var_tiny(tmp_path / "var", "fp32")
+    for args in ((artifacts, "--max-batch-size", "4"), (var, "--max-batch-size", "4"),
+                 (artifacts, "--name", "rar_stream", "--decoupled", "--max-batch-size", "2", "--max-queue", "64")):
+        written = triton_repo("--artifacts", args[0], "--out", repo, "--threads", "1", *args[1:])
+        assert written.exit_code == 0, written.output
+    jobs = {"infer": [["rar", [3, 500], 7], ["rar", [999], 8], ["rar", [1, 2, 3], 9], ["var", [4, 40], 5]],
+            "stream": [["rar_stream", [11, 12, 13], 21, 4], ["rar_stream", [14], 22, 0]], "busy": "rar_stream"}
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     run = subprocess.run([str(triton_python), str(HERE / "serve_and_query.py"), "--repo", str(repo), "--jobs",
                           str(tmp_path / "jobs.json"), "--out", str(tmp_path / "results.npz")],
@@ -108,15 +132,36 @@ def test_tritonserver_serves_the_images_of_local_generation(artifacts, triton_py
                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # rar_deploy for the model's stub
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
-    assert summary["config"]["max_batch_size"] == 4  # parsed by tritonclient's ModelConfig
-    assert summary["config"]["outputs"] == {"image": [64, 64, 3], "tokens": [16]}
+    config = summary["config"]  # parsed by tritonclient's ModelConfig
+    assert config["rar"]["max_batch_size"] == 4 and not config["rar"]["decoupled"]
+    assert config["rar"]["outputs"] == {"image": [64, 64, 3], "tokens": [16]}
+    assert config["var"]["outputs"]["tokens"] == [30] and "top_k" in config["var"]["inputs"]
+    assert config["rar_stream"]["decoupled"] and config["rar_stream"]["outputs"]["row"] == [1]
     results = np.load(tmp_path / "results.npz")
-    pipeline = RARPipeline.from_artifacts(artifacts)
-    for i, (labels, seed) in enumerate(jobs):
-        tokens, images = pipeline.generate(labels, seed=seed)
+    pipelines = {"rar": open_pipeline(artifacts), "var": open_pipeline(var)}
+    for i, (model, labels, seed) in enumerate(jobs["infer"]):
+        tokens, images = pipelines[model].generate(labels, seed=seed)
         for protocol in ("http", "grpc"):
             np.testing.assert_array_equal(results[f"{protocol}_{i}_tokens"], tokens)
             np.testing.assert_array_equal(results[f"{protocol}_{i}_image"], images)
+    for i, (model, labels, seed, every) in enumerate(jobs["stream"]):
+        tokens, images = pipelines["rar"].generate(labels, seed=seed)
+        for row in range(len(labels)):
+            np.testing.assert_array_equal(results[f"stream_{i}_{row}_tokens"], tokens[row])
+            np.testing.assert_array_equal(results[f"stream_{i}_{row}_image"], images[row])
+        order = summary["stream"][i]
+        previews = range(every, 17, every) if every else []  # RAR tiny: 17 positions
+        expected = sorted([(row, step) for row in range(len(labels)) for step in previews]
+                          + [(row, 17) for row in range(len(labels))])
+        assert sorted(map(tuple, order)) == expected
+        for row in range(len(labels)):  # each row's responses in step order, its image last
+            assert [step for r, step in order if r == row] == sorted(step for r, step in expected if r == row)
+    busy = summary["busy"]
+    assert busy["refused"].startswith("busy: 62 images wait for a slot (at most 64)"), busy
+    assert busy["accepted_after_s"] is not None and busy["images"] == 64, busy
+    # 64 more images fit only in an empty queue: the cancelled request's 62 waiting images would have needed 31 of
+    # the 32 rounds that serving 64 images takes to drain by themselves (and theirs ran with previews, slower)
+    assert busy["accepted_after_s"] < 0.9 * busy["served_in_s"], busy
     assert summary["invalid"]["http"].startswith("400") and "out of range" in summary["invalid"]["http"]
     assert "INVALID_ARGUMENT" in summary["invalid"]["grpc"] and "out of range" in summary["invalid"]["grpc"]
     assert summary["exit_code"] == 0

@@ -46,11 +46,11 @@ class TorchMemory:
     def write_position(self, cache: torch.Tensor, new: torch.Tensor, position: int) -> None:
         cache[:, :, :, position:position + new.shape[3]] = new
 
-    def take(self, source: torch.Tensor, axis: int, index: list[int]) -> torch.Tensor:
-        return source.index_select(axis, torch.tensor(index, device=self.device)).contiguous()
+    def gather(self, destination: torch.Tensor, source: torch.Tensor, axis: int, index: list[int]) -> None:
+        torch.index_select(source, axis, torch.tensor(index, device=self.device), out=destination)
 
-    def put(self, destination: torch.Tensor, axis: int, index: list[int], source: torch.Tensor) -> None:
-        destination.index_copy_(axis, torch.tensor(index, device=self.device), source)
+    def scatter(self, destination: torch.Tensor, source: torch.Tensor, axis: int, index: list[int]) -> None:
+        destination.index_copy_(axis, torch.tensor(list(index), device=self.device), source)
 
     def write_rows(self, cache: torch.Tensor, new: torch.Tensor, rows: list[int], positions: list[int]) -> None:
         n = new.shape[3]

@@ -28,9 +28,10 @@ class Memory(Protocol):
     def download(self, buffer: Any) -> np.ndarray: ...
     def copy(self, destination: Any, source: Any) -> None: ...
     def write_position(self, cache: Any, new: Any, position: int) -> None: ...  # new's n positions from `position`
-    # in-flight batching (scheduler.py): rows of one buffer to or from another, images at positions of their own
-    def take(self, source: Any, axis: int, index: list[int]) -> Any: ...  # a new buffer of source's rows `index`
-    def put(self, destination: Any, axis: int, index: list[int], source: Any) -> None: ...  # rows `index` <- source
+    # in-flight batching (slots.py): rows along an axis between buffers, images at positions of their own.
+    # gather: destination[j] <- source[index[j]]; scatter: destination[index[j]] <- source[j]
+    def gather(self, destination: Any, source: Any, axis: int, index: list[int]) -> None: ...
+    def scatter(self, destination: Any, source: Any, axis: int, index: list[int]) -> None: ...
     def write_rows(self, cache: Any, new: Any, rows: list[int], positions: list[int]) -> None: ...
     def capture(self, body: Callable[[], None]) -> Callable[[], None] | None: ...
     def synchronize(self) -> None: ...
@@ -69,15 +70,18 @@ class HostMemory:
         """cache [L, R, H, S, Dh] <- new [L, R, H, n, Dh] at sequence indices position .. position + n - 1."""
         cache[:, :, :, position:position + new.shape[3]] = new
 
-    def take(self, source: np.ndarray, axis: int, index: list[int]) -> np.ndarray:
-        return np.take(source, index, axis=axis)
+    def gather(self, destination: np.ndarray, source: np.ndarray, axis: int, index: list[int]) -> None:
+        np.take(source, index, axis=axis, out=destination)
 
-    def put(self, destination: np.ndarray, axis: int, index: list[int], source: np.ndarray) -> None:
-        destination[(slice(None),) * axis + (index,)] = source
+    def scatter(self, destination: np.ndarray, source: np.ndarray, axis: int, index: list[int]) -> None:
+        destination[(slice(None),) * axis + (list(index),)] = source
 
     def write_rows(self, cache: np.ndarray, new: np.ndarray, rows: list[int], positions: list[int]) -> None:
         """cache [L, R, H, S, Dh] row rows[j] <- new [L, R', H, n, Dh] row j at positions[j] .. positions[j] + n - 1."""
         n = new.shape[3]
+        if n == 1:  # one position a row (RAR's step): one indexed assignment, [R', L, H, Dh] on both sides
+            cache[:, list(rows), :, list(positions)] = new[:, :len(positions), :, 0].transpose(1, 0, 2, 3)
+            return
         for j, (row, position) in enumerate(zip(rows, positions)):
             cache[:, row, :, position:position + n] = new[:, j]
 
@@ -113,7 +117,11 @@ class DeviceArray:
             raise ValueError(f"cannot view {self.shape} as {shape}")
         return DeviceArray(self.address, tuple(shape), self.dtype, self.owner or self)
 
-    def __getitem__(self, index: int) -> "DeviceArray":
+    def __getitem__(self, index: int | slice) -> "DeviceArray":
+        """array[i] (a row) or array[:n] (the first n rows): views of the same memory."""
+        if isinstance(index, slice) and index.start in (None, 0) and index.step in (None, 1):
+            rows = min(self.shape[0] if index.stop is None else index.stop, self.shape[0])
+            return DeviceArray(self.address, (rows, *self.shape[1:]), self.dtype, self.owner or self)
         if not isinstance(index, (int, np.integer)) or not 0 <= index < self.shape[0]:
             raise IndexError(f"index {index} out of range for a device array of shape {self.shape}")
         row = self.nbytes // self.shape[0]
@@ -184,14 +192,10 @@ class CudaMemory:
             cache.address + position * step, seq * step, new.address, width, width, int(np.prod(rows)),
             self.kinds.cudaMemcpyDeviceToDevice, self.stream), "writing the KV cache")
 
-    def take(self, source: DeviceArray, axis: int, index: list[int]) -> DeviceArray:
-        shape = list(source.shape)
-        shape[axis] = len(index)
-        destination = self.empty(tuple(shape), source.dtype)
+    def gather(self, destination: DeviceArray, source: DeviceArray, axis: int, index: list[int]) -> None:
         self._copy_rows(destination, range(len(index)), source, index, axis)
-        return destination
 
-    def put(self, destination: DeviceArray, axis: int, index: list[int], source: DeviceArray) -> None:
+    def scatter(self, destination: DeviceArray, source: DeviceArray, axis: int, index: list[int]) -> None:
         self._copy_rows(destination, index, source, range(len(index)), axis)
 
     def _copy_rows(self, destination: DeviceArray, to_rows, source: DeviceArray, from_rows, axis: int) -> None:

@@ -164,7 +164,18 @@ class Scheduler:
                     self._condition.wait()
                 if self._closing and not (self.queue or self.occupants):
                     return
-            self.tick()
+            try:
+                self.tick()
+            except Exception as exc:  # a fault outside a table's step: fail what is held rather than hang it
+                self._fail_everything(f"the scheduler failed: {exc}")
+
+    def _fail_everything(self, message: str) -> None:
+        with self._condition:
+            waiting, self.queue = list(self.queue), collections.deque()
+        for ticket, number in waiting:
+            self._emit(_Occupant(ticket, number), Event("error", message=message))
+        for pool, slot in list(self.occupants):
+            self._fail(pool, slot, message)
 
     def _table(self, pool: Any) -> Any:
         if pool not in self.tables:

@@ -2,9 +2,9 @@
 holding one image at a step of its own. `scheduler.py` admits images into free slots, steps the table and
 collects what finished; these classes own the buffers and the per-slot state, one class per family.
 
-RAR (`RARSlots`): one decode_step call a step for every slot, each image at its own position (the contract
-lets a step's images sit at different positions): its condition rows computed at admission into its rows of
-the table, its cache rows zeroed, its own seed, guidance schedule and temperature. VAR (`VARSlots`): a call
+RAR (`RARSlots`): one decode_step call a step for the images present, each at its own position (the contract
+lets a step's images sit at different positions): its condition rows computed at admission, its cache rows
+zeroed, its own seed, guidance schedule and temperature. VAR (`VARSlots`): a call
 runs one scale for the slots at that scale (and the same top-k/top-p, which a call takes once), their cache
 rows gathered, so a step runs the group that waited longest. Either way an image's tokens are those of
 generating it alone: the same graphs on the same rows, fed the same values. No torch here.
@@ -35,52 +35,46 @@ class SlotImage:
 
 
 class RARSlots:
-    """`slots` RAR images on one backend, every one at its own sequence position. Guided and unguided images
-    run different row counts, so a table holds one kind (`pool`)."""
+    """Up to `slots` RAR images on one backend, every one at its own sequence position. A step runs the decode_step
+    on the n images present (batch n, so a lone image costs what it costs alone): they sit in the first rows of the
+    cache in the layout of a batch of n (conditional rows 0 .. n-1, null-class rows n .. 2n-1), re-laid (one copy of
+    their cache rows) when images join or leave. Each slot's condition rows are computed once, at admission, into a
+    table [slot, row kind, position]; a step gathers each row's at its own position (P = 1). Guided and unguided
+    images run different row counts, so a table holds one kind (`pool`)."""
 
     def __init__(self, backend: Any, slots: int, guided: bool) -> None:
         c, memory, float_dtype = backend.config, backend.memory, backend.float_dtype
         self.backend, self.memory, self.config, self.guided = backend, memory, c, guided
         self.slots, self.steps = slots, c.cache_len  # positions 0 .. N
-        self.rows_per_image = 2 if guided else 1
-        rows = slots * self.rows_per_image
-        shape = (c.depth, rows, c.num_heads, c.cache_len, c.head_dim)
+        self.kinds = 2 if guided else 1  # rows per image
+        shape = (c.depth, slots * self.kinds, c.num_heads, c.cache_len, c.head_dim)
         self.k_cache, self.v_cache = memory.zeros(shape, float_dtype), memory.zeros(shape, float_dtype)
-        self.blank = memory.zeros((c.depth, self.rows_per_image, *shape[2:]), float_dtype)  # an admitted image's rows
-        # the condition table [S, R, C]: row (p, r) is row r's at position p (the step reads `position mod S`)
-        self.condition = memory.zeros((c.cache_len, rows, backend.artifacts.condition_width), float_dtype)
-        int64, float32 = np.dtype(np.int64), np.dtype(np.float32)
-        self.feeds = {"tokens": memory.zeros((slots,), int64), "position": memory.zeros((slots,), int64),
-                      "guidance_scale": memory.zeros((slots,), float32), "temperature": memory.zeros((slots,), float32),
-                      "noise": memory.zeros((slots, c.codebook_size), float32)}
-        self.outputs = backend.output_buffers("decode_step", {"batch": slots, "rows": rows, "positions": c.cache_len})
-        self.next_tokens = memory.empty((slots,), int64)
+        self.blank = memory.zeros((1, *shape[2:]), float_dtype)  # one row of one layer, for an image that joins
+        # condition rows of every slot, row kind and position: (slot * kinds + kind) * S + position
+        self.table = memory.zeros((1, slots * self.kinds * c.cache_len, backend.artifacts.condition_width),
+                                  float_dtype)
         self.images: list[SlotImage | None] = [None] * slots
-        self._replay = None
+        self.order: list[int] = []  # the slots in the cache's rows: image j of a step is slot order[j]
+        self._batches: dict[int, dict[str, Any]] = {}  # buffers of a step of n images
+        self._replays: dict[int, Any] = {}
 
     @staticmethod
     def pool(sampling: Any) -> bool:
         """Which table an image of these sampling values needs: guided or not."""
         return is_guided(sampling.guidance_scale)
 
-    def rows(self, slot: int) -> list[int]:
-        """The generator rows of a slot: its conditional row (and its null-class row)."""
-        return [slot + k * self.slots for k in range(self.rows_per_image)]
-
     def admit(self, slot: int, label: int, sampling: Any, seed: int, index: int) -> None:
-        c, memory, rows = self.config, self.memory, self.rows(slot)
+        c, memory = self.config, self.memory
         labels = guidance_rows(np.array([label], np.int64), self.guided, c.null_class)
-        positions = np.repeat(np.arange(c.cache_len, dtype=np.int64), len(labels)).reshape(c.cache_len, len(labels))
+        positions = np.repeat(np.arange(c.cache_len, dtype=np.int64), self.kinds).reshape(c.cache_len, self.kinds)
         table = self.backend.run_host("condition", {"class_labels": labels, "positions": positions})["condition"]
-        staged = memory.empty(table.shape, self.backend.float_dtype)
-        memory.upload(table, staged)
-        memory.put(self.condition, 1, rows, staged)
-        memory.put(self.k_cache, 1, rows, self.blank)
-        memory.put(self.v_cache, 1, rows, self.blank)
+        staged = memory.empty((1, self.kinds * c.cache_len, table.shape[2]), self.backend.float_dtype)
+        memory.upload(table.transpose(1, 0, 2).reshape(staged.shape), staged)  # [kind, position, C]
+        first = slot * self.kinds * c.cache_len
+        memory.scatter(self.table, staged, 1, range(first, first + self.kinds * c.cache_len))
         schedule = guidance_schedule(c.image_seq_len, sampling.guidance_scale, sampling.guidance_pow)
-        self.images[slot] = SlotImage(label, sampling, sampling_noise(seed, 1, c.image_seq_len, c.codebook_size,
-                                                                      index)[0],
-                                      np.zeros(c.image_seq_len, np.int64), guidance=schedule)
+        noise = sampling_noise(seed, 1, c.image_seq_len, c.codebook_size, index)[0]
+        self.images[slot] = SlotImage(label, sampling, noise, np.zeros(c.image_seq_len, np.int64), guidance=schedule)
 
     def release(self, slot: int) -> None:
         self.images[slot] = None
@@ -88,68 +82,93 @@ class RARSlots:
     def active(self) -> list[int]:
         return [slot for slot, image in enumerate(self.images) if image is not None]
 
+    def _relayout(self, order: list[int]) -> None:
+        """Move the cache rows of the images that stay into the layout of a batch of len(order), zero those of the
+        images that join; a layer at a time, so the staging memory is one layer's rows of the images that stay."""
+        old, n = {slot: j for j, slot in enumerate(self.order)}, len(order)
+        kept = [(j, old[slot]) for j, slot in enumerate(order) if slot in old]
+        joined = [j + kind * n for kind in range(self.kinds) for j, slot in enumerate(order) if slot not in old]
+        sources = [i + kind * len(self.order) for kind in range(self.kinds) for _, i in kept]
+        targets = [j + kind * n for kind in range(self.kinds) for j, _ in kept]
+        if sources != targets:
+            staging = self.memory.empty((len(sources), *self.k_cache.shape[2:]), self.backend.float_dtype)
+        for cache in (self.k_cache, self.v_cache):
+            for layer in range(self.config.depth):
+                if sources != targets:
+                    self.memory.gather(staging, cache[layer], 0, sources)
+                    self.memory.scatter(cache[layer], staging, 0, targets)
+                for row in joined:
+                    self.memory.scatter(cache[layer], self.blank, 0, [row])
+        self.order = order
+
+    def _batch(self, n: int) -> dict[str, Any]:
+        """The buffers of a step of n images (allocated once per n: a captured step replays on them)."""
+        if n not in self._batches:
+            c, memory = self.config, self.memory
+            int64, float32 = np.dtype(np.int64), np.dtype(np.float32)
+            feeds = {"tokens": memory.zeros((n,), int64), "position": memory.zeros((n,), int64),
+                     "guidance_scale": memory.zeros((n,), float32), "temperature": memory.zeros((n,), float32),
+                     "noise": memory.zeros((n, c.codebook_size), float32),
+                     "condition": memory.zeros((1, self.kinds * n, self.table.shape[2]), self.backend.float_dtype)}
+            outputs = self.backend.output_buffers("decode_step", {"batch": n, "rows": self.kinds * n, "positions": 1})
+            self._batches[n] = {"feeds": feeds, "outputs": outputs, "next_tokens": memory.empty((n,), int64)}
+        return self._batches[n]
+
     def step(self, tick: int = 0) -> list[int]:
-        """One decode_step for every slot (idle ones at position 0, writing nothing); returns the slots whose
-        image finished."""
-        active = self.active()
-        if not active:
+        """One decode_step for the images present; returns the slots whose image finished."""
+        order = [slot for slot in self.order if self.images[slot] is not None]
+        order += [slot for slot in self.active() if slot not in order]  # those admitted since the last step
+        if order != self.order:
+            self._relayout(order)
+        if not order:
             return []
-        c, memory = self.config, self.memory
-        host = {"tokens": np.zeros(self.slots, np.int64), "position": np.zeros(self.slots, np.int64),
-                "guidance_scale": np.ones(self.slots, np.float32), "temperature": np.ones(self.slots, np.float32),
-                "noise": np.full((self.slots, c.codebook_size), 0.5, np.float32)}
-        for slot in active:
-            image = self.images[slot]
-            p, q = image.step, max(image.step - 1, 0)
-            host["tokens"][slot] = image.tokens[p - 2] if p >= 2 else 0
-            host["position"][slot] = p
-            host["guidance_scale"][slot] = image.guidance[q]
-            host["temperature"][slot] = image.sampling.temperature
-            host["noise"][slot] = image.noise[q]
+        c, memory, n = self.config, self.memory, len(order)
+        batch = self._batch(n)
+        images = [self.images[slot] for slot in order]
+        steps = np.array([image.step for image in images])
+        q = np.maximum(steps - 1, 0)  # the row of the input token, and the sampled token's guidance and noise
+        host = {"tokens": np.array([image.tokens[p - 2] if p >= 2 else 0 for image, p in zip(images, steps)],
+                                   np.int64),
+                "position": steps.astype(np.int64),
+                "guidance_scale": np.array([image.guidance[t] for image, t in zip(images, q)], np.float32),
+                "temperature": np.array([image.sampling.temperature for image in images], np.float32),
+                "noise": np.stack([image.noise[t] for image, t in zip(images, q)])}
         for name, array in host.items():
-            memory.upload(array, self.feeds[name])
-        self._run_decode(int(host["position"].max()))
-        sampled = memory.download(self.next_tokens)
-        rows = [row for slot in active for row in self.rows(slot)]
-        positions = [self.images[row % self.slots].step for row in rows]
-        self._write_cache(rows, positions)
+            memory.upload(array, batch["feeds"][name])
+        rows = [(slot * self.kinds + kind) * c.cache_len + p for kind in range(self.kinds)
+                for slot, p in zip(order, steps)]
+        memory.gather(batch["feeds"]["condition"], self.table, 1, rows)
+        self._run_decode(n, int(steps.max()))
+        sampled = memory.download(batch["next_tokens"])
+        positions = [int(p) for _ in range(self.kinds) for p in steps]
+        memory.write_rows(self.k_cache, batch["outputs"]["keys"], range(self.kinds * n), positions)
+        memory.write_rows(self.v_cache, batch["outputs"]["values"], range(self.kinds * n), positions)
         finished = []
-        for slot in active:
-            image = self.images[slot]
+        for slot, image, token in zip(order, images, sampled):
             if image.step >= 1:
-                image.tokens[image.step - 1] = sampled[slot]
+                image.tokens[image.step - 1] = token
             image.step += 1
             image.last_tick = tick
             if image.step == self.steps:
                 finished.append(slot)
         return finished
 
-    def _write_cache(self, rows: list[int], positions: list[int]) -> None:
-        """This step's keys and values of `rows` (its outputs hold every row) at each row's own position."""
-        all_rows = len(rows) == self.slots * self.rows_per_image and rows == sorted(rows)
-        for cache, new in ((self.k_cache, self.outputs["keys"]), (self.v_cache, self.outputs["values"])):
-            if all_rows:
-                self.memory.write_rows(cache, new, rows, positions)
+    def _run_decode(self, n: int, last_position: int) -> None:
+        if self.backend.use_cuda_graph:  # one captured step per image count: its buffers never move
+            if n not in self._replays:
+                self._decode(n, last_position)  # warm-up (TensorRT requires one before capture)
+                self._replays[n] = self.memory.capture(lambda: self._decode(n, last_position))
             else:
-                self.memory.write_rows(cache, self.memory.take(new, 1, rows), rows, positions)
-
-    def _run_decode(self, last_position: int) -> None:
-        if self.backend.use_cuda_graph:  # one captured step per table: its buffers never move
-            if self._replay is None:
-                self._decode(last_position)  # warm-up (TensorRT requires one before capture)
-                self._replay = self.memory.capture(lambda: self._decode(last_position))
-            else:
-                self._replay()
+                self._replays[n]()
         else:
-            self._decode(last_position)
+            self._decode(n, last_position)
 
-    def _decode(self, last_position: int) -> None:
-        layers, view = range(self.config.depth), self.backend.cache_view
-        p = last_position + 1  # every row reads at most positions 0 .. last_position (masked by its own)
-        feeds = {**self.feeds, "condition": self.condition,
-                 **{f"k_cache.{i}": view(self.k_cache[i], p) for i in layers},
-                 **{f"v_cache.{i}": view(self.v_cache[i], p) for i in layers}}
-        self.backend.run("decode_step", feeds, {**self.outputs, "next_tokens": self.next_tokens})
+    def _decode(self, n: int, last_position: int) -> None:
+        layers, view, batch = range(self.config.depth), self.backend.cache_view, self._batch(n)
+        rows, p = self.kinds * n, last_position + 1  # every row reads at most positions 0 .. last_position
+        feeds = {**batch["feeds"], **{f"k_cache.{i}": view(self.k_cache[i][:rows], p) for i in layers},
+                 **{f"v_cache.{i}": view(self.v_cache[i][:rows], p) for i in layers}}
+        self.backend.run("decode_step", feeds, {**batch["outputs"], "next_tokens": batch["next_tokens"]})
 
     def tokens(self, slot: int) -> np.ndarray:
         return self.images[slot].tokens.copy()
@@ -213,8 +232,8 @@ class VARSlots:
     def admit(self, slot: int, label: int, sampling: Any, seed: int, index: int) -> None:
         c = self.config
         for cache in (self.k_cache, self.v_cache):
-            self.memory.put(cache, 1, [slot, slot + self.slots], self.blank)
-        self.memory.put(self.f_hat, 0, [slot], self.blank_f_hat)
+            self.memory.scatter(cache, self.blank, 1, [slot, slot + self.slots])
+        self.memory.scatter(self.f_hat, self.blank_f_hat, 0, [slot])
         self.images[slot] = SlotImage(label, sampling, sampling_noise(seed, 1, c.seq_len, c.codebook_size, index)[0],
                                       np.zeros(c.seq_len, np.int64))
 
@@ -251,15 +270,18 @@ class VARSlots:
         for name, array in host.items():
             feeds[name] = memory.empty(array.shape, array.dtype)
             memory.upload(array, feeds[name])
-        k_rows, v_rows = memory.take(self.k_cache, 1, rows), memory.take(self.v_cache, 1, rows)
-        feeds.update(self.constants[k], f_hat=memory.take(self.f_hat, 0, group),
+        float_dtype, float32 = self.backend.float_dtype, np.dtype(np.float32)
+        k_rows, v_rows, f_hat = (self._take(*args) for args in ((self.k_cache, 1, rows, float_dtype),
+                                                                (self.v_cache, 1, rows, float_dtype),
+                                                                (self.f_hat, 0, group, float32)))
+        feeds.update(self.constants[k], f_hat=f_hat,
                      **{f"k_cache.{i}": k_rows[i] for i in range(c.depth)},
                      **{f"v_cache.{i}": v_rows[i] for i in range(c.depth)})
         outputs = self.backend.output_buffers("var_step", var_dims(b, side))
         self.backend.run("var_step", feeds, outputs)
         memory.write_rows(self.k_cache, outputs["keys"], rows, [scale["begin"]] * len(rows))
         memory.write_rows(self.v_cache, outputs["values"], rows, [scale["begin"]] * len(rows))
-        memory.put(self.f_hat, 0, group, outputs["f_hat_out"])
+        memory.scatter(self.f_hat, outputs["f_hat_out"], 0, group)
         tokens = memory.download(outputs["tokens"]).reshape(b, -1)
         finished = []
         for j, slot in enumerate(group):
@@ -276,5 +298,13 @@ class VARSlots:
     def decode(self, slots: list[int], preview: bool = False) -> np.ndarray:
         """uint8 images [len(slots), H, W, 3] of the slots' f_hat: the whole image once finished, the estimate
         from the scales so far as a preview."""
-        f_hat = self.memory.download(self.memory.take(self.f_hat, 0, slots))
+        f_hat = self.memory.download(self._take(self.f_hat, 0, slots, np.dtype(np.float32)))
         return self.backend.run_host("var_decoder", {"f_hat": f_hat})["images_uint8"]
+
+    def _take(self, source: Any, axis: int, index: list[int], dtype: np.dtype) -> Any:
+        """A new buffer of source's rows `index` along `axis`."""
+        shape = list(source.shape)
+        shape[axis] = len(index)
+        destination = self.memory.empty(tuple(shape), dtype)
+        self.memory.gather(destination, source, axis, index)
+        return destination

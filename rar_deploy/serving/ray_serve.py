@@ -59,6 +59,11 @@ class RARDeployment:
         self.description = model_description(self.pipeline, self.scheduler.slots)
         self.cancelled = 0
 
+    def __del__(self) -> None:  # Ray Serve's shutdown hook: the requests were drained, the thread may stop
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.close(timeout=5)
+
     async def _parse(self, request: Request, stream: bool) -> GenerateRequest:
         return parse_generate_request(decode_body(await request.body()), self.pipeline, self.max_images, stream)
 

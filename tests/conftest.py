@@ -75,3 +75,18 @@ def export_var_tiny():
         return out
 
     return export
+
+
+@pytest.fixture(scope="session")
+def shared_export(export_tiny, export_var_tiny, tmp_path_factory):
+    """shared_export(family, precision): the tiny RAR or VAR fixture exported once per test session (profile 1..4,
+    no engine), for tests that only read the folder (a test that edits one copies it first)."""
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(family: str, precision: str) -> Path:
+        if (family, precision) not in made:
+            out = tmp_path_factory.mktemp(f"shared-{family}-{precision}") / "artifacts"
+            made[family, precision] = (export_tiny if family == "rar" else export_var_tiny)(out, precision)
+        return made[family, precision]
+
+    return get

@@ -95,8 +95,12 @@ class Scheduler:
     def submit(self, images: list[ImageRequest], on_event: Callable[[Ticket, int, Event], None],
                wanted: Callable[[], bool] | None = None) -> Ticket:
         """Queue a request's images (all or none: `Busy` when the queue cannot take them all). `wanted`, when given,
-        is asked every tick whether the request still has a client (False: cancelled)."""
-        ticket = Ticket(list(images), on_event, wanted)
+        is asked every tick whether the request still has a client (False: cancelled). Images come from
+        `pipeline.image_request(...)`, which checks their values."""
+        images = list(images)
+        if not images or not all(isinstance(image, ImageRequest) for image in images):
+            raise RARDeployError("a request is a non-empty list of ImageRequest (pipeline.image_request(...))")
+        ticket = Ticket(images, on_event, wanted)
         with self._condition:
             if self._closing:
                 raise Busy("the scheduler is stopping: no new requests")

@@ -22,8 +22,8 @@ RUNS = {"const": ("4", "0"), "powcos": ("16", "2.75")}
 
 
 @pytest.fixture(scope="module")
-def fp32_artifacts(export_tiny, tmp_path_factory) -> Path:
-    return export_tiny(tmp_path_factory.mktemp("runtime") / "fp32", "fp32")
+def fp32_artifacts(shared_export) -> Path:
+    return shared_export("rar", "fp32")
 
 
 def _generate(args: list[str]):

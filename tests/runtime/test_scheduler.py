@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime import RARSampling, VARSampling, open_pipeline
 from rar_deploy.runtime.scheduler import Busy, Event, ImageRequest, Scheduler, run_request
 
@@ -23,10 +24,9 @@ VAR_REQUESTS = [(3, 11, 0, VARSampling()), (5, 2, 1, VARSampling(top_k=5, top_p=
 
 
 @pytest.fixture(scope="module")
-def folders(export_tiny, export_var_tiny, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("scheduler")
-    return {"rar": export_tiny(root / "rar", "fp32"), "rar-fp16": export_tiny(root / "rar16", "fp16"),
-            "var": export_var_tiny(root / "var", "fp32")}
+def folders(shared_export) -> dict[str, Path]:
+    return {"rar": shared_export("rar", "fp32"), "rar-fp16": shared_export("rar", "fp16"),
+            "var": shared_export("var", "fp32")}
 
 
 def alone(pipeline, requests) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -147,6 +147,9 @@ def test_full_queue_is_busy_all_or_nothing(folders):
     with pytest.raises(Busy, match="busy: 2 images wait for a slot \\(at most 3\\); try again later"):
         scheduler.submit([image_request(pipeline, RAR_REQUESTS[1])] * 2, lambda *_: None)
     assert scheduler.waiting() == 2  # the refused request left nothing behind
+    for wrong in ([], [RAR_REQUESTS[0]]):
+        with pytest.raises(RARDeployError, match="a request is a non-empty list of ImageRequest"):
+            scheduler.submit(wrong, lambda *_: None)
     scheduler.submit([image_request(pipeline, RAR_REQUESTS[1])], lambda *_: None)
     assert scheduler.waiting() == 3
 

@@ -51,8 +51,8 @@ def get(url: str, route: str) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def artifacts(export_tiny, tmp_path_factory) -> Path:
-    return export_tiny(tmp_path_factory.mktemp("serving") / "fp32", "fp32")
+def artifacts(shared_export) -> Path:
+    return shared_export("rar", "fp32")
 
 
 def start_server(artifacts: Path, log: Path, max_queue: int = 64) -> tuple[subprocess.Popen, str]:
@@ -323,10 +323,10 @@ def test_a_killed_server_leaves_no_ray_process_behind(artifacts, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_var_folder_is_served_in_flight(export_var_tiny, tmp_path):
+def test_a_var_folder_is_served_in_flight(shared_export, tmp_path):
     """rar-serve on a VAR export: concurrent requests give rar-generate's files, VAR's own sampling values apply
     (RAR's are refused), and the stream previews every scale's estimate before the image."""
-    artifacts = export_var_tiny(tmp_path / "var", "fp32")
+    artifacts = shared_export("var", "fp32")
     process, url = start_server(artifacts, tmp_path / "rar-serve.log")
     try:
         ready = get(url, "/ready")[1]

@@ -26,8 +26,8 @@ def triton_repo(*args: str | Path):
 
 
 @pytest.fixture(scope="module")
-def artifacts(export_tiny, tmp_path_factory) -> Path:
-    return export_tiny(tmp_path_factory.mktemp("triton") / "fp32", "fp32")
+def artifacts(shared_export) -> Path:
+    return shared_export("rar", "fp32")
 
 
 def test_config_comes_from_the_manifest(artifacts, tmp_path):
@@ -43,8 +43,8 @@ def test_config_comes_from_the_manifest(artifacts, tmp_path):
     assert "class TritonPythonModel" in model
 
 
-def test_a_var_folder_gets_a_var_model_and_decoupled_is_a_choice(export_var_tiny, artifacts, tmp_path):
-    var = export_var_tiny(tmp_path / "var", "fp32")
+def test_a_var_folder_gets_a_var_model_and_decoupled_is_a_choice(shared_export, artifacts, tmp_path):
+    var = shared_export("var", "fp32")
     repo = tmp_path / "repo"
     assert triton_repo("--artifacts", var, "--out", repo).exit_code == 0
     config = (repo / "var" / "config.pbtxt").read_text()
@@ -115,10 +115,10 @@ def triton_python() -> Path:
 
 
 @pytest.mark.slow
-def test_tritonserver_serves_the_images_of_local_generation(artifacts, export_var_tiny, triton_python, tmp_path):
+def test_tritonserver_serves_the_images_of_local_generation(artifacts, shared_export, triton_python, tmp_path):
     """One repository, three models: rar (answered once, HTTP and gRPC), var (a VAR folder), rar_stream
     (decoupled: gRPC streams with previews, each image as it is done; a full queue refused, a cancel frees it)."""
-    repo, var = tmp_path / "repo", export_var_tiny(tmp_path / "var", "fp32")
+    repo, var = tmp_path / "repo", shared_export("var", "fp32")
     for args in ((artifacts, "--max-batch-size", "4"), (var, "--max-batch-size", "4"),
                  (artifacts, "--name", "rar_stream", "--decoupled", "--max-batch-size", "2", "--max-queue", "64")):
         written = triton_repo("--artifacts", args[0], "--out", repo, "--threads", "1", *args[1:])

@@ -158,3 +158,57 @@ def test_var_tensorrt_engines_pass_parity(tmp_path):
     folder = _export_var(tmp_path / "fp16", "fp16", engine=True)
     result = CliRunner().invoke(parity_command, ["--artifacts", str(folder), "--backend", "tensorrt"])
     assert result.exit_code == 0, result.output
+
+
+def test_cuda_memory_row_operations_match_numpy():
+    """In-flight batching's gather, scatter (any axis), [:n] views and per-row cache writes, against numpy."""
+    from rar_deploy.runtime.memory import CudaMemory, HostMemory
+
+    rng = np.random.default_rng(0)
+    cuda, host = CudaMemory(0), HostMemory()
+    source = rng.standard_normal((3, 5, 4, 7, 2)).astype(np.float16)
+    on_device = cuda.empty(source.shape, source.dtype)
+    cuda.upload(source, on_device)
+    for axis, index in ((0, [2, 0]), (1, [4, 1, 3]), (3, [6, 0, 6])):
+        shape = list(source.shape)
+        shape[axis] = len(index)
+        expected, got = np.empty(shape, source.dtype), cuda.empty(tuple(shape), source.dtype)
+        host.gather(expected, source, axis, index)
+        cuda.gather(got, on_device, axis, index)
+        np.testing.assert_array_equal(cuda.download(got), expected)
+        target, on_target = np.zeros_like(source), cuda.zeros(source.shape, source.dtype)
+        host.scatter(target, expected, axis, index)
+        cuda.scatter(on_target, got, axis, index)
+        np.testing.assert_array_equal(cuda.download(on_target), target)
+    np.testing.assert_array_equal(cuda.download(on_device[1][:3]), source[1][:3])
+    cache, on_cache = np.zeros((2, 6, 3, 9, 4), np.float32), cuda.zeros((2, 6, 3, 9, 4), np.float32)
+    fresh = rng.standard_normal((2, 4, 3, 1, 4)).astype(np.float32)
+    on_fresh = cuda.empty(fresh.shape, fresh.dtype)
+    cuda.upload(fresh, on_fresh)
+    host.write_rows(cache, fresh, [0, 1, 2, 3], [5, 0, 8, 3])
+    cuda.write_rows(on_cache, on_fresh, [0, 1, 2, 3], [5, 0, 8, 3])
+    np.testing.assert_array_equal(cuda.download(on_cache), cache)
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorrt"])
+def test_scheduler_on_the_gpu_equals_each_image_alone(export_tiny, tmp_path, backend):
+    """In-flight batching on CUDA memory (torch with its CUDA graphs: one per image count; TensorRT over
+    cuda-python): staggered joins give each image's tokens alone."""
+    from rar_deploy.runtime import open_pipeline
+    from rar_deploy.runtime.scheduler import Scheduler
+
+    if backend == "tensorrt" and find_tensorrt() is None:
+        pytest.skip("no TensorRT or TensorRT-RTX installed")
+    pipeline = open_pipeline(_export(export_tiny, tmp_path / "fp16", "fp16", engine=backend == "tensorrt"), backend)
+    requests = [(3, 11, 0), (5, 2, 1), (1, 4, 2), (7, 9, 0)]
+    expected = [pipeline.generate([label] * (index + 1), seed=seed, batch_size=1).tokens[index]
+                for label, seed, index in requests]
+    scheduler, results, joins = Scheduler(pipeline.backend, slots=3), {}, {0: [0], 3: [1, 2], 7: [3]}
+    for tick in range(200):
+        for i in joins.get(tick, []):
+            scheduler.submit([pipeline.image_request(*requests[i])],
+                             lambda t, n, event, i=i: results.__setitem__(i, event))
+        if not scheduler.tick() and tick > 7:
+            break
+    for i, tokens in enumerate(expected):
+        np.testing.assert_array_equal(results[i].tokens, tokens)

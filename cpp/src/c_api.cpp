@@ -1,10 +1,13 @@
 // The C API (rar.h): handles over the C++ implementation; every exception becomes a RarResult.
+#include <algorithm>
+#include <memory>
 #include <new>
 #include <string>
 
 #include "error.hpp"
 #include "pipeline.hpp"
 #include "rar/rar.h"
+#include "rar_slots.hpp"
 
 struct RarResult {
   RarErrorCode code;
@@ -19,6 +22,12 @@ struct RarPipeline {
 
 struct RarGenerateParams {
   rar::detail::Sampling sampling;
+};
+
+struct RarScheduler {
+  RarPipeline* owner;
+  int64_t slots;
+  std::unique_ptr<rar::detail::RarSlots> tables[2];  // [0]: guided images, slots 0 .. S-1; [1]: unguided, S .. 2S-1
 };
 
 namespace {
@@ -152,6 +161,98 @@ RarResult* RarPipelineGetTimings(const RarPipeline* pipeline, RarTimings* timing
   return Guard([&] {
     Require(pipeline, "pipeline"), Require(timings, "timings");
     *timings = pipeline->pipeline.Timings();
+  });
+}
+
+RarResult* RarSchedulerCreate(RarPipeline* pipeline, int64_t slots, RarScheduler** out) {
+  return Guard([&] {
+    Require(pipeline, "pipeline"), Require(out, "out");
+    *out = nullptr;
+    const rar::detail::Artifacts& artifacts = pipeline->pipeline.artifacts();
+    if (artifacts.is_var()) {
+      rar::detail::Fail(RAR_ERROR_INVALID_ARGUMENT, "the C API's in-flight scheduler runs RAR folders so far; " +
+                        artifacts.directory.string() + " holds a VAR export (Python: rar_deploy.runtime.scheduler)");
+    }
+    if (slots < 1 || slots > artifacts.max_batch) {
+      rar::detail::Fail(RAR_ERROR_INVALID_ARGUMENT, "slots must lie in [1, " + std::to_string(artifacts.max_batch) +
+                        "] (the artifacts' batch profile), got " + std::to_string(slots));
+    }
+    *out = new RarScheduler{pipeline, slots, {}};
+  });
+}
+
+void RarSchedulerDestroy(RarScheduler* scheduler) { delete scheduler; }
+
+RarResult* RarSchedulerAdmit(RarScheduler* scheduler, int64_t class_label, const RarGenerateParams* params,
+                             int64_t image_index, int64_t* slot) {
+  return Guard([&] {
+    Require(scheduler, "scheduler"), Require(slot, "slot");
+    rar::detail::Pipeline& pipeline = scheduler->owner->pipeline;
+    const rar::detail::Sampling sampling = params ? params->sampling : rar::detail::Sampling{};
+    pipeline.CheckLabels({class_label});
+    const auto values = pipeline.CheckRar(sampling);
+    if (image_index < 0) {
+      rar::detail::Fail(RAR_ERROR_INVALID_ARGUMENT, "image index must be >= 0, got " + std::to_string(image_index));
+    }
+    const int kind = values.guidance_scale != 0 ? 0 : 1;
+    std::lock_guard<std::mutex> lock(pipeline.mutex());
+    auto& table = scheduler->tables[kind];
+    if (!table) {
+      table = std::make_unique<rar::detail::RarSlots>(pipeline.artifacts(), pipeline.backend(), scheduler->slots,
+                                                      kind == 0);
+    }
+    for (int64_t free = 0; free < scheduler->slots; ++free) {
+      if (!table->Busy(free)) {
+        table->Admit(free, class_label, values.guidance_scale, values.guidance_pow, values.temperature, sampling.seed,
+                     image_index);
+        *slot = free + kind * scheduler->slots;
+        return;
+      }
+    }
+    rar::detail::Fail(RAR_ERROR_INVALID_ARGUMENT, "no free slot for this image (" + std::to_string(scheduler->slots) +
+                      " " + (kind == 0 ? "guided" : "unguided") + " images run): step and collect a finished one first");
+  });
+}
+
+RarResult* RarSchedulerStep(RarScheduler* scheduler, int64_t* finished, size_t capacity, size_t* num_finished) {
+  return Guard([&] {
+    Require(scheduler, "scheduler"), Require(num_finished, "num_finished");
+    if (capacity > 0) Require(finished, "finished");
+    *num_finished = 0;
+    std::lock_guard<std::mutex> lock(scheduler->owner->pipeline.mutex());
+    std::vector<int64_t> done;
+    for (int kind = 0; kind < 2; ++kind) {
+      if (!scheduler->tables[kind]) continue;
+      for (int64_t slot : scheduler->tables[kind]->Step()) done.push_back(slot + kind * scheduler->slots);
+    }
+    if (done.size() > capacity) {  // the step ran; its finished slots stay collectable
+      rar::detail::Fail(RAR_ERROR_INVALID_ARGUMENT, std::to_string(done.size()) + " images finished but `finished` "
+                        "holds " + std::to_string(capacity) + ": pass a capacity of 2 * slots");
+    }
+    std::copy(done.begin(), done.end(), finished);
+    *num_finished = done.size();
+  });
+}
+
+RarResult* RarSchedulerCollect(RarScheduler* scheduler, int64_t slot, int64_t* tokens, uint8_t* image) {
+  return Guard([&] {
+    Require(scheduler, "scheduler");
+    if (slot < 0 || slot >= 2 * scheduler->slots || !scheduler->tables[slot / scheduler->slots] ||
+        !scheduler->tables[slot / scheduler->slots]->Done(slot % scheduler->slots)) {
+      rar::detail::Fail(RAR_ERROR_INVALID_ARGUMENT, "slot " + std::to_string(slot) + " holds no finished image: "
+                        "collect the slots RarSchedulerStep reported");
+    }
+    rar::detail::Pipeline& pipeline = scheduler->owner->pipeline;
+    auto& table = *scheduler->tables[slot / scheduler->slots];
+    const int64_t index = slot % scheduler->slots;
+    const std::vector<int64_t> image_tokens = table.Tokens(index);
+    if (tokens) std::copy(image_tokens.begin(), image_tokens.end(), tokens);
+    if (image) {
+      const std::vector<uint8_t> pixels = pipeline.Decode(image_tokens, 1);  // takes the pipeline's lock
+      std::copy(pixels.begin(), pixels.end(), image);
+    }
+    std::lock_guard<std::mutex> lock(pipeline.mutex());
+    table.Release(index);
   });
 }
 

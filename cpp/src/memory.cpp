@@ -22,6 +22,13 @@ Buffer Buffer::Row(int64_t index) const {
   return row;
 }
 
+Buffer Buffer::Head(int64_t rows) const {
+  if (shape.empty() || rows < 0 || rows > shape[0]) Fail(RAR_ERROR_RUNTIME, "buffer rows out of range");
+  Buffer head{data, shape, dtype, owner};
+  head.shape[0] = rows;
+  return head;
+}
+
 Buffer Buffer::Reshape(std::vector<int64_t> new_shape) const {
   Buffer view{data, std::move(new_shape), dtype, owner};
   if (view.Elements() != Elements()) Fail(RAR_ERROR_RUNTIME, "buffer reshape to another size");
@@ -32,6 +39,38 @@ Buffer Memory::Zeros(std::vector<int64_t> shape, DType dtype) {
   Buffer buffer = Empty(std::move(shape), dtype);
   Fill(buffer, 0);
   return buffer;
+}
+
+void Memory::CopyRows(Buffer& destination, const std::vector<int64_t>& to, const Buffer& source,
+                      const std::vector<int64_t>& from, size_t axis) {
+  auto product = [](const std::vector<int64_t>& shape, size_t begin, size_t end) {
+    return std::accumulate(shape.begin() + static_cast<std::ptrdiff_t>(begin),
+                           shape.begin() + static_cast<std::ptrdiff_t>(end), int64_t{1}, std::multiplies<int64_t>());
+  };
+  const size_t outer = static_cast<size_t>(product(source.shape, 0, axis));
+  const size_t inner = static_cast<size_t>(product(source.shape, axis + 1, source.shape.size())) *
+                       ItemSize(source.dtype);
+  for (size_t j = 0; j < to.size(); ++j) {
+    Copy2D(static_cast<char*>(destination.data) + static_cast<size_t>(to[j]) * inner,
+           static_cast<size_t>(destination.shape[axis]) * inner,
+           static_cast<const char*>(source.data) + static_cast<size_t>(from[j]) * inner,
+           static_cast<size_t>(source.shape[axis]) * inner, inner, outer);
+  }
+}
+
+void Memory::WriteRows(Buffer& cache, const Buffer& fresh, const std::vector<int64_t>& positions) {
+  const int64_t layers = cache.shape[0], rows = cache.shape[1], heads = cache.shape[2], seq = cache.shape[3];
+  const int64_t fresh_rows = fresh.shape[1];
+  const size_t step = static_cast<size_t>(cache.shape[4]) * ItemSize(cache.dtype);
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    for (size_t j = 0; j < positions.size(); ++j) {  // H rows of Dh elements: pitch S * Dh in the cache
+      const int64_t row = static_cast<int64_t>(j);
+      Copy2D(static_cast<char*>(cache.data) + static_cast<size_t>(((layer * rows + row) * heads) * seq + positions[j]) * step,
+             static_cast<size_t>(seq) * step,
+             static_cast<const char*>(fresh.data) + static_cast<size_t>((layer * fresh_rows + row) * heads) * step,
+             step, step, static_cast<size_t>(heads));
+    }
+  }
 }
 
 namespace {
@@ -53,6 +92,12 @@ class Host final : public Memory {
     std::memcpy(destination.data, source.data, source.Bytes());
   }
   void Fill(Buffer& buffer, int value) override { std::memset(buffer.data, value, buffer.Bytes()); }
+  void Copy2D(void* destination, size_t dpitch, const void* source, size_t spitch, size_t width,
+              size_t height) override {
+    for (size_t r = 0; r < height; ++r) {
+      std::memcpy(static_cast<char*>(destination) + r * dpitch, static_cast<const char*>(source) + r * spitch, width);
+    }
+  }
 
   void WritePosition(Buffer& cache, const Buffer& fresh, int64_t position) override {
     const size_t step = static_cast<size_t>(cache.shape[4]) * ItemSize(cache.dtype);
@@ -107,6 +152,11 @@ class Cuda final : public Memory {
   }
   void Fill(Buffer& buffer, int value) override {
     CheckCuda(cudaMemsetAsync(buffer.data, value, buffer.Bytes(), stream_), "filling");
+  }
+  void Copy2D(void* destination, size_t dpitch, const void* source, size_t spitch, size_t width,
+              size_t height) override {
+    CheckCuda(cudaMemcpy2DAsync(destination, dpitch, source, spitch, width, height, cudaMemcpyDeviceToDevice, stream_),
+              "copying rows");
   }
   // one 2-D copy of L*R*H rows of n*Dh elements, source pitch n*Dh, destination pitch S*Dh
   void WritePosition(Buffer& cache, const Buffer& fresh, int64_t position) override {

@@ -22,6 +22,7 @@ struct Buffer {
   int64_t Elements() const;
   size_t Bytes() const { return static_cast<size_t>(Elements()) * ItemSize(dtype); }
   Buffer Row(int64_t index) const;                       // buffer[index], one dimension fewer
+  Buffer Head(int64_t rows) const;                       // buffer[:rows], the first rows
   Buffer Reshape(std::vector<int64_t> new_shape) const;  // the same memory, another shape of as many elements
 };
 
@@ -38,6 +39,14 @@ class Memory {
   virtual void Fill(Buffer& buffer, int value) = 0;  // every byte
   // cache [L, R, H, S, Dh] <- fresh [L, R, H, n, Dh] at sequence indices position .. position + n - 1
   virtual void WritePosition(Buffer& cache, const Buffer& fresh, int64_t position) = 0;
+  // height rows of width bytes, from source (row pitch spitch) to destination (row pitch dpitch)
+  virtual void Copy2D(void* destination, size_t dpitch, const void* source, size_t spitch, size_t width,
+                      size_t height) = 0;
+  // In-flight batching (rar_slots.hpp): destination[.., to[j], ..] <- source[.., from[j], ..] along `axis`
+  void CopyRows(Buffer& destination, const std::vector<int64_t>& to, const Buffer& source,
+                const std::vector<int64_t>& from, size_t axis);
+  // cache [L, R, H, S, Dh] row j <- fresh [L, R', H, 1, Dh] row j at sequence index positions[j], j < positions.size()
+  void WriteRows(Buffer& cache, const Buffer& fresh, const std::vector<int64_t>& positions);
   // Capture the device work `body` enqueues into a graph and return its replay; nullptr where there is none.
   virtual std::function<void()> Capture(const std::function<void()>& /*body*/) { return nullptr; }
   virtual void Synchronize() {}

@@ -123,9 +123,7 @@ std::pair<std::vector<int64_t>, std::vector<uint8_t>> Pipeline::Generate(const s
   return {std::move(tokens), std::move(images)};
 }
 
-std::vector<int64_t> Pipeline::RarTokens(const std::vector<int64_t>& labels, const Sampling& sampling) {
-  const ModelConfig& m = artifacts_.model;
-  CheckLabels(labels);
+Pipeline::RarValues Pipeline::CheckRar(const Sampling& sampling) const {
   if (sampling.top_k) NotThisFamily("top-k");
   if (sampling.top_p) NotThisFamily("top-p");
   const double scale = GuidanceScale(sampling.guidance_scale.value_or(artifacts_.defaults.guidance_scale));
@@ -134,6 +132,13 @@ std::vector<int64_t> Pipeline::RarTokens(const std::vector<int64_t>& labels, con
   if (pow < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "guidance pow must be >= 0 (0 is constant guidance)");
   if (temperature < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "temperature must be >= 0 (0 is greedy)");
   if (sampling.seed >= (uint64_t{1} << 63)) Fail(RAR_ERROR_INVALID_ARGUMENT, "seed must lie in [0, 2**63)");
+  return {scale, pow, temperature};
+}
+
+std::vector<int64_t> Pipeline::RarTokens(const std::vector<int64_t>& labels, const Sampling& sampling) {
+  const ModelConfig& m = artifacts_.model;
+  CheckLabels(labels);
+  const auto [scale, pow, temperature] = CheckRar(sampling);
   const int64_t batch_size = BatchSize(sampling.batch_size);
   const bool guided = scale != 0;  // 0 means no guidance: the conditional rows only, as the official code
   const std::vector<float> schedule = GuidanceSchedule(m.image_seq_len, scale, pow);

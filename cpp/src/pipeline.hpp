@@ -42,9 +42,17 @@ class Pipeline {
   RarTimings Timings() const { return timings_; }
   void SetConditionBudget(int64_t bytes);  // RAR
 
+  // For the in-flight scheduler (rar_slots.hpp), which runs on this pipeline's backend under its lock
+  struct RarValues {
+    double guidance_scale, guidance_pow, temperature;
+  };
+  RarValues CheckRar(const Sampling& sampling) const;  // RAR's values resolved and checked (one line each)
+  void CheckLabels(const std::vector<int64_t>& labels) const;
+  Backend& backend() { return *backend_; }
+  std::mutex& mutex() { return mutex_; }
+
  private:
   int64_t BatchSize(std::optional<int64_t> requested) const;
-  void CheckLabels(const std::vector<int64_t>& labels) const;
   std::vector<int64_t> RarTokens(const std::vector<int64_t>& labels, const Sampling& sampling);
   // VAR's tokens, and its images where `images` is given
   std::vector<int64_t> VarGenerate(const std::vector<int64_t>& labels, const Sampling& sampling,

@@ -69,6 +69,92 @@ static void expect_open_fails(const char* work, const char* name, const char* ba
   }
 }
 
+/* One image for the scheduler test: its label, seed, index and sampling values, and when it asks to join. */
+typedef struct {
+  int64_t label, index;
+  uint64_t seed;
+  double guidance_scale, temperature;
+  int join;
+} SchedulerImage;
+
+static RarGenerateParams* image_params(const SchedulerImage* image) {
+  RarGenerateParams* params = NULL;
+  RarResultDestroy(RarGenerateParamsCreate(&params));
+  RarResultDestroy(RarGenerateParamsSetSeed(params, image->seed));
+  if (image->guidance_scale >= 0) RarResultDestroy(RarGenerateParamsSetGuidanceScale(params, image->guidance_scale));
+  if (image->temperature >= 0) RarResultDestroy(RarGenerateParamsSetTemperature(params, image->temperature));
+  return params;
+}
+
+/* In-flight batching: images that join at steps 0, 3 and 7 (one waiting for a slot), guided and unguided, each
+   equal to RarPipelineGenerate of its label at its index with its seed and values (its tokens and its pixels). */
+static void test_scheduler(const char* work) {
+  const SchedulerImage images[] = {{3, 0, 11, -1, -1, 0}, {5, 1, 2, 0.0, -1, 0}, {1, 2, 4, 3.0, 0.7, 3},
+                                   {7, 0, 9, -1, -1, 7}};
+  enum { kImages = 4, kTokens = 16 };
+  RarPipeline* pipeline = open_pipeline(work, "fp32");
+  RarModelInfo info;
+  RarResultDestroy(RarPipelineGetModelInfo(pipeline, &info));
+  const size_t image_bytes = (size_t)(info.image_height * info.image_width * info.image_channels);
+  int64_t expected_tokens[kImages][kTokens], got_tokens[kImages][kTokens];
+  uint8_t* expected_images = malloc(kImages * image_bytes);
+  uint8_t* got_images = malloc(kImages * image_bytes);
+  uint8_t* scratch = malloc(3 * image_bytes);
+  for (int i = 0; i < kImages; ++i) {  /* alone: a call of index + 1 labels, row `index` */
+    int64_t labels[3], tokens[3 * kTokens];
+    for (int j = 0; j < 3; ++j) labels[j] = images[i].label;
+    RarGenerateParams* params = image_params(&images[i]);
+    expect_ok(RarPipelineGenerate(pipeline, labels, (size_t)images[i].index + 1, params, tokens, scratch), "alone");
+    memcpy(expected_tokens[i], tokens + images[i].index * kTokens, sizeof(expected_tokens[i]));
+    memcpy(expected_images + i * image_bytes, scratch + images[i].index * image_bytes, image_bytes);
+    RarGenerateParamsDestroy(params);
+  }
+  RarScheduler* scheduler = NULL;
+  expect(RarSchedulerCreate(pipeline, 0, &scheduler), RAR_ERROR_INVALID_ARGUMENT, "slots must lie in [1, 4]",
+         "scheduler of 0 slots");
+  expect_ok(RarSchedulerCreate(pipeline, 2, &scheduler), "scheduler of 2 slots");
+  int64_t owner[4] = {-1, -1, -1, -1};  /* slot -> image */
+  int admitted[kImages] = {0}, collected = 0, refused = 0;
+  for (int step = 0; step < 200 && collected < kImages; ++step) {
+    for (int i = 0; i < kImages; ++i) {
+      if (admitted[i] || images[i].join > step) continue;
+      RarGenerateParams* params = image_params(&images[i]);
+      int64_t slot = -1;
+      RarResult* result = RarSchedulerAdmit(scheduler, images[i].label, params, images[i].index, &slot);
+      RarGenerateParamsDestroy(params);
+      if (result == NULL) {
+        admitted[i] = 1, owner[slot] = i;
+      } else {  /* both guided slots busy: it waits, as a server's queue would */
+        refused += strstr(RarResultGetMessage(result), "no free slot") != NULL;
+        RarResultDestroy(result);
+      }
+    }
+    int64_t finished[4];
+    size_t count = 0;
+    expect_ok(RarSchedulerStep(scheduler, finished, 4, &count), "scheduler step");
+    for (size_t k = 0; k < count; ++k) {
+      const int i = (int)owner[finished[k]];
+      expect_ok(RarSchedulerCollect(scheduler, finished[k], got_tokens[i], got_images + i * image_bytes), "collect");
+      owner[finished[k]] = -1, collected++;
+    }
+  }
+  expect_true(collected == kImages && refused > 0, "scheduler: every image done, one waited for a slot");
+  expect_true(memcmp(got_tokens, expected_tokens, sizeof(got_tokens)) == 0 &&
+              memcmp(got_images, expected_images, kImages * image_bytes) == 0,
+              "scheduler: every image equals it alone (tokens and pixels)");
+  expect(RarSchedulerCollect(scheduler, 0, NULL, NULL), RAR_ERROR_INVALID_ARGUMENT, "holds no finished image",
+         "collect an empty slot");
+  RarSchedulerDestroy(scheduler);
+  RarPipelineDestroy(pipeline);
+  pipeline = open_pipeline(work, "var_fp32");
+  expect(RarSchedulerCreate(pipeline, 2, &scheduler), RAR_ERROR_INVALID_ARGUMENT, "RAR folders so far",
+         "scheduler on VAR");
+  RarPipelineDestroy(pipeline);
+  free(expected_images);
+  free(got_images);
+  free(scratch);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: test_c_api WORK\n");
@@ -235,6 +321,7 @@ int main(int argc, char** argv) {
   RarPipelineDestroy(pipeline);
   free(generated);
   free(decoded);
+  test_scheduler(work);
   printf(failures ? "%d FAILED\n" : "all passed\n", failures);
   return failures ? 1 : 0;
 }

@@ -105,6 +105,27 @@ typedef struct RarTimings {
 } RarTimings;
 RAR_API RarResult* RarPipelineGetTimings(const RarPipeline* pipeline, RarTimings* timings);
 
+/* In-flight batching (RAR folders): up to `slots` images generated at once (per kind: guided images and images
+   without guidance run in tables of their own), each admitted at any step with its own label, image index, seed
+   and sampling values, each leaving the step it is done. The tokens and image of every image equal those of
+   RarPipelineGenerate for its label at position `image_index` of a call with the same seed and values, whatever
+   runs beside it (docs/CONTRACT.md). No threads: the caller admits, steps and collects (a server's loop); the
+   scheduler uses its pipeline's backend, so calls on the pipeline and on its scheduler are serialised. */
+typedef struct RarScheduler RarScheduler;
+/* slots: 1 .. the artifacts' max batch; the pipeline must outlive the scheduler */
+RAR_API RarResult* RarSchedulerCreate(RarPipeline* pipeline, int64_t slots, RarScheduler** out);
+RAR_API void RarSchedulerDestroy(RarScheduler* scheduler);
+/* Admit one image into a free slot (its id into *slot); params: sampling values and seed (NULL: defaults; batch
+   size ignored). RAR_ERROR_INVALID_ARGUMENT when no slot of its kind is free: step and collect first. */
+RAR_API RarResult* RarSchedulerAdmit(RarScheduler* scheduler, int64_t class_label, const RarGenerateParams* params,
+                                     int64_t image_index, int64_t* slot);
+/* One decode step for every image admitted; the slots whose image finished at this step go to
+   finished[0 .. *num_finished) (capacity: at least 2 * slots covers every case). */
+RAR_API RarResult* RarSchedulerStep(RarScheduler* scheduler, int64_t* finished, size_t capacity,
+                                    size_t* num_finished);
+/* A finished slot's tokens [N] (unless NULL) and uint8 image [H, W, C] (unless NULL); the slot is free after. */
+RAR_API RarResult* RarSchedulerCollect(RarScheduler* scheduler, int64_t slot, int64_t* tokens, uint8_t* image);
+
 #ifdef __cplusplus
 }
 #endif

@@ -63,7 +63,8 @@ CASES = {"rar": (RAR_REQUESTS, {0: [0, 1], 3: [2], 7: [3], 12: [4]}),
          "var": (VAR_REQUESTS, {0: [0, 1], 1: [2], 2: [3], 4: [4]})}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if case == "rar-fp16" else case
+                                  for case in CASES])  # fp16: its own export, in CI's slow line
 def test_staggered_arrivals_equal_each_image_alone(folders, case):
     """Joins at several steps (RAR positions 0, 3, 7, 12, 20; VAR at every scale boundary), guided and unguided
     RAR images (two tables), VAR groups of different top-k/top-p, more requests than slots."""

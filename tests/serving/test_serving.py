@@ -312,6 +312,7 @@ def test_sigterm_answers_the_requests_in_flight_then_stops_everything(server):
         get(url, "/healthz")
 
 
+@pytest.mark.slow  # a second Ray start (about a minute on 2 cores): with the VAR server in CI's slow line
 def test_a_killed_server_leaves_no_ray_process_behind(artifacts, tmp_path):
     process, url = start_server(artifacts, tmp_path / "rar-serve.log")
     descendants = psutil.Process(process.pid).children(recursive=True)

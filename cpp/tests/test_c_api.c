@@ -139,9 +139,22 @@ static void test_scheduler(const char* work) {
     }
   }
   expect_true(collected == kImages && refused > 0, "scheduler: every image done, one waited for a slot");
-  expect_true(memcmp(got_tokens, expected_tokens, sizeof(got_tokens)) == 0 &&
-              memcmp(got_images, expected_images, kImages * image_bytes) == 0,
-              "scheduler: every image equals it alone (tokens and pixels)");
+  /* x86-64's ONNX Runtime decodes an image to the same bytes in any batch; arm64's does not (its convolutions
+     round otherwise with the batch's size): there a pixel value may be one level off, for at most 1 in 200, the
+     cross build's rule (cpp_parity.py) */
+#if defined(__x86_64__)
+  const size_t allowed_off = 0;
+#else
+  const size_t allowed_off = kImages * image_bytes / 200;
+#endif
+  size_t off = 0, larger = 0;
+  for (size_t b = 0; b < kImages * image_bytes; ++b) {
+    const int difference = abs((int)got_images[b] - (int)expected_images[b]);
+    off += difference == 1, larger += difference > 1;
+  }
+  if (off) printf("     %zu of %zu pixel values one level off\n", off, kImages * image_bytes);
+  expect_true(memcmp(got_tokens, expected_tokens, sizeof(got_tokens)) == 0, "scheduler: every image's tokens alone");
+  expect_true(larger == 0 && off <= allowed_off, "scheduler: every image's pixels alone");
   expect(RarSchedulerCollect(scheduler, 0, NULL, NULL), RAR_ERROR_INVALID_ARGUMENT, "holds no finished image",
          "collect an empty slot");
   RarSchedulerDestroy(scheduler);

@@ -31,8 +31,8 @@ CROSS_PIXELS = 5e-3
 
 def chroot(root: Path, *command, check: bool = True) -> subprocess.CompletedProcess:
     environment = {"PATH": f"{VENV}/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", **CPU}
-    result = subprocess.run([shutil.which("chroot") or "/usr/sbin/chroot", str(root), *map(str, command)], capture_output=True, text=True,
-                            env=environment)
+    result = subprocess.run([shutil.which("chroot") or "/usr/sbin/chroot", str(root), *map(str, command)],
+                            capture_output=True, text=True, env=environment)
     if check:
         assert result.returncode == 0, f"{' '.join(map(str, command))}: {result.stdout}{result.stderr}"
     return result

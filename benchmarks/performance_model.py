@@ -45,20 +45,65 @@ GPUS = {"H100 SXM": 3350.0, "A100 80GB SXM": 2039.0, "L4": 300.0, "Jetson AGX Or
 FP8_GPUS = {"H100 SXM", "L4"}  # FP8 GEMMs from SM89 on: not Ampere (A100 SM80, Orin SM87)
 
 
+def linear_bytes(k: int, n: int, weights: str) -> int:
+    """A [n, k] Linear's stored weight bytes as rar-export --weights writes it: fp16, int8 per channel, int4 in
+    blocks of 128 with fp16 scales, fp8 per tensor (its scale and the input's)."""
+    return {"fp16": 2 * k * n, "int8": k * n + 2 * n, "int4": k * n // 2 + 2 * (k // 128) * n,
+            "fp8": k * n + 2 + 2}[weights]
+
+
 def quantized_step_bytes(preset: str, weights: str) -> int:
-    """A batch-1 fp16 decode step's bytes with the block Linears stored as `weights` (fp16, int8 per channel,
-    int4 in blocks of 128 with fp16 scales, fp8 per tensor), as rar-export --weights writes them; the rest fp16."""
+    """A batch-1 fp16 decode step's bytes with the block Linears stored as `weights`; the rest fp16."""
     from rar_deploy.model.quantized import quantized_linears
 
     with torch.device("meta"):
         model = RARGenerator(GENERATOR_PRESETS[preset])
     _, after = step_bytes(preset, 2)
     for linear in quantized_linears(model).values():
-        k, n = linear.in_features, linear.out_features
-        stored = {"fp16": 2 * k * n, "int8": k * n + 2 * n, "int4": k * n // 2 + 2 * (k // 128) * n,
-                  "fp8": k * n + 2 + 2}[weights]  # fp8: the weight's scale and the input's
-        after += stored - 2 * k * n
+        after += linear_bytes(linear.in_features, linear.out_features, weights) - 2 * linear.in_features * \
+            linear.out_features
     return after
+
+
+# Jetson boards: memory shared by the CPU and the GPU (GB) and its bandwidth (GB/s), from NVIDIA's data sheets
+# (Orin Nano: 102 GB/s in JetPack 6.2's Super mode, 68 GB/s otherwise)
+JETSONS = {"Orin Nano 8GB": (8, 102.0), "Orin NX 16GB": (16, 102.4), "AGX Orin 32GB": (32, 204.8),
+           "AGX Orin 64GB": (64, 204.8), "Thor T5000": (128, 273.0)}
+RESERVE_GB = 3.0  # kept for the OS, the CUDA context, TensorRT's libraries and workspace: an assumption
+CONDITION_BUDGET = 2 << 30  # the runtime's default cap on a batch's condition table (loops.RARLoop)
+
+
+def pipeline_memory(preset: str, weights: str) -> tuple[int, int, int]:
+    """(weights, per image, condition table per image) bytes of an fp16 RAR pipeline on the device: every
+    generator parameter (the block Linears stored as `weights`, norms float32) and the tokenizer's decoder; per
+    image the KV cache of its two rows (guided and unguided), its sampling noise; the condition table (two rows a
+    position, all positions) counts up to CONDITION_BUDGET a batch. Activations are in RESERVE_GB."""
+    from rar_deploy import TOKENIZER_PRESETS
+    from rar_deploy.model.quantized import quantized_linears
+    from rar_deploy.model.tokenizer import VQDecoder
+
+    with torch.device("meta"):
+        model = RARGenerator(GENERATOR_PRESETS[preset])
+        decoder = VQDecoder(TOKENIZER_PRESETS["maskgit-vqgan-imagenet-f16-256"])
+    c = model.config
+    stored = sum(p.numel() * (4 if "norm" in name else 2) for name, p in model.named_parameters())
+    for linear in quantized_linears(model).values():
+        stored += linear_bytes(linear.in_features, linear.out_features, weights) - 2 * linear.in_features * \
+            linear.out_features
+    stored += 2 * sum(p.numel() for p in decoder.parameters())
+    rows = 2
+    cache = 2 * c.depth * rows * c.num_heads * c.cache_len * c.head_dim * 2
+    noise = c.cache_len * c.codebook_size * 4
+    condition = rows * c.cache_len * (6 * c.depth + 3) * c.hidden_size * 2
+    return stored, cache + noise, condition
+
+
+def largest_batch(memory_gb: float, preset: str, weights: str, limit: int = 256) -> int:
+    """The largest batch whose pipeline fits the board's memory less RESERVE_GB (0: not even one image)."""
+    fixed, per_image, condition = pipeline_memory(preset, weights)
+    free = (memory_gb - RESERVE_GB) * 1e9 - fixed
+    fits = [b for b in range(1, limit + 1) if b * per_image + min(b * condition, CONDITION_BUDGET) <= free]
+    return max(fits, default=0)
 
 
 def main() -> None:
@@ -84,6 +129,23 @@ def main() -> None:
             print(f"| {preset} | {weights} | {size / 1e6:.0f} MB | " + " | ".join(
                 "no FP8" if weights == "fp8" and gpu not in FP8_GPUS else f"{size / gbs / 1e6:.3f} ms"
                 for gpu, gbs in GPUS.items()) + " |")
+    print()
+    print(f"Jetson boards (fp16 activations; {RESERVE_GB:g} GB kept for the OS, CUDA and TensorRT): the largest batch "
+          "that fits, and the batch-1 step floor")
+    print("| model | weights | loaded weights | per image | " + " | ".join(
+        f"{board} ({gb} GB, {gbs:g} GB/s)" for board, (gb, gbs) in JETSONS.items()) + " |")
+    print("|" + " --- |" * (4 + len(JETSONS)))
+    for preset in ("rar_b", "rar_l", "rar_xl", "rar_xxl"):
+        for weights in ("fp16", "int8", "int4"):
+            fixed, per_image, condition = pipeline_memory(preset, weights)
+            floor = quantized_step_bytes(preset, weights)
+            cells = []
+            for gb, gbs in JETSONS.values():
+                batch = largest_batch(gb, preset, weights)
+                cells.append("does not fit" if batch == 0 else
+                             f"batch {batch if batch < 256 else '256+'}, {floor / gbs / 1e6:.2f} ms")
+            print(f"| {preset} | {weights} | {fixed / 1e9:.2f} GB | {(per_image + condition) / 1e6:.0f} MB | "
+                  + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

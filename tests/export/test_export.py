@@ -226,6 +226,7 @@ def test_engines_match_the_manifest(official_export):
         assert (engine["timing_cache"] is None) == (engine["flavour"] == "tensorrt-rtx")
 
 
+@pytest.mark.slow
 @needs_tensorrt
 def test_forced_external_data_exports_parses_and_builds(export_tiny, tmp_path):
     out = export_tiny(tmp_path / "ext", "fp16", engine=None, profile=PROFILE, external_data=True)

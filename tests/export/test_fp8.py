@@ -136,6 +136,7 @@ def test_int8_activations_is_refused_for_fp8(fp8_exports):
         RARPipeline.from_artifacts(fp8_exports["rar_fp32"], int8_activations=True)
 
 
+@pytest.mark.slow
 @needs_tensorrt
 def test_tensorrt_rtx_builds_fp8_engines_for_fp8_capable_targets_only(export_tiny, tmp_path):
     out = export_tiny(tmp_path / "fp8", "fp16", weights="fp8", engine=True, verify=False,

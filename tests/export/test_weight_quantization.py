@@ -142,6 +142,7 @@ def test_every_backend_draws_the_same_tokens_from_a_quantized_folder(quantized_e
     assert not np.array_equal(float_tokens, tokens[0])  # int4's tokens are its own, not the float model's
 
 
+@pytest.mark.slow
 @needs_tensorrt
 def test_tensorrt_rtx_builds_quantized_engines(export_tiny, tmp_path):
     for precision, weights in (("fp16", "int8"), ("fp16", "int4")):

@@ -149,6 +149,7 @@ def test_parity_and_verify_files_check_every_file_the_manifest_lists(fp32, tmp_p
     assert generate(artifacts, tmp_path / "out").exit_code == 0  # not a graph: a plain run does not read it
 
 
+@pytest.mark.slow
 @needs_tensorrt
 def test_an_engine_from_another_export_is_refused(export_tiny, demo_checkpoints, tmp_path):
     from rar_deploy.runtime.artifacts import Artifacts

@@ -104,6 +104,7 @@ def test_force_replaces_only_a_tokens_file_rar_generate_wrote(fp32, tmp_path):
     assert not np.array_equal(np.load(tokens), first)
 
 
+@pytest.mark.slow
 @needs_tensorrt
 def test_rar_build_keeps_what_it_did_not_write_and_follows_a_link(export_tiny, tmp_path):
     folder = export_tiny(tmp_path / "art", "fp16", engine=True, verify=False)
@@ -227,6 +228,7 @@ def _peak_rss_kib(fp32: Path, out: Path, images: int) -> int:
     return int(result.stderr.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_rar_generate_memory_does_not_grow_with_the_number_of_images(fp32, tmp_path):
     few, many = _peak_rss_kib(fp32, tmp_path / "few", 40), _peak_rss_kib(fp32, tmp_path / "many", 2000)
     # 2000 images of 64 x 64 are 24 MiB of pixels alone: held to the end they would show; written as made they don't

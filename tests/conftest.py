@@ -90,3 +90,9 @@ def shared_export(export_tiny, export_var_tiny, tmp_path_factory):
         return made[family, precision]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def parallel_export(export_tiny, tmp_path_factory) -> Path:
+    """The official-tiny fixture exported fp32 with decode_block (rar-export --parallel-decoding), once per session."""
+    return export_tiny(tmp_path_factory.mktemp("parallel") / "tiny-fp32", "fp32", parallel_decoding=True)

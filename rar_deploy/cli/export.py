@@ -35,6 +35,9 @@ def _default_tokenizer(ckpt: str) -> str:
 @click.option("--calibration", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
               help="How --weights int8/int4 are chosen: round to nearest, or GPTQ on the model's own generations "
                    "(NVIDIA Model Optimizer: pip install 'rar-deploy[calibrate]'; lower error, slower export).")
+@click.option("--parallel-decoding", is_flag=True,
+              help="RAR: also export decode_block, the decode step over several positions, for speculative Jacobi "
+                   "decoding (rar-generate --parallel-window; the generator's weights are stored a second time).")
 @click.option("--engine/--no-engine", default=None,
               help="Build TensorRT engines [default: when TensorRT is importable].")
 @click.option("--min-batch", default=1, show_default=True, help="Smallest batch of the engine profile.")
@@ -51,8 +54,8 @@ def _default_tokenizer(ckpt: str) -> str:
 @click.option("--external-data", is_flag=True, help="Store weights in .onnx.data files even below 2 GB.")
 @click.option("--force", is_flag=True, help="Replace an earlier export at --out (never anything else).")
 @friendly_errors
-def export_command(ckpt, tokenizer, out, fp16, weights, group_size, calibration, engine, min_batch, opt_batch,
-                   max_batch, opt_level, capabilities, timing_cache, verify, external_data, force) -> None:
+def export_command(ckpt, tokenizer, out, fp16, weights, group_size, calibration, parallel_decoding, engine,
+                   min_batch, opt_batch, max_batch, opt_level, capabilities, timing_cache, verify, external_data, force) -> None:
     """Export a RAR (or VAR) generator and its tokenizer to ONNX graphs, TensorRT engines and a manifest."""
     from rar_deploy.export.exporter import ExportRequest, export_artifacts
     from rar_deploy.tools.engine_build import RTX_DEFAULT_CAPABILITIES, BatchProfile
@@ -66,6 +69,7 @@ def export_command(ckpt, tokenizer, out, fp16, weights, group_size, calibration,
         verify=verify, force=force, opt_level=opt_level,
         compute_capabilities=tuple(capabilities) or RTX_DEFAULT_CAPABILITIES, external_data=external_data,
         timing_cache=timing_cache, weights=weights, group_size=group_size, calibration=calibration,
+        parallel_decoding=parallel_decoding,
     )
     result = export_artifacts(request, progress=progress_printer())
     click.echo(export_summary(result))

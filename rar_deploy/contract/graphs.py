@@ -18,8 +18,21 @@ from rar_deploy.contract.config import RARConfig, RARTokenizerConfig, VARConfig,
 GRAPH_NAMES = ("condition", "decode_step", "vq_decoder")
 VAR_GRAPH_NAMES = ("var_step", "var_decoder")
 FAMILY_GRAPHS = {"rar": GRAPH_NAMES, "var": VAR_GRAPH_NAMES}
-# VAR adds `side` (pn, the scale's token grid side) and `tokens` (n = pn * pn, the scale's tokens)
-SYMBOLIC_DIMS = ("batch", "rows", "positions", "side", "tokens")
+# graphs an export writes only when asked (`rar-export --parallel-decoding`): RAR's multi-position step
+OPTIONAL_GRAPHS = {"rar": ("decode_block",), "var": ()}
+
+
+def present_graphs(family: str, names) -> tuple[str, ...]:
+    """The graphs of a folder of `family` whose graph names are `names`: every required one, then the optional
+    ones it has."""
+    return FAMILY_GRAPHS[family] + tuple(name for name in OPTIONAL_GRAPHS[family] if name in names)
+
+
+# speculative Jacobi decoding (runtime/jacobi.py): draft tokens per image a decode_block call checks
+DEFAULT_PARALLEL_WINDOW, MAX_PARALLEL_WINDOW = 8, 16
+# `block`: consecutive positions per image in one decode_block call. VAR adds `side` (pn, the scale's token grid
+# side) and `tokens` (n = pn * pn, the scale's tokens)
+SYMBOLIC_DIMS = ("batch", "rows", "positions", "block", "side", "tokens")
 # what parity compares of one var_step call (its tokens and f_hat_out follow from sampling: the free-running
 # checks cover them)
 VAR_STEP_COMPARED = ("logits", "keys", "values")
@@ -92,6 +105,20 @@ def graph_specs(config: RARConfig, tokenizer: RARTokenizerConfig, dtype: str) ->
                         TensorSpec("logits", "float32", ("batch", vocab)),
                         TensorSpec("keys", dtype, step_kv),
                         TensorSpec("values", dtype, step_kv)],
+        },
+        "decode_block": {
+            "inputs": [TensorSpec("tokens", "int64", ("batch", "block")),
+                       TensorSpec("position", "int64", ("batch",)),
+                       TensorSpec("condition", dtype, ("positions", "rows", condition_width(config))),
+                       *(TensorSpec(f"k_cache.{i}", dtype, cache_view) for i in range(layers)),
+                       *(TensorSpec(f"v_cache.{i}", dtype, cache_view) for i in range(layers)),
+                       TensorSpec("guidance_scale", "float32", ("batch", "block")),
+                       TensorSpec("temperature", "float32", ("batch",)),
+                       TensorSpec("noise", "float32", ("batch", "block", vocab))],
+            "outputs": [TensorSpec("next_tokens", "int64", ("batch", "block")),
+                        TensorSpec("logits", "float32", ("batch", "block", vocab)),
+                        TensorSpec("keys", dtype, (layers, "rows", heads, "block", head_dim)),
+                        TensorSpec("values", dtype, (layers, "rows", heads, "block", head_dim))],
         },
         "vq_decoder": {
             "inputs": [TensorSpec("tokens", "int64", ("batch", config.image_seq_len))],
@@ -241,3 +268,10 @@ def profile_dims(min_batch: int, opt_batch: int, max_batch: int, cache_len: int)
     return [{"batch": min_batch, "rows": min_batch, "positions": 1},
             generation_dims(opt_batch, True, cache_len),
             generation_dims(max_batch, True, cache_len)]
+
+
+def with_block_dims(dims: list[dict[str, int]], cache_len: int) -> list[dict[str, int]]:
+    """An engine profile's [min, opt, max] dims with decode_block's `block`: one position, the last token and the
+    default window of drafts, the largest window (at most every position)."""
+    blocks = (1, DEFAULT_PARALLEL_WINDOW + 1, MAX_PARALLEL_WINDOW + 1)
+    return [{**d, "block": min(size, cache_len)} for d, size in zip(dims, blocks)]

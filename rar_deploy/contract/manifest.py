@@ -26,11 +26,11 @@ from rar_deploy.contract.config import (
     VARTokenizerConfig,
 )
 from rar_deploy.contract.graphs import (
-    FAMILY_GRAPHS,
     cache_layout,
     condition_layout,
     family_graph_specs,
     graph_specs,
+    present_graphs,
     var_cache_layout,
     var_graph_specs,
     var_scales,
@@ -93,7 +93,8 @@ def build_manifest(*, generator: RARConfig | VARConfig, tokenizer: RARTokenizerC
         "precision": precision,
         **({"weights": weights} if weights else {}),
         "graphs": {name: {**graphs[name], "inputs": [s.to_dict() for s in specs[name]["inputs"]],
-                          "outputs": [s.to_dict() for s in specs[name]["outputs"]]} for name in FAMILY_GRAPHS[family]},
+                          "outputs": [s.to_dict() for s in specs[name]["outputs"]]}
+                   for name in present_graphs(family, graphs)},
         "files": files,
     }
     manifest.update(_var_sections(generator, tokenizer, dtype) if family == "var" else _rar_sections(generator, dtype))
@@ -269,7 +270,7 @@ def _check_consistent(manifest: dict, path: Path) -> None:
     if tokenizer.codebook_size != generator.codebook_size:
         raise refuse(f"the tokenizer's codebook ({tokenizer.codebook_size}) does not match the generator's vocabulary "
                      f"({generator.codebook_size}): it mixes two models")
-    for name in FAMILY_GRAPHS[family]:
+    for name in present_graphs(family, manifest["graphs"]):
         for kind in ("inputs", "outputs"):
             expected = [s.to_dict() for s in specs[name][kind]]
             for recorded, wanted in zip(manifest["graphs"][name][kind], expected):

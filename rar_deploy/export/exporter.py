@@ -14,7 +14,7 @@ import onnxruntime
 import torch
 
 from rar_deploy.contract.config import VARConfig
-from rar_deploy.contract.graphs import FAMILY_GRAPHS
+from rar_deploy.contract.graphs import FAMILY_GRAPHS, OPTIONAL_GRAPHS
 from rar_deploy.contract.integrity import file_record, sha256_of
 from rar_deploy.contract.manifest import (
     FLOAT_DTYPES,
@@ -71,6 +71,8 @@ class ExportRequest:
     weights: str | None = None  # None or "float": the precision's; "int8" | "int4": weight-only; "fp8": W8A8
     group_size: int | None = None  # int4 block [default: the largest of 128, 64, 32 dividing every width]
     calibration: str = "rtn"  # "rtn": round to nearest; "gptq": GPTQ on the model's own generations (ModelOpt)
+    parallel_decoding: bool = False  # also RAR's decode_block graph (speculative Jacobi decoding, rar-generate
+    #                                  --parallel-window)
 
 
 @dataclass
@@ -89,6 +91,9 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
                                           request.timing_cache), progress, fp8=request.weights == "fp8")
     # the flags alone, before anything is read
     check_calibration(request.calibration, weight_quantization(request.weights, request.group_size, widths={}))
+    if request.parallel_decoding and request.weights not in (None, "float"):
+        raise ExportError(f"--parallel-decoding with --weights {request.weights}: the decode_block graph is exported "
+                          "in the float weights of the precision only (for now); drop one of them")
     ckpt = require_file(resolve_checkpoint(request.ckpt))  # first: a wrong --ckpt is named before any tokenizer
     tokenizer_path = require_file(resolve_checkpoint(request.tokenizer))
     output = Output(request.out, "--out", request.force, written=exported_files, owner="rar-export",
@@ -99,6 +104,9 @@ def export_artifacts(request: ExportRequest, progress: Callable[[str], None] = p
         progress(f"loading {ckpt} and {tokenizer_path}")
         generator, tokenizer = load_models(ckpt, tokenizer_path)
         _check_compatible(generator.config, tokenizer.config, tokenizer_path)
+        if request.parallel_decoding and not OPTIONAL_GRAPHS[FAMILY_EXPORTS[type(generator)][0]]:
+            raise ExportError(f"--parallel-decoding applies to RAR checkpoints, and {ckpt} is a VAR model (one step "
+                              "per scale already samples a whole scale): drop it")
         quantization = resolve_weights(generator, request.weights, request.group_size)
         quantized, float_record, calibration = {}, None, None
         if quantization is not None:  # from here on the generator is the quantized reference
@@ -169,8 +177,11 @@ def _export_graphs(generator, tokenizer, directory: Path, request: ExportRequest
     """Every graph in the export precision, one at a time; the manifest's entry of each."""
     cast_gen, cast_tok = cast_models(generator, tokenizer, request.precision)
     family, graph_exports = FAMILY_EXPORTS[type(generator)]
-    exports, names = graph_exports(cast_gen, cast_tok, request.profile.max), FAMILY_GRAPHS[family]
+    exports = graph_exports(cast_gen, cast_tok, request.profile.max)
+    names = FAMILY_GRAPHS[family] + (OPTIONAL_GRAPHS[family] if request.parallel_decoding else ())
     graphs = {}
+    for name in exports.keys() - set(names):
+        del exports[name]
     for name in names:
         progress(f"exporting {name}.onnx ({request.precision})")
         exported = export_graph(exports.pop(name), directory / f"{name}.onnx", request.external_data)

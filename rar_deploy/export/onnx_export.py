@@ -26,7 +26,7 @@ from torch import nn
 from rar_deploy.contract.graphs import condition_width, forward_arguments, graph_specs, var_graph_specs, var_input_dims
 from rar_deploy.errors import ExportError
 from rar_deploy.model.generator import RARGenerator
-from rar_deploy.model.graphs import ConditionGraph, DecodeStepGraph, VQDecoderGraph
+from rar_deploy.model.graphs import ConditionGraph, DecodeBlockGraph, DecodeStepGraph, VQDecoderGraph
 from rar_deploy.model.layers import NORM_TYPES
 from rar_deploy.model.tokenizer import VQDecoder
 from rar_deploy.model.var import VARVQVAE, VARGenerator
@@ -36,6 +36,7 @@ OPSET = 18
 PROTOBUF_LIMIT = 2**31 - 1
 _EXAMPLE_BATCH = 2  # verification runs at another batch size, so a specialised batch cannot pass
 _EXAMPLE_POSITIONS = 3  # unlike any static size, so that torch.export keeps it symbolic
+_EXAMPLE_BLOCK = 5  # unlike the other example sizes, for the same reason
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -118,7 +119,8 @@ def rar_graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: 
     dtype = generator.embeddings.weight.dtype
     dims = {"batch": torch.export.Dim("batch", min=1, max=max(max_batch, b + 1)),
             "rows": torch.export.Dim("rows", min=1, max=max(2 * max_batch, rows + 1)),
-            "positions": torch.export.Dim("positions", min=1, max=c.cache_len)}
+            "positions": torch.export.Dim("positions", min=1, max=c.cache_len),
+            "block": torch.export.Dim("block", min=1, max=c.cache_len)}
     specs = graph_specs(c, tokenizer.config, str(dtype).removeprefix("torch."))
     # every input a distinct tensor: torch.export ties inputs passed as the same object together
     labels = torch.arange(rows)
@@ -127,6 +129,7 @@ def rar_graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: 
     def cache() -> list[torch.Tensor]:
         return [torch.zeros(rows, c.num_heads, c.cache_len, c.head_dim, dtype=dtype) for _ in range(c.depth)]
 
+    block = min(_EXAMPLE_BLOCK, c.cache_len)
     return {
         "condition": graph_export(ConditionGraph(generator), (labels, torch.zeros(positions, rows, dtype=torch.int64)),
                                   specs["condition"], dims),
@@ -134,6 +137,10 @@ def rar_graph_exports(generator: RARGenerator, tokenizer: VQDecoder, max_batch: 
             DecodeStepGraph(generator),
             (torch.arange(b), torch.full((b,), 3), condition, cache(), cache(),
              torch.full((b,), 2.0), torch.ones(b), torch.rand(b, vocab)), specs["decode_step"], dims),
+        "decode_block": graph_export(
+            DecodeBlockGraph(generator),
+            (torch.zeros(b, block, dtype=torch.int64), torch.full((b,), 3), condition, cache(), cache(),
+             torch.full((b, block), 2.0), torch.ones(b), torch.rand(b, block, vocab)), specs["decode_block"], dims),
         "vq_decoder": graph_export(VQDecoderGraph(tokenizer), (torch.zeros(b, c.image_seq_len, dtype=torch.int64),),
                                    specs["vq_decoder"], dims),
     }

@@ -37,3 +37,24 @@ def cached_attention(
     probs = torch.cat([cache_scores, self_score], dim=-1).softmax(-1).to(v.dtype)
     seq = k_cache.shape[-2]
     return probs[..., :seq] @ v_cache + probs[..., seq:] * v
+
+
+def block_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """P consecutive new positions per row over a static cache: each attends to the row's valid cache positions
+    and, causally, to the new positions up to itself. q, k, v: [R, H, P, Dh]; k_cache, v_cache: [R, H, S, Dh];
+    valid: [R, S] bool. Like cached_attention, the cache is only read (scores [R, H, P, S + P] in float32)."""
+    q = q * q.shape[-1] ** -0.5
+    block = q.shape[-2]
+    cache_scores = (q @ k_cache.transpose(-1, -2)).float().masked_fill(~valid[:, None, None, :], float("-inf"))
+    future = torch.ones(block, block, dtype=torch.bool, device=q.device).triu(1)
+    block_scores = (q @ k.transpose(-1, -2)).float().masked_fill(future, float("-inf"))
+    probs = torch.cat([cache_scores, block_scores], dim=-1).softmax(-1).to(v.dtype)
+    seq = k_cache.shape[-2]
+    return probs[..., :seq] @ v_cache + probs[..., seq:] @ v

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rar_deploy.contract.config import RARConfig
-from rar_deploy.model.attention import cached_attention, causal_attention
+from rar_deploy.model.attention import block_attention, cached_attention, causal_attention
 from rar_deploy.model.layers import LayerNorm, modulate
 
 # attend(layer, q, k, v) -> attention output; lets one block definition serve every cache strategy.
@@ -181,6 +181,33 @@ class RARGenerator(nn.Module):
 
         x, keys, values = self.run_blocks(x, None, attend, blocks)
         return self.head(x[:, 0], None, condition[:, d + 6 * d * layers:]), keys, values
+
+    def decode_block_conditioned(
+        self,
+        tokens: torch.Tensor,
+        first: torch.Tensor,
+        condition: torch.Tensor,
+        k_cache: torch.Tensor | list[torch.Tensor],
+        v_cache: torch.Tensor | list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """P consecutive sequence positions first .. first + P - 1 per row from their `condition` rows [R, P, C]:
+        logits [R, P, V] (of image tokens p - 1) and their keys and values [L, R, H, P, Dh]. tokens [R, P]: image
+        token p - 2 at each position (ignored for p <= 1); the cache holds positions 0 .. first - 1 of each row.
+        decode_step_conditioned is the case P = 1, kept as its own graph so that the sequential step stays as
+        exported before (a block's attention and sums run on other shapes, so they round otherwise)."""
+        d, layers = self.config.hidden_size, self.config.depth
+        positions = first[:, None] + torch.arange(tokens.shape[1], device=tokens.device)
+        inputs = condition[..., :d]
+        x = torch.where(positions[..., None] >= 2, self.embeddings(tokens) + inputs, inputs)
+        blocks = condition[..., d:d + 6 * d * layers].unflatten(-1, (layers, 6 * d)).movedim(-2, 0)
+        seq = torch.arange(k_cache[0].shape[-2], device=tokens.device)
+        valid = seq[None, :] < first[:, None]
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return block_attention(q, k, v, k_cache[layer], v_cache[layer], valid)
+
+        x, keys, values = self.run_blocks(x, None, attend, blocks)
+        return self.head(x, None, condition[..., d + 6 * d * layers:]), keys, values
 
     def forward_prefix(
         self, class_labels: torch.Tensor, tokens: torch.Tensor

@@ -82,6 +82,37 @@ class DecodeStepGraph(nn.Module):
         return gumbel_max(guided, noise, temperature), guided, keys, values
 
 
+class DecodeBlockGraph(nn.Module):
+    """The decode step over P consecutive positions per image (speculative Jacobi decoding checks a window of
+    drafts in one call; the prefill is one call at positions 0 and 1): tokens [B, P] (image tokens p - 2),
+    position [B] (the block's first position, per image), condition [T, R, C], the cache views, guidance_scale
+    [B, P], temperature [B], noise [B, P, V] -> next_tokens [B, P] (image tokens p - 1, sampled from each
+    position's guided logits), guided logits [B, P, V], keys/values of the P positions [L, R, H, P, Dh].
+
+    Row r, position p reads condition[p mod T, r] (the runtime passes the whole table, T = N + 1). Position p
+    attends to the cache below the block's first position and to the block up to itself.
+    """
+
+    def __init__(self, generator: RARGenerator) -> None:
+        super().__init__()
+        self.generator = _with_embedding_rows(generator, 0, generator.config.codebook_size)
+
+    def forward(self, tokens, position, condition, k_cache: list, v_cache: list, guidance_scale, temperature, noise):
+        rows, (batch, block) = condition.shape[1], tokens.shape
+        row = torch.arange(rows, device=tokens.device)
+        image = torch.where(row >= batch, row - batch, row)
+        row_first = position[image]
+        positions = row_first[:, None] + torch.arange(block, device=tokens.device)
+        table = condition.shape[0]
+        index = positions - torch.div(positions, table, rounding_mode="floor") * table
+        logits, keys, values = self.generator.decode_block_conditioned(
+            tokens[image], row_first, condition[index, row[:, None]], k_cache, v_cache)
+        guided = apply_guidance(logits, guidance_scale[..., None], batch)
+        per_position = temperature[:, None].expand(batch, block).reshape(-1)
+        sampled = gumbel_max(guided.flatten(0, 1), noise.flatten(0, 1), per_position).view(batch, block)
+        return sampled, guided, keys, values
+
+
 class VQDecoderGraph(nn.Module):
     """tokens [B, N] -> images [B, 3, H, W] float32 clamped to [0, 1], and images_uint8 [B, H, W, 3]
     with the official truncation (floor of x * 255), ready for PIL or a PNG writer."""
@@ -106,4 +137,5 @@ def uint8_images(images: torch.Tensor) -> torch.Tensor:
 # graph name -> its module from (generator, tokenizer)
 RAR_GRAPH_MODULES = {"condition": lambda generator, tokenizer: ConditionGraph(generator),
                      "decode_step": lambda generator, tokenizer: DecodeStepGraph(generator),
+                     "decode_block": lambda generator, tokenizer: DecodeBlockGraph(generator),
                      "vq_decoder": lambda generator, tokenizer: VQDecoderGraph(tokenizer)}

@@ -15,6 +15,7 @@ from rar_deploy.contract.config import (
     VARConfig,
     VARSamplingDefaults,
 )
+from rar_deploy.contract.graphs import present_graphs
 from rar_deploy.contract.integrity import check_file
 from rar_deploy.contract.manifest import (
     manifest_family,
@@ -59,7 +60,8 @@ class Artifacts:
 
     @property
     def graph_names(self) -> tuple[str, ...]:
-        return self.family.graphs
+        """The family's graphs, then the optional ones this folder has (decode_block)."""
+        return present_graphs(self.family.name, self.manifest["graphs"])
 
     def check_files(self, graph: str, verify: str = "fingerprint", engine: bool = False) -> Path:
         """Check a graph's files (or its engine's) against the manifest; returns the graph or engine path."""

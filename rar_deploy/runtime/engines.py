@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from rar_deploy.contract.graphs import FAMILY_GRAPHS
+from rar_deploy.contract.graphs import present_graphs
 from rar_deploy.contract.manifest import manifest_family
 from rar_deploy.errors import RARDeployError
 
@@ -39,7 +39,7 @@ def check_engines(manifest: dict, directory: Path, trt_version: str, flavour: st
     """Refuse engines that this machine cannot run, with what to rebuild."""
     engines = manifest.get("engines") or {}
     rebuild = f"rebuild them here: rar-build --artifacts {directory}"
-    if set(engines) != set(FAMILY_GRAPHS[manifest_family(manifest)]):
+    if set(engines) != set(present_graphs(manifest_family(manifest), manifest["graphs"])):
         raise RARDeployError(f"{directory} has no TensorRT engines: build them on this machine with rar-build "
                              f"--artifacts {directory}, or use --backend onnxruntime")
     for name, engine in engines.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from rar_deploy.contract.graphs import profile_dims, resolve_shape, var_profile_dims
+from rar_deploy.contract.graphs import profile_dims, resolve_shape, var_profile_dims, with_block_dims
 from rar_deploy.errors import ExportError
 from rar_deploy.outputs import any_file, atomic_file
 from rar_deploy.runtime.engines import TensorRT, find_tensorrt
@@ -103,8 +103,11 @@ def build_engine(
     config = builder.create_builder_config()
     config.builder_optimization_level = opt_level
     trt_profile = builder.create_optimization_profile()
+    engine_dims = profile.dims(model)
+    if any("block" in spec["shape"] for spec in inputs):  # decode_block
+        engine_dims = with_block_dims(engine_dims, model["image_seq_len"] + 1)
     for spec in inputs:
-        trt_profile.set_shape(spec["name"], *(resolve_shape(spec["shape"], dims) for dims in profile.dims(model)))
+        trt_profile.set_shape(spec["name"], *(resolve_shape(spec["shape"], dims) for dims in engine_dims))
     config.add_optimization_profile(trt_profile)
     capabilities = _set_compute_capabilities(trt, config, compute_capabilities)
     uses_timing_cache = trt.flavour != "tensorrt-rtx"  # RTX tunes at runtime; its timing cache is a no-op
@@ -130,7 +133,7 @@ def build_engine(
         "flavour": trt.flavour,
         "device": device_name(),
         "compute_capabilities": capabilities,
-        "profile": {"batch": [profile.min, profile.opt, profile.max], "dims": profile.dims(model)},
+        "profile": {"batch": [profile.min, profile.opt, profile.max], "dims": engine_dims},
         "opt_level": opt_level,
         "timing_cache": f"engines/{timing_cache.name}" if uses_timing_cache else None,
         "build_seconds": round(time.perf_counter() - start, 2),

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from rar_deploy.contract.graphs import VAR_STEP_COMPARED
+from rar_deploy.contract.graphs import DEFAULT_PARALLEL_WINDOW, VAR_STEP_COMPARED
 from rar_deploy.contract.manifest import RECORD_FILE
 from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, sampling_noise
 from rar_deploy.errors import RARDeployError
@@ -159,6 +159,38 @@ def teacher_forced(pipeline: RARPipeline, record: dict[str, np.ndarray], per_ste
     return {"logits": stats}
 
 
+def teacher_forced_blocks(pipeline: RARPipeline, record: dict[str, np.ndarray], block: int) -> dict:
+    """The decode_block graph (speculative decoding's multi-position step) with the reference's tokens forced: the
+    prefill as one call at positions 0 and 1, then blocks of `block` positions, each writing its keys and values
+    into a static cache on the host; the guided logits of every image token against the reference's."""
+    backend, c = pipeline.backend, pipeline.config
+    inputs = _generation_inputs(pipeline, record, guided=True)
+    rows, batch = inputs.rows, inputs.temperature.shape[0]
+    table = np.repeat(np.arange(c.cache_len, dtype=np.int64), len(rows)).reshape(c.cache_len, len(rows))
+    condition = backend.run_host("condition", {"class_labels": rows, "positions": table})["condition"]
+    shape = (c.depth, len(rows), c.num_heads, c.cache_len, c.head_dim)
+    keys, values = np.zeros(shape, backend.float_dtype), np.zeros(shape, backend.float_dtype)
+    fed = np.concatenate([np.zeros((batch, 2), np.int64), record["tokens"]], axis=1)  # position p feeds fed[:, p]
+    actual = np.zeros((batch, c.image_seq_len, c.codebook_size), np.float32)
+    p = 0
+    while p < c.cache_len:
+        size = 2 if p == 0 else min(block, c.cache_len - p)
+        sampled = np.maximum(np.arange(p, p + size) - 1, 0)  # the image token each position samples
+        out = backend.run_host("decode_block", {
+            "tokens": np.ascontiguousarray(fed[:, p:p + size]), "position": np.full(batch, p, np.int64),
+            "condition": condition, **{f"k_cache.{i}": keys[i] for i in range(c.depth)},
+            **{f"v_cache.{i}": values[i] for i in range(c.depth)},
+            "guidance_scale": np.ascontiguousarray(inputs.guidance[sampled].T), "temperature": inputs.temperature,
+            "noise": np.ascontiguousarray(inputs.noise[:, sampled])})
+        keys[:, :, :, p:p + size], values[:, :, :, p:p + size] = out["keys"], out["values"]
+        actual[:, p + (p == 0) - 1:p + size - 1] = out["logits"][:, int(p == 0):]
+        p += size
+    expected = record["guided_logits"]
+    stats = error_stats(actual, expected)
+    stats.update(top1_agreement=top1_agreement(actual, expected), block=block, steps=int(actual.shape[1]))
+    return {"logits": stats}
+
+
 def free_running(pipeline: RARPipeline, record: dict[str, np.ndarray], guided: bool, rel_tol: float) -> dict:
     """Generate from the record's seed and noise through the backend's loop; compare the tokens with the
     reference's, and judge every divergence (free_running_report)."""
@@ -263,6 +295,9 @@ def rar_parity_results(pipeline, record: dict[str, np.ndarray], rel_tol: float, 
     progress(f"teacher-forced, {pipeline.config.image_seq_len} steps, condition {' and '.join(modes)}")
     results["teacher_forced"] = {mode: teacher_forced(pipeline, record, per_step_condition=per_step)
                                  for mode, per_step in modes.items()}
+    if "decode_block" in pipeline.artifacts.graph_names:
+        progress(f"teacher-forced through decode_block, {DEFAULT_PARALLEL_WINDOW + 1} positions a call")
+        results["teacher_forced"]["block"] = teacher_forced_blocks(pipeline, record, DEFAULT_PARALLEL_WINDOW + 1)
     progress("free-running with the reference's noise, with and without guidance")
     results["free_running"] = {"guided": free_running(pipeline, record, True, rel_tol),
                                "unguided": free_running(pipeline, record, False, rel_tol)}

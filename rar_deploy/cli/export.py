@@ -55,7 +55,8 @@ def _default_tokenizer(ckpt: str) -> str:
 @click.option("--force", is_flag=True, help="Replace an earlier export at --out (never anything else).")
 @friendly_errors
 def export_command(ckpt, tokenizer, out, fp16, weights, group_size, calibration, parallel_decoding, engine,
-                   min_batch, opt_batch, max_batch, opt_level, capabilities, timing_cache, verify, external_data, force) -> None:
+                   min_batch, opt_batch, max_batch, opt_level, capabilities, timing_cache, verify, external_data,
+                   force) -> None:
     """Export a RAR (or VAR) generator and its tokenizer to ONNX graphs, TensorRT engines and a manifest."""
     from rar_deploy.export.exporter import ExportRequest, export_artifacts
     from rar_deploy.tools.engine_build import RTX_DEFAULT_CAPABILITIES, BatchProfile

@@ -72,7 +72,8 @@ def jacobi_generate(backend, inputs: RARInputs, seeds: list[tuple[int, int]], wi
     image_rows = [[b] if len(rows) == batch else [b, b + batch] for b in range(batch)]
     tokens = np.zeros((batch, n), np.int64)
     accepted = np.zeros(batch, np.int64)  # a: image tokens 0 .. a - 1 are final
-    drafts = [[] for _ in range(batch)]  # (token, q or None for uniform) for image tokens a, a + 1, ...
+    # (token, q) for image tokens a, a + 1, ...: q None for a uniform draft, and unused when greedy (argmax decides)
+    drafts = [[] for _ in range(batch)]
     calls = np.zeros(batch, np.int64)
     temperature = inputs.temperature.astype(np.float64)
 
@@ -137,7 +138,5 @@ def jacobi_generate(backend, inputs: RARInputs, seeds: list[tuple[int, int]], wi
             # drafts for the tokens after the new accepted ones: this call's samples where it has them
             drafts[b] = [(int(out["next_tokens"][b, j]), None if t == 0 else probabilities[j])
                          for j in range(done + 1, size)]
-            if t == 0:
-                drafts[b] = [(token, np.eye(1, vocab, token)[0]) for token, _ in drafts[b]]
         calls[live] += 1
     return tokens, JacobiStats(calls=calls, tokens=n)

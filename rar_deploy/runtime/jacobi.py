@@ -49,27 +49,58 @@ def _gumbel_argmax(log_weights: np.ndarray, uniform: np.ndarray) -> int:
     return int(np.argmax(log_weights - np.log(-np.log(uniform.astype(np.float64)))))
 
 
+class BlockDecoder:
+    """The decode_block graph on a host cache: every position's condition rows computed once, keys and values
+    [L, R, H, N + 1, Dh] in numpy, each call's written at its images' own positions. What speculative decoding
+    runs, and what rar-parity's teacher-forced block check runs (one runner for both)."""
+
+    def __init__(self, backend, rows: np.ndarray) -> None:
+        c = backend.config
+        if "decode_block" not in backend.artifacts.graph_names:
+            raise RARDeployError(f"{backend.artifacts.directory} has no decode_block graph: export it with "
+                                 "rar-export --parallel-decoding to use --parallel-window")
+        self.backend, self.depth, self.rows = backend, c.depth, rows
+        table = np.repeat(np.arange(c.cache_len, dtype=np.int64), len(rows)).reshape(c.cache_len, len(rows))
+        self.condition = backend.run_host("condition", {"class_labels": rows, "positions": table})["condition"]
+        shape = (c.depth, len(rows), c.num_heads, c.cache_len, c.head_dim)
+        self.keys, self.values = np.zeros(shape, backend.float_dtype), np.zeros(shape, backend.float_dtype)
+
+    def __call__(self, first: np.ndarray, tokens: np.ndarray, guidance_scale: np.ndarray, temperature: np.ndarray,
+                 noise: np.ndarray) -> dict[str, np.ndarray]:
+        """tokens [B, P] at positions first[b] .. first[b] + P - 1 of image b; guidance_scale [B, P], noise [B, P, V].
+        Writes the call's keys and values into the cache (both guidance rows of an image) and returns the graph's
+        outputs."""
+        batch, size = tokens.shape
+        out = self.backend.run_host("decode_block", {
+            "tokens": np.ascontiguousarray(tokens), "position": first, "condition": self.condition,
+            **{f"k_cache.{i}": self.keys[i] for i in range(self.depth)},
+            **{f"v_cache.{i}": self.values[i] for i in range(self.depth)},
+            "guidance_scale": np.ascontiguousarray(guidance_scale, np.float32), "temperature": temperature,
+            "noise": np.ascontiguousarray(noise, np.float32)})
+        if (first == first[0]).all():  # one block for every image (the prefill, teacher forcing): one copy
+            self.keys[:, :, :, first[0]:first[0] + size] = out["keys"]
+            self.values[:, :, :, first[0]:first[0] + size] = out["values"]
+            return out
+        for b in range(batch):
+            rows = [b] if len(self.rows) == batch else [b, b + batch]
+            self.keys[:, rows, :, first[b]:first[b] + size] = out["keys"][:, rows]
+            self.values[:, rows, :, first[b]:first[b] + size] = out["values"][:, rows]
+        return out
+
+
 def jacobi_generate(backend, inputs: RARInputs, seeds: list[tuple[int, int]], window: int
                     ) -> tuple[np.ndarray, JacobiStats]:
     """Tokens [B, N] of the images of `inputs` (their guidance rows, schedules and temperatures; not their
     sequential noise) by speculative Jacobi decoding with `window` drafts per image."""
-    if "decode_block" not in backend.artifacts.graph_names:
-        raise RARDeployError(f"{backend.artifacts.directory} has no decode_block graph: export it with "
-                             "rar-export --parallel-decoding to use --parallel-window")
     if not 1 <= window <= MAX_PARALLEL_WINDOW:
         raise RARDeployError(f"--parallel-window must be 1 .. {MAX_PARALLEL_WINDOW}, got {window}")
     backend.artifacts.check_batch_size(len(seeds))
     c = backend.config
     n, seq, vocab, batch = c.image_seq_len, c.cache_len, c.codebook_size, len(seeds)
-    rows = inputs.rows
-    table = np.repeat(np.arange(seq, dtype=np.int64), len(rows)).reshape(seq, len(rows))
-    condition = backend.run_host("condition", {"class_labels": rows, "positions": table})["condition"]
-    shape = (c.depth, len(rows), c.num_heads, seq, c.head_dim)
-    keys, values = np.zeros(shape, backend.float_dtype), np.zeros(shape, backend.float_dtype)
+    decoder = BlockDecoder(backend, inputs.rows)
     stride = window + 1
     streams = [sampling_noise(seed ^ JACOBI_STREAM, 1, (n + 1) * stride, vocab + 2, index)[0]
                for seed, index in seeds]
-    image_rows = [[b] if len(rows) == batch else [b, b + batch] for b in range(batch)]
     tokens = np.zeros((batch, n), np.int64)
     accepted = np.zeros(batch, np.int64)  # a: image tokens 0 .. a - 1 are final
     # (token, q) for image tokens a, a + 1, ...: q None for a uniform draft, and unused when greedy (argmax decides)
@@ -80,16 +111,8 @@ def jacobi_generate(backend, inputs: RARInputs, seeds: list[tuple[int, int]], wi
     def call(first: np.ndarray, fed: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
         size = fed.shape[1]
         noise = np.stack([streams[b][calls[b] * stride:calls[b] * stride + size, :vocab] for b in range(batch)])
-        out = backend.run_host("decode_block", {
-            "tokens": fed, "position": first, "condition": condition,
-            **{f"k_cache.{i}": keys[i] for i in range(c.depth)}, **{f"v_cache.{i}": values[i] for i in range(c.depth)},
-            "guidance_scale": np.ascontiguousarray(
-                inputs.guidance[np.minimum(predicted, n - 1), np.arange(batch)[:, None]]),
-            "temperature": inputs.temperature, "noise": noise})
-        for b in range(batch):
-            keys[:, image_rows[b], :, first[b]:first[b] + size] = out["keys"][:, image_rows[b]]
-            values[:, image_rows[b], :, first[b]:first[b] + size] = out["values"][:, image_rows[b]]
-        return out
+        return decoder(first, fed, inputs.guidance[np.minimum(predicted, n - 1), np.arange(batch)[:, None]],
+                       inputs.temperature, noise)
 
     # the prefill: positions 0 and 1, image token 0 sampled at position 1
     out = call(np.zeros(batch, np.int64), np.zeros((batch, 2), np.int64), np.zeros((batch, 2), np.int64))

@@ -23,6 +23,7 @@ from rar_deploy.contract.manifest import RECORD_FILE
 from rar_deploy.contract.sampling import guidance_rows, guidance_schedule, sampling_noise
 from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime.families import VARSampling, var_inputs
+from rar_deploy.runtime.jacobi import BlockDecoder
 from rar_deploy.runtime.loops import RARInputs, drive
 from rar_deploy.runtime.pipeline import RARPipeline
 from rar_deploy.tools.metrics import error_stats, failures, tolerances_for, top1_agreement
@@ -163,26 +164,18 @@ def teacher_forced_blocks(pipeline: RARPipeline, record: dict[str, np.ndarray], 
     """The decode_block graph (speculative decoding's multi-position step) with the reference's tokens forced: the
     prefill as one call at positions 0 and 1, then blocks of `block` positions, each writing its keys and values
     into a static cache on the host; the guided logits of every image token against the reference's."""
-    backend, c = pipeline.backend, pipeline.config
+    c = pipeline.config
     inputs = _generation_inputs(pipeline, record, guided=True)
-    rows, batch = inputs.rows, inputs.temperature.shape[0]
-    table = np.repeat(np.arange(c.cache_len, dtype=np.int64), len(rows)).reshape(c.cache_len, len(rows))
-    condition = backend.run_host("condition", {"class_labels": rows, "positions": table})["condition"]
-    shape = (c.depth, len(rows), c.num_heads, c.cache_len, c.head_dim)
-    keys, values = np.zeros(shape, backend.float_dtype), np.zeros(shape, backend.float_dtype)
+    batch = inputs.temperature.shape[0]
+    decoder = BlockDecoder(pipeline.backend, inputs.rows)
     fed = np.concatenate([np.zeros((batch, 2), np.int64), record["tokens"]], axis=1)  # position p feeds fed[:, p]
     actual = np.zeros((batch, c.image_seq_len, c.codebook_size), np.float32)
     p = 0
     while p < c.cache_len:
         size = 2 if p == 0 else min(block, c.cache_len - p)
         sampled = np.maximum(np.arange(p, p + size) - 1, 0)  # the image token each position samples
-        out = backend.run_host("decode_block", {
-            "tokens": np.ascontiguousarray(fed[:, p:p + size]), "position": np.full(batch, p, np.int64),
-            "condition": condition, **{f"k_cache.{i}": keys[i] for i in range(c.depth)},
-            **{f"v_cache.{i}": values[i] for i in range(c.depth)},
-            "guidance_scale": np.ascontiguousarray(inputs.guidance[sampled].T), "temperature": inputs.temperature,
-            "noise": np.ascontiguousarray(inputs.noise[:, sampled])})
-        keys[:, :, :, p:p + size], values[:, :, :, p:p + size] = out["keys"], out["values"]
+        out = decoder(np.full(batch, p, np.int64), fed[:, p:p + size], inputs.guidance[sampled].T,
+                      inputs.temperature, inputs.noise[:, sampled])
         actual[:, p + (p == 0) - 1:p + size - 1] = out["logits"][:, int(p == 0):]
         p += size
     expected = record["guided_logits"]

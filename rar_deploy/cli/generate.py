@@ -42,18 +42,22 @@ from rar_deploy.errors import RARDeployError
               help="Check every byte of every file the manifest lists (SHA-256) before running.")
 @click.option("--condition-budget", type=click.IntRange(0),
               help="Bytes of condition rows a generation may hold (0: one position a step) [default: 2 GiB].")
+@click.option("--parallel-window", default=0, show_default=True, type=int,
+              help="RAR: speculative Jacobi decoding with this many draft tokens per image (1-16; the folder needs "
+                   "rar-export --parallel-decoding). Same distribution as one token a call, other draws. 0: off.")
 @THREADS_OPTION
 @INT8_ACTIVATIONS_OPTION
 @friendly_errors
 def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, device, out, guidance_scale,
                      guidance_pow, temperature, top_k, top_p, batch_size, save_tokens, ckpt, tokenizer, force,
-                     verify_files, condition_budget, threads, int8_activations) -> None:
+                     verify_files, condition_budget, parallel_window, threads, int8_activations) -> None:
     """Generate images from exported artifacts (RAR or VAR): one PNG per image, grid.png and samples.json."""
     from tqdm import tqdm
 
     from rar_deploy.contract.checks import MAX_IMAGES, check_class_labels, check_seed, parse_integers
     from rar_deploy.outputs import Output, atomic_outputs
     from rar_deploy.runtime import Artifacts, open_pipeline
+    from rar_deploy.runtime.jacobi import check_parallel_window
     from rar_deploy.tools.sample_files import SamplesWriter, TokensWriter, samples_written, tokens_written
     from rar_deploy.version import __version__
 
@@ -71,6 +75,7 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
     family.refuse_options(given, artifacts.directory)
     sampling = family.check_sampling(family.sampling_from(given), artifacts.sampling_defaults)
     seed, batch_size = check_seed(seed), artifacts.check_batch_size(batch_size)
+    parallel_window = check_parallel_window(artifacts, parallel_window)
     inputs = (artifacts.directory, *artifacts.checkpoint_paths(), *filter(None, [ckpt, tokenizer]))
     outputs = [Output(out, "--out", force, written=samples_written, owner="rar-generate", inputs=inputs)]
     if save_tokens:
@@ -94,14 +99,16 @@ def generate_command(artifacts_dir, class_labels, num_per_class, seed, backend, 
                 bar.update(done - bar.n)
 
             for tokens, images in pipeline.generate_batches(labels, sampling=sampling, seed=seed,
-                                                            batch_size=batch_size, progress=progress):
+                                                            batch_size=batch_size, progress=progress,
+                                                            parallel_window=parallel_window):
                 images_out.add(images)  # written as they are made: memory stays one batch
                 tokens_out and tokens_out.add(tokens)
         tokens_out and tokens_out.close()
         images_out.finish({"rar_deploy_version": __version__, "artifacts": str(artifacts.directory.resolve()),
                            "family": family.name, "backend": backend, "device": str(pipeline.backend.device),
                            "seed": seed, **asdict(sampling), "batch_size": batch_size, "num_per_class": num_per_class,
-                           **pipeline.loop.details(),
+                           **({} if parallel_window else pipeline.loop.details()), "parallel_window": parallel_window,
+                           "decode_calls_per_image": float(pipeline.decode_calls.mean()),
                            "tokens": str(save_tokens) if save_tokens else None})
     click.echo(f"wrote {len(labels)} images, grid.png and samples.json to {out} ({backend})")
 

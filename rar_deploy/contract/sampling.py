@@ -59,15 +59,17 @@ def _splitmix64(state: np.ndarray) -> np.ndarray:
     return z
 
 
-def sampling_noise(seed: int, num_images: int, num_steps: int, vocab: int, first_image: int = 0) -> np.ndarray:
-    """Uniform noise in (0, 1), float32 [B, N, V], counter-based so that image i depends on (seed, i) alone.
+def sampling_noise(seed: int, num_images: int, num_steps: int, vocab: int, first_image: int = 0,
+                   first_step: int = 0) -> np.ndarray:
+    """Uniform noise in (0, 1), float32 [B, N, V], counter-based so that image i depends on (seed, i) alone (and
+    steps first_step .. first_step + N - 1 of its stream can be drawn without the others).
 
     Image i's stream is SplitMix64 seeded with key = splitmix64(splitmix64(seed) ^ i); value c = t * V + v
     (step t, token v) is its c-th output: bits = splitmix64(key + c * gamma), u = ((bits >> 41) + 0.5) / 2**23.
     """
     images = np.arange(first_image, first_image + num_images, dtype=np.uint64)
     keys = _splitmix64(_splitmix64(np.array([seed], dtype=np.uint64)) ^ images)
-    counters = np.arange(num_steps * vocab, dtype=np.uint64) * _GAMMA
+    counters = np.arange(first_step * vocab, (first_step + num_steps) * vocab, dtype=np.uint64) * _GAMMA
     noise = np.empty((num_images, num_steps * vocab), dtype=np.float32)
     for row, key in enumerate(keys):
         bits = _splitmix64(counters + key) >> np.uint64(64 - _NOISE_BITS)

@@ -109,7 +109,7 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(artifacts, memory)
         self.sessions = {}
         for name in artifacts.graph_names:
-            if name != artifacts.family.step_graph:
+            if name not in (artifacts.family.step_graph, "decode_block"):  # decode_block: speculative decoding's step
                 # the other graphs run between steps: their idle threads must not spin against the step's
                 options = _session_options(threads, {**matmul, "session.intra_op.allow_spinning": "0"})
             self.sessions[name] = artifacts.onnxruntime_session(name, options, providers)

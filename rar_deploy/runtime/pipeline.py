@@ -17,6 +17,7 @@ from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime.artifacts import Artifacts
 from rar_deploy.runtime.backends import Backend
 from rar_deploy.runtime.families import RAR, VAR, Family, RARSampling, VARSampling, rar_inputs
+from rar_deploy.runtime.jacobi import check_parallel_window, jacobi_generate
 from rar_deploy.runtime.load import open_backend
 from rar_deploy.runtime.loops import decode_tokens, drive
 from rar_deploy.runtime.scheduler import ImageRequest
@@ -52,6 +53,8 @@ class Pipeline:
         self.artifacts, self.backend, self.config = artifacts, backend, artifacts.config
         self.loop = self.family.loop(backend)
         self._lock = threading.RLock()
+        # decode calls (graph passes) each image of the last generate / generate_batches call took
+        self.decode_calls = np.zeros(0, np.int64)
 
     @classmethod
     def from_artifacts(cls, directory: str | Path, backend: str = "onnxruntime", *, device: str | None = None,
@@ -67,28 +70,40 @@ class Pipeline:
                                  int8_activations))
 
     def generate(self, class_labels: Sequence[int], *, sampling: RARSampling | VARSampling | None = None,
-                 seed: int = 0, batch_size: int | None = None, progress: Progress | None = None) -> Generated:
+                 seed: int = 0, batch_size: int | None = None, progress: Progress | None = None,
+                 parallel_window: int = 0) -> Generated:
         """Tokens and images of every class label, in order. sampling: the family's sampling type (None: the
-        published defaults); batch_size: images per batch (default: the artifacts' largest)."""
+        published defaults); batch_size: images per batch (default: the artifacts' largest). parallel_window: RAR,
+        speculative Jacobi decoding with this many draft tokens per image (1 .. 16; the folder needs decode_block:
+        rar-export --parallel-decoding); 0, the default, samples one token per call. Same distribution, other
+        draws: its images are not the sequential images of the seed."""
         batches = list(self.generate_batches(class_labels, sampling=sampling, seed=seed, batch_size=batch_size,
-                                             progress=progress))
+                                             progress=progress, parallel_window=parallel_window))
         return Generated(np.concatenate([b.tokens for b in batches]), np.concatenate([b.images for b in batches]))
 
     def generate_batches(self, class_labels: Sequence[int], *, sampling: RARSampling | VARSampling | None = None,
                          seed: int = 0, batch_size: int | None = None,
-                         progress: Progress | None = None) -> Iterator[Generated]:
+                         progress: Progress | None = None, parallel_window: int = 0) -> Iterator[Generated]:
         """What generate gives, one batch at a time, without holding every image."""
         labels = check_class_labels(class_labels, self.config.num_classes)
         sampling = self.family.check_sampling(sampling, self.artifacts.sampling_defaults)
         seed, batch_size = check_seed(seed), self.artifacts.check_batch_size(batch_size)
+        window = check_parallel_window(self.artifacts, parallel_window)
         per_image = self.family.tokens_per_image(self.config)
         total = len(labels) * per_image
+        self.decode_calls = np.zeros(0, np.int64)
         for start in range(0, len(labels), batch_size):
             chunk = labels[start:start + batch_size]
             inputs = self.family.inputs(self.config, chunk, sampling, seed, start)
             with self._lock:
-                tokens = self._drive(inputs, len(chunk), start * per_image, total, progress)
-                images = self.loop.images()
+                if window:
+                    tokens, calls = self._jacobi(inputs, [(seed, start + i) for i in range(len(chunk))], window,
+                                                 start * per_image, total, progress)
+                    images = decode_tokens(self.backend, tokens)
+                else:
+                    tokens = self._drive(inputs, len(chunk), start * per_image, total, progress)
+                    images, calls = self.loop.images(), np.full(len(chunk), self.loop.steps)
+            self.decode_calls = np.concatenate([self.decode_calls, calls])
             yield Generated(tokens, images)
 
     def image_request(self, label: int, seed: int = 0, index: int = 0,
@@ -106,6 +121,15 @@ class Pipeline:
                 progress(before + size * loop.tokens_done(), total)
 
         return drive(self.loop, inputs, on_step)
+
+    def _jacobi(self, inputs: Any, seeds: list[tuple[int, int]], window: int, before: int, total: int,
+                progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+        def on_call(accepted: np.ndarray) -> None:
+            if progress:
+                progress(before + int(accepted.sum()), total)
+
+        tokens, stats = jacobi_generate(self.backend, inputs, seeds, window, on_call)
+        return tokens, stats.calls
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ import itertools
 import time
 from typing import Callable
 
+import numpy as np
+
+from rar_deploy.runtime.jacobi import jacobi_generate
 from rar_deploy.runtime.loops import drive
 from rar_deploy.runtime.pipeline import Pipeline, open_pipeline
 from rar_deploy.runtime.timing import StageClock, memory_usage, stage_summary
@@ -48,6 +51,30 @@ def bench_pipeline(pipeline: Pipeline, batch: int, warmup_steps: int = 3, seed: 
             "step_gb_per_s": bytes_per_step / summary["step_p50_ms"] / 1e6, **memory_usage(loop.memory)}
 
 
+def bench_parallel(pipeline: Pipeline, batch: int, window: int, repeats: int = 3, seed: int = 0) -> dict:
+    """Speculative Jacobi decoding against the sequential loop on the same images (labels 0 .. B-1, the published
+    sampling), same process: decode calls (passes) per image, tokens per pass, and the wall time of the tokens
+    (decoder excluded: it is the same for both), the median of `repeats` alternating runs after a warm-up of each."""
+    loop, c, family = pipeline.loop, pipeline.config, pipeline.family
+    inputs = family.published_inputs(c, pipeline.artifacts.sampling_defaults, batch, seed)
+    seeds = [(seed, i) for i in range(batch)]
+    times: dict[str, list[float]] = {"sequential": [], "parallel": []}
+    for repeat in range(repeats + 1):
+        start = time.perf_counter()
+        drive(loop, inputs)
+        loop.memory.synchronize()
+        middle = time.perf_counter()
+        _, stats = jacobi_generate(pipeline.backend, inputs, seeds, window)
+        end = time.perf_counter()
+        if repeat:  # the first of each is the warm-up
+            times["sequential"].append((middle - start) * 1e3 / batch)
+            times["parallel"].append((end - middle) * 1e3 / batch)
+    sequential, parallel = float(np.median(times["sequential"])), float(np.median(times["parallel"]))
+    return {"batch": batch, "window": window, "sequential_passes": loop.steps, "passes": float(stats.calls.mean()),
+            "tokens_per_pass": stats.tokens_per_call, "sequential_ms_per_image": sequential,
+            "parallel_ms_per_image": parallel, "wall_speedup": sequential / parallel}
+
+
 def step_floor_ms(bytes_per_step: float, device: str | None) -> float | None:
     """Reading every byte a step must read once at the device's peak bandwidth: the batch-1 floor of a step
     (None for a device not in PEAK_BANDWIDTH)."""
@@ -58,9 +85,11 @@ def step_floor_ms(bytes_per_step: float, device: str | None) -> float | None:
 def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device: str | None, baseline: bool,
                   ckpt: str | None, tokenizer: str | None, warmup_steps: int = 3,
                   progress: Callable[[str], None] = lambda message: None, threads: int | None = None,
-                  condition_budgets: list[int] | None = None, int8_activations: bool = False) -> dict:
-    """Every backend at every batch size (and condition budget: none given is the backend's default), then
-    the baseline (needs torch), in this one process."""
+                  condition_budgets: list[int] | None = None, int8_activations: bool = False,
+                  parallel_windows: list[int] | None = None) -> dict:
+    """Every backend at every batch size (and condition budget: none given is the backend's default; and
+    speculative decoding at each parallel window against the sequential loop), then the baseline (needs torch),
+    in this one process."""
     import os
     import platform
 
@@ -77,7 +106,7 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
                + (", int8 activations" if int8_activations else ""),
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": device_name(),
                            "onnxruntime": _version("onnxruntime"), "torch": _version("torch")},
-               "runs": []}
+               "runs": [], "parallel": []}
     for name in backends:
         pipeline = open_pipeline(artifacts.directory, backend=name, device=device, ckpt=ckpt, tokenizer=tokenizer,
                                  threads=threads, int8_activations=int8_activations)
@@ -91,6 +120,9 @@ def bench_results(artifacts, backends: list[str], batch_sizes: list[int], device
             if floor is not None:
                 run["floor_step_ms"] = floor
             results["runs"].append(run)
+        for batch, window in itertools.product(batch_sizes, parallel_windows or []):
+            progress(f"{name}, batch {batch}, speculative decoding with {window} drafts against sequential")
+            results["parallel"].append({"backend": name, **bench_parallel(pipeline, batch, window)})
         del pipeline
     if baseline:
         from rar_deploy.model.baseline import bench_baselines
@@ -144,4 +176,16 @@ def format_results(results: dict) -> str:
                      "GB/s = bytes a step reads (weights from the export, live KV cache) / p50; "
                      "drift = mean of the last 20 steps / first 20 (- under 40 steps); vs base = baseline ms/image / "
                      "this ms/image (speed-up over the official-style loop at the same batch)")
+    if results.get("parallel"):
+        lines += ["", "speculative Jacobi decoding (--parallel-window) against the sequential loop, same images",
+                  f"{'backend':<12} {'batch':>5} {'window':>6} {'passes/image':>12} {'tokens/pass':>11} "
+                  f"{'sequential ms/image':>19} {'parallel ms/image':>17} {'wall':>6}"]
+        for r in results["parallel"]:
+            lines.append(f"{r['backend']:<12} {r['batch']:>5} {r['window']:>6} "
+                         f"{r['passes']:>5.1f} of {r['sequential_passes']:<3} {r['tokens_per_pass']:11.2f} "
+                         f"{r['sequential_ms_per_image']:19.1f} {r['parallel_ms_per_image']:17.1f} "
+                         f"{r['wall_speedup']:5.2f}x")
+        lines.append("passes = decode calls an image took (sequential: N + 1); tokens/pass = N / (passes - 1), the "
+                     "prefill samples one token in both; ms/image of the tokens alone (decoder excluded), the median "
+                     "of 3 alternating runs; wall = sequential / parallel")
     return "\n".join(lines)

@@ -4,9 +4,13 @@ statistical test, with its power shown on a sampler of another temperature)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from rar_deploy.cli import bench_command, generate_command
 from rar_deploy.errors import RARDeployError
 from rar_deploy.runtime.families import RARSampling, rar_inputs
 from rar_deploy.runtime.jacobi import jacobi_generate
@@ -76,3 +80,59 @@ def test_refusals(parallel_export, shared_export):
     for window in (0, 17):
         with pytest.raises(RARDeployError, match="--parallel-window must be 1 .. 16"):
             jacobi_generate(pipeline.backend, inputs, seeds, window)
+
+
+def test_the_pipeline_and_rar_generate_decode_in_parallel(parallel_export, tmp_path):
+    """generate(parallel_window=K) and rar-generate --parallel-window K: greedy images equal the sequential ones (the
+    decoder included), the passes each image took are recorded, and fewer than the sequential N + 1 when drafts hit."""
+    pipeline = open_pipeline(parallel_export, "onnxruntime", device="cpu")
+    n, labels = pipeline.config.image_seq_len, [0, 3, 5, 9, 1]
+    greedy = RARSampling(temperature=0.0)
+    sequential = pipeline.generate(labels, sampling=greedy, batch_size=2)
+    assert (pipeline.decode_calls == n + 1).all()
+    parallel = pipeline.generate(labels, sampling=greedy, batch_size=2, parallel_window=4)
+    np.testing.assert_array_equal(parallel.tokens, sequential.tokens)
+    np.testing.assert_array_equal(parallel.images, sequential.images)
+    assert pipeline.decode_calls.shape == (5,) and (pipeline.decode_calls <= n + 1).all()
+    assert pipeline.decode_calls.mean() < n + 1
+
+    out = tmp_path / "samples"
+    result = CliRunner().invoke(generate_command, [
+        "--artifacts", str(parallel_export), "--class-labels", "0,3,5,9,1", "--temperature", "0", "--batch-size", "2",
+        "--parallel-window", "4", "--out", str(out), "--save-tokens", str(tmp_path / "tokens.npy")])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(tmp_path / "tokens.npy"), sequential.tokens)
+    details = json.loads((out / "samples.json").read_text())
+    assert details["parallel_window"] == 4
+    assert details["decode_calls_per_image"] == pytest.approx(pipeline.decode_calls.mean())
+
+
+def test_rar_generate_refuses_parallel_decoding_it_cannot_do_before_writing(parallel_export, shared_export, tmp_path):
+    cases = [(shared_export("rar", "fp32"), "4", "rar-export --parallel-decoding"),
+             (shared_export("var", "fp32"), "4", "a VAR model samples a whole scale"),
+             (parallel_export, "17", "--parallel-window must be 0 .. 16"),
+             (parallel_export, "-1", "--parallel-window must be 0 .. 16")]
+    for folder, window, message in cases:
+        out = tmp_path / "out"
+        result = CliRunner().invoke(generate_command, ["--artifacts", str(folder), "--class-labels", "1",
+                                                       "--parallel-window", window, "--out", str(out)])
+        assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
+        assert not out.exists()
+    pipeline = open_pipeline(shared_export("var", "fp32"), "onnxruntime", device="cpu")
+    with pytest.raises(RARDeployError, match="a VAR model"):
+        pipeline.generate([1], parallel_window=2)
+
+
+def test_rar_bench_times_parallel_decoding_against_sequential(parallel_export):
+    result = CliRunner().invoke(bench_command, ["--artifacts", str(parallel_export), "--batch-sizes", "1,2",
+                                                "--parallel-window", "2", "--parallel-window", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["parallel"]
+    n = open_pipeline(parallel_export, "onnxruntime", device="cpu").config.image_seq_len
+    assert [(r["batch"], r["window"]) for r in rows] == [(1, 2), (1, 4), (2, 2), (2, 4)]
+    for r in rows:
+        assert r["sequential_passes"] == n + 1 and 1 + (n - 1) / (r["window"] + 1) <= r["passes"] <= n + 1
+        assert r["tokens_per_pass"] == pytest.approx(n / (r["passes"] - 1))
+        assert r["wall_speedup"] == pytest.approx(r["sequential_ms_per_image"] / r["parallel_ms_per_image"])
+    result = CliRunner().invoke(bench_command, ["--artifacts", str(parallel_export), "--parallel-window", "0"])
+    assert result.exit_code == 1 and "--parallel-window must be 1 .. 16" in result.output

@@ -106,10 +106,53 @@ def largest_batch(memory_gb: float, preset: str, weights: str, limit: int = 256)
     return max(fits, default=0)
 
 
+# dense fp16 tensor throughput (TFLOPS) from NVIDIA's data sheets, for the compute of a multi-position pass; the
+# Jetsons' GPU figures are not on their sheets (only sparse int8 TOPS for the module): left out of that table
+FP16_TFLOPS = {"H100 SXM": 989.0, "A100 80GB SXM": 312.0, "L4": 121.0}
+TENSOR_EFFICIENCY = 0.5  # the share of that peak a batch-1 pass's small GEMMs reach: an assumption
+ROUND_TRIP_MS = 0.05  # a pass's synchronisation and logits download (P x V float32, ~0.6 MB for RAR-B): an assumption
+
+
+def speculative_estimate(preset: str, passes: float, positions: int, host_ms: float) -> list[tuple[str, float, float]]:
+    """Batch-1 fp16 generation time (ms) on each GPU of FP16_TFLOPS, sequential and speculative: a sequential step
+    at its bandwidth floor (N + 1 of them, replayed from a CUDA graph: no host work between steps); a speculative
+    pass reads the same bytes and computes `positions` positions for both guidance rows, so it takes the larger of
+    the floor and its GEMMs' time at TENSOR_EFFICIENCY, plus `host_ms` of host work (acceptance, drafts: measured
+    on the CPU that would drive the GPU) and ROUND_TRIP_MS."""
+    with torch.device("meta"):
+        model = RARGenerator(GENERATOR_PRESETS[preset])
+    c = model.config
+    weights = sum(p.numel() for name, p in model.named_parameters()
+                  if name not in TABLES and "adaLN_modulation" not in name)
+    floor_bytes = quantized_step_bytes(preset, "fp16")
+    rows = []
+    for gpu, tflops in FP16_TFLOPS.items():
+        floor = floor_bytes / GPUS[gpu] / 1e6
+        compute = 2 * weights * 2 * positions / (tflops * 1e12 * TENSOR_EFFICIENCY) * 1e3
+        rows.append((gpu, c.cache_len * floor, passes * (max(floor, compute) + host_ms + ROUND_TRIP_MS)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bandwidth-gbs", type=float, default=27.1)
+    parser.add_argument("--speculative", action="append", default=[], metavar="PRESET:PASSES:POSITIONS:HOST_MS",
+                        help="Also estimate speculative decoding from measured passes per image, positions per pass "
+                             "(window + 1) and host ms per pass (benchmarks/parallel_decoding.py). Repeatable.")
     args = parser.parse_args()
+    if args.speculative:
+        print(f"Speculative decoding at batch 1, fp16 (a pass: max(bandwidth floor, its GEMMs at "
+              f"{TENSOR_EFFICIENCY:.0%} of the dense fp16 peak) + the host's work)")
+        print("| model | passes/image | positions | host ms/pass | " + " | ".join(
+            f"{gpu}: sequential / speculative ms (speed-up)" for gpu in FP16_TFLOPS) + " |")
+        print("|" + " --- |" * (4 + len(FP16_TFLOPS)))
+        for spec in args.speculative:
+            preset, passes, positions, host_ms = spec.split(":")
+            rows = speculative_estimate(preset, float(passes), int(positions), float(host_ms))
+            print(f"| {preset} | {float(passes):g} | {positions} | {float(host_ms):g} | " + " | ".join(
+                f"{sequential:.1f} / {parallel:.1f} ({sequential / parallel:.2f}x)" for _, sequential, parallel in rows)
+                + " |")
+        return
     print(f"| model | precision | bytes/step before | after | ratio | floor H100 ({H100_GBS:.0f} GB/s) before | after "
           f"| floor here ({args.bandwidth_gbs:g} GB/s) before | after |")
     print("|" + " --- |" * 9)

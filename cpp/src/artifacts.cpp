@@ -182,6 +182,7 @@ void LoadRar(const json& manifest, const fs::path& path, Artifacts& artifacts) {
   artifacts.defaults = {defaults.at("guidance_scale").get<double>(), defaults.at("guidance_pow").get<double>(),
                         defaults.at("temperature").get<double>()};
   ReadGraphs(manifest, {"condition", "decode_step", "vq_decoder"}, path, artifacts.graphs);
+  if (manifest.at("graphs").contains("decode_block")) ReadGraphs(manifest, {"decode_block"}, path, artifacts.graphs);
   std::tie(artifacts.image_side, artifacts.image_channels) = ImageShape(artifacts.graphs.at("vq_decoder"), path);
   CheckCache(manifest.at("kv_cache"), {m.depth, "rows", m.num_heads, m.cache_len(), m.head_dim()},
              artifacts.float_dtype, path);

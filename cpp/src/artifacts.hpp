@@ -87,11 +87,12 @@ class Artifacts {
   int64_t image_side = 0, image_channels = 0;  // of the decoder graph's images_uint8 output
   int64_t condition_width = 0;                  // RAR's: floats of one condition row (manifest `condition`)
   SamplingDefaults defaults{};
-  std::map<std::string, GraphInfo> graphs;   // condition, decode_step, vq_decoder; or var_step, var_decoder
+  std::map<std::string, GraphInfo> graphs;   // condition, decode_step, vq_decoder (decode_block); or var_step, var_decoder
   std::map<std::string, EngineInfo> engines;  // empty without engines
 
   bool is_var() const { return family == "var"; }
   std::string step_graph() const { return is_var() ? "var_step" : "decode_step"; }  // the graph run per step
+  bool has_decode_block() const { return graphs.count("decode_block") != 0; }  // rar-export --parallel-decoding
   std::filesystem::path GraphPath(const std::string& graph) const { return directory / graphs.at(graph).file; }
   // Size and fingerprint of a listed file against the manifest (docs/CONTRACT.md); throws Failure.
   std::filesystem::path CheckFile(const std::string& relative) const;

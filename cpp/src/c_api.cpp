@@ -113,6 +113,9 @@ RarResult* RarGenerateParamsSetTopK(RarGenerateParams* params, int64_t top_k) {
 RarResult* RarGenerateParamsSetTopP(RarGenerateParams* params, double top_p) {
   return Guard([&] { Require(params, "params"), params->sampling.top_p = top_p; });
 }
+RarResult* RarGenerateParamsSetParallelWindow(RarGenerateParams* params, int64_t window) {
+  return Guard([&] { Require(params, "params"), params->sampling.parallel_window = window; });
+}
 
 RarResult* RarPipelineGenerateTokens(RarPipeline* pipeline, const int64_t* class_labels, size_t num_labels,
                                      const RarGenerateParams* params, int64_t* tokens) {
@@ -154,6 +157,13 @@ RarResult* RarPipelineSetConditionBudget(RarPipeline* pipeline, int64_t bytes) {
   return Guard([&] {
     Require(pipeline, "pipeline");
     pipeline->pipeline.SetConditionBudget(bytes);
+  });
+}
+
+RarResult* RarPipelineGetMeanDecodeCalls(const RarPipeline* pipeline, double* calls) {
+  return Guard([&] {
+    Require(pipeline, "pipeline"), Require(calls, "calls");
+    *calls = pipeline->pipeline.MeanDecodeCalls();
   });
 }
 

@@ -60,15 +60,15 @@ void Memory::CopyRows(Buffer& destination, const std::vector<int64_t>& to, const
 
 void Memory::WriteRows(Buffer& cache, const Buffer& fresh, const std::vector<int64_t>& positions) {
   const int64_t layers = cache.shape[0], rows = cache.shape[1], heads = cache.shape[2], seq = cache.shape[3];
-  const int64_t fresh_rows = fresh.shape[1];
-  const size_t step = static_cast<size_t>(cache.shape[4]) * ItemSize(cache.dtype);
+  const int64_t fresh_rows = fresh.shape[1], n = fresh.shape[3];
+  const size_t step = static_cast<size_t>(cache.shape[4]) * ItemSize(cache.dtype), width = static_cast<size_t>(n) * step;
   for (int64_t layer = 0; layer < layers; ++layer) {
-    for (size_t j = 0; j < positions.size(); ++j) {  // H rows of Dh elements: pitch S * Dh in the cache
+    for (size_t j = 0; j < positions.size(); ++j) {  // H rows of n * Dh elements: pitch S * Dh in the cache
       const int64_t row = static_cast<int64_t>(j);
       Copy2D(static_cast<char*>(cache.data) + static_cast<size_t>(((layer * rows + row) * heads) * seq + positions[j]) * step,
              static_cast<size_t>(seq) * step,
-             static_cast<const char*>(fresh.data) + static_cast<size_t>((layer * fresh_rows + row) * heads) * step,
-             step, step, static_cast<size_t>(heads));
+             static_cast<const char*>(fresh.data) + static_cast<size_t>((layer * fresh_rows + row) * heads * n) * step,
+             width, width, static_cast<size_t>(heads));
     }
   }
 }

@@ -45,7 +45,8 @@ class Memory {
   // In-flight batching (rar_slots.hpp): destination[.., to[j], ..] <- source[.., from[j], ..] along `axis`
   void CopyRows(Buffer& destination, const std::vector<int64_t>& to, const Buffer& source,
                 const std::vector<int64_t>& from, size_t axis);
-  // cache [L, R, H, S, Dh] row j <- fresh [L, R', H, 1, Dh] row j at sequence index positions[j], j < positions.size()
+  // cache [L, R, H, S, Dh] row j <- fresh [L, R', H, n, Dh] row j at sequence indices positions[j] ..
+  // positions[j] + n - 1, j < positions.size()
   void WriteRows(Buffer& cache, const Buffer& fresh, const std::vector<int64_t>& positions);
   // Capture the device work `body` enqueues into a graph and return its replay; nullptr where there is none.
   virtual std::function<void()> Capture(const std::function<void()>& /*body*/) { return nullptr; }

@@ -89,7 +89,8 @@ class OnnxRuntime final : public Backend {
     for (const auto& [name, graph] : artifacts.graphs) {
       const std::string path = artifacts.GraphPath(name).string();
       try {
-        const Ort::SessionOptions& chosen = name == artifacts.step_graph() ? options : quiet;
+        const bool step = name == artifacts.step_graph() || name == "decode_block";  // speculative decoding's step
+        const Ort::SessionOptions& chosen = step ? options : quiet;
         sessions_.emplace(name, Ort::Session(Environment(), path.c_str(), chosen));
       } catch (const Ort::Exception& error) {
         Fail(RAR_ERROR_ARTIFACTS, "ONNX Runtime cannot load " + path + ": " + error.what() +

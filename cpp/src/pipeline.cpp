@@ -132,6 +132,14 @@ Pipeline::RarValues Pipeline::CheckRar(const Sampling& sampling) const {
   if (pow < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "guidance pow must be >= 0 (0 is constant guidance)");
   if (temperature < 0) Fail(RAR_ERROR_INVALID_ARGUMENT, "temperature must be >= 0 (0 is greedy)");
   if (sampling.seed >= (uint64_t{1} << 63)) Fail(RAR_ERROR_INVALID_ARGUMENT, "seed must lie in [0, 2**63)");
+  if (sampling.parallel_window < 0 || sampling.parallel_window > kMaxParallelWindow) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, "--parallel-window must be 0 .. " + std::to_string(kMaxParallelWindow) +
+                                     " draft tokens (0: off), got " + std::to_string(sampling.parallel_window));
+  }
+  if (sampling.parallel_window != 0 && !artifacts_.has_decode_block()) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, artifacts_.directory.string() + " has no decode_block graph: export it with "
+                                     "rar-export --parallel-decoding to use --parallel-window");
+  }
   return {scale, pow, temperature};
 }
 
@@ -145,6 +153,7 @@ std::vector<int64_t> Pipeline::RarTokens(const std::vector<int64_t>& labels, con
 
   std::lock_guard<std::mutex> lock(mutex_);
   timings_.start_ms = timings_.prefill_ms = timings_.steps_ms = 0, timings_.steps = 0;
+  mean_decode_calls_ = 0;
   std::vector<int64_t> tokens;
   for (size_t start = 0; start < labels.size(); start += static_cast<size_t>(batch_size)) {
     const std::vector<int64_t> chunk = Batch(labels, start, batch_size);
@@ -154,6 +163,15 @@ std::vector<int64_t> Pipeline::RarTokens(const std::vector<int64_t>& labels, con
                            SamplingNoise(sampling.seed, batch, m.image_seq_len, m.codebook_size,
                                          static_cast<int64_t>(start))};
     auto clock = std::chrono::steady_clock::now();
+    if (sampling.parallel_window != 0) {  // speculative decoding: no per-step timings (its calls are not steps)
+      JacobiResult result = JacobiGenerate(artifacts_, *backend_, inputs, sampling.seed, static_cast<int64_t>(start),
+                                           sampling.parallel_window);
+      timings_.steps_ms += Milliseconds(clock);
+      for (int64_t calls : result.calls) mean_decode_calls_ += static_cast<double>(calls) / labels.size();
+      tokens.insert(tokens.end(), result.tokens.begin(), result.tokens.end());
+      continue;
+    }
+    mean_decode_calls_ += static_cast<double>(m.cache_len() * batch) / labels.size();
     Drive(*rar_loop_, inputs, [&](RarLoop& loop) {
       if (loop.position() == 0 || loop.position() == 2) {  // after the start; after the prefill (positions 0-1)
         backend_->memory().Synchronize();
@@ -176,6 +194,10 @@ std::vector<int64_t> Pipeline::VarGenerate(const std::vector<int64_t>& labels, c
   const SamplingDefaults& d = artifacts_.defaults;
   CheckLabels(labels);
   if (sampling.guidance_pow) NotThisFamily("guidance pow");
+  if (sampling.parallel_window != 0) {
+    Fail(RAR_ERROR_INVALID_ARGUMENT, "--parallel-window is RAR's speculative decoding; a VAR model samples a whole "
+                                     "scale a step: drop it");
+  }
   const double scale = GuidanceScale(sampling.guidance_scale.value_or(d.guidance_scale));
   const int64_t top_k = sampling.top_k.value_or(d.top_k);
   const double top_p = Finite("top-p", sampling.top_p.value_or(d.top_p));

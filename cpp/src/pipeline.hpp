@@ -14,6 +14,7 @@
 #include "artifacts.hpp"
 #include "backend.hpp"
 #include "loop.hpp"
+#include "rar_jacobi.hpp"
 #include "rar_loop.hpp"
 #include "var_loop.hpp"
 #include "rar/rar.h"
@@ -26,6 +27,7 @@ struct Sampling {
   std::optional<int64_t> batch_size;
   std::optional<int64_t> top_k;  // VAR only
   std::optional<double> top_p;   // VAR only
+  int64_t parallel_window = 0;   // RAR: speculative Jacobi decoding's drafts per image (rar_jacobi.hpp); 0 off
 };
 
 class Pipeline {
@@ -40,6 +42,7 @@ class Pipeline {
                                                                  const Sampling& sampling);
   std::vector<uint8_t> Decode(const std::vector<int64_t>& tokens, int64_t batch_size);  // RAR
   RarTimings Timings() const { return timings_; }
+  double MeanDecodeCalls() const { return mean_decode_calls_; }  // per image, of the last RAR generation
   void SetConditionBudget(int64_t bytes);  // RAR
 
   // For the in-flight scheduler (rar_slots.hpp), which runs on this pipeline's backend under its lock
@@ -65,6 +68,7 @@ class Pipeline {
   std::unique_ptr<VarLoop> var_loop_;  // VAR's
   std::mutex mutex_;  // one set of device buffers: calls are serialised
   RarTimings timings_{};
+  double mean_decode_calls_ = 0;
 };
 
 }  // namespace rar::detail

@@ -33,14 +33,15 @@ std::vector<float> GuidanceSchedule(int64_t num_steps, double scale, double pow)
 }
 
 std::vector<float> SamplingNoise(uint64_t seed, int64_t num_images, int64_t num_steps, int64_t vocab,
-                                 int64_t first_image) {
+                                 int64_t first_image, int64_t first_step) {
   const size_t per_image = static_cast<size_t>(num_steps * vocab);
   std::vector<float> noise(static_cast<size_t>(num_images) * per_image);
   for (int64_t image = 0; image < num_images; ++image) {
     const uint64_t key = SplitMix64(SplitMix64(seed) ^ static_cast<uint64_t>(first_image + image));
     float* row = noise.data() + static_cast<size_t>(image) * per_image;
+    const uint64_t offset = static_cast<uint64_t>(first_step * vocab);
     for (size_t c = 0; c < per_image; ++c) {
-      const uint64_t bits = SplitMix64(key + static_cast<uint64_t>(c) * kGamma) >> 41;
+      const uint64_t bits = SplitMix64(key + (offset + static_cast<uint64_t>(c)) * kGamma) >> 41;
       row[c] = static_cast<float>(bits) * 0x1p-23f + 0x1p-24f;  // ((bits + 0.5) / 2^23), exact in float
     }
   }

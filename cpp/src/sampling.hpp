@@ -13,8 +13,9 @@ std::vector<int64_t> GuidanceRows(const std::vector<int64_t>& labels, bool guide
 // s_t = (g - 1) * ((1 - cos(pi * (t / N) ** pow)) * 0.5) + 1 in double with the C library, rounded to float
 std::vector<float> GuidanceSchedule(int64_t num_steps, double scale, double pow);
 
-// uniform noise [num_images, num_steps, vocab] of images first_image, first_image + 1, ...
+// uniform noise [num_images, num_steps, vocab] of images first_image, first_image + 1, ..., steps first_step ..
+// first_step + num_steps - 1 of their streams
 std::vector<float> SamplingNoise(uint64_t seed, int64_t num_images, int64_t num_steps, int64_t vocab,
-                                 int64_t first_image);
+                                 int64_t first_image, int64_t first_step = 0);
 
 }  // namespace rar::detail

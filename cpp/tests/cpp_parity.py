@@ -4,6 +4,7 @@ fixture, and its refusals. Runs with the project's Python (rar-deploy installed 
     cpp_parity.py prepare WORK                 export the tiny artifacts (RAR and VAR, fp32 and fp16) and damaged
                                                copies
     cpp_parity.py parity WORK RAR_GENERATE     tokens and pixels equal to the Python runtime's
+    cpp_parity.py jacobi WORK RAR_GENERATE     speculative decoding: the Python runtime's tokens; greedy = sequential
     cpp_parity.py official_greedy WORK RAR_GENERATE   the official greedy tokens at temperature 0
     cpp_parity.py var_parity WORK RAR_GENERATE        VAR: tokens and pixels equal to the Python runtime's
     cpp_parity.py var_official_greedy WORK RAR_GENERATE   VAR: the official greedy tokens at temperature 0
@@ -78,6 +79,9 @@ def prepare(work: Path) -> None:
                                        work / f"var_{precision}_{weights}", precision, engine=False, verify=False,
                                        profile=BatchProfile(1, 2, 4), weights=weights, calibration=calibration),
                          progress=lambda m: None)
+    export_artifacts(ExportRequest(str(TINY / "tiny_rar.bin"), str(TINY / "tiny_vq.bin"), work / "fp32_parallel",
+                                   "fp32", engine=False, verify=False, profile=BatchProfile(1, 2, 4),
+                                   parallel_decoding=True), progress=lambda m: None)
     rtx = find_tensorrt() is not None
     export_artifacts(ExportRequest(str(TINY / "tiny_rar.bin"), str(TINY / "tiny_vq.bin"), work / "fp16_engines",
                                    "fp16", engine=rtx, verify=False, profile=BatchProfile(1, 2, 4)),
@@ -291,6 +295,42 @@ def parity(work: Path, exe: list[str]) -> None:
         assert f"condition window {window}," in result.stdout, result.stdout
         np.testing.assert_array_equal(np.load(out.with_suffix(".npy")), expected, err_msg=f"window {window}")
     print("C++ condition windows of 1 and 5 positions == the whole table (Python)")
+
+
+def jacobi(work: Path, exe: list[str]) -> None:
+    """Speculative Jacobi decoding (rar_generate --parallel-window): greedy gives the sequential tokens; sampling draws
+    the Python runtime's tokens from the same seeds (docs/CONTRACT.md fixes the loop and its noise), batch 1 and 3
+    (images at different positions in one call), guided and unguided; refused on a folder without decode_block."""
+    from rar_deploy import RARPipeline, RARSampling
+
+    folder = work / "fp32_parallel"
+    pipeline = RARPipeline.from_artifacts(folder, "onnxruntime")
+    out = work / "out" / "jacobi"
+    checked = 0
+    for window, batch, temperature, scale in itertools.product((1, 4, 16), BATCH_SIZES, TEMPERATURES, (4.0, 0.0)):
+        result = run(on_target(exe, folder), "--artifacts", folder, "--class-labels", ",".join(map(str, LABELS)),
+                     "--seed", 5, "--batch-size", batch, "--temperature", temperature, "--guidance-scale", scale,
+                     "--guidance-pow", 0.0, "--parallel-window", window, "--out", out, "--save-tokens",
+                     out.with_suffix(".npy"), "--force")
+        sampling = RARSampling(guidance_scale=scale, guidance_pow=0.0, temperature=temperature)
+        expected = pipeline.generate(LABELS, sampling=sampling, seed=5, batch_size=batch, parallel_window=window)
+        calls = pipeline.decode_calls.mean()
+        what = f"window {window} batch {batch} temperature {temperature} guidance {scale}"
+        np.testing.assert_array_equal(np.load(out.with_suffix(".npy")), expected.tokens, err_msg=what)
+        if temperature == 0:
+            sequential = pipeline.generate(LABELS, sampling=sampling, seed=5, batch_size=batch).tokens
+            np.testing.assert_array_equal(expected.tokens, sequential, err_msg=what)
+        record = json.loads((out / "samples.json").read_text())
+        assert record["parallel_window"] == window, (what, record)
+        assert math.isclose(record["decode_calls_per_image"], calls, rel_tol=1e-9), what
+        assert f"{calls:g} decode calls an image" in result.stdout, result.stdout
+        checked += 1
+    refused = run(exe, "--artifacts", work / "fp32", "--class-labels", "1", "--parallel-window", 4, "--out",
+                  work / "out" / "refused", check=False)
+    assert refused.returncode != 0 and "rar-export --parallel-decoding" in refused.stderr, refused.stderr
+    assert not (work / "out" / "refused").exists()
+    print(f"C++ speculative decoding == Python: tokens in {checked} runs (windows 1, 4, 16 x batch {BATCH_SIZES} x "
+          f"temperature {TEMPERATURES} x guidance 4, 0); greedy == sequential; refused without decode_block")
 
 
 def official_greedy(work: Path, exe: list[str]) -> None:
@@ -522,7 +562,7 @@ if __name__ == "__main__":
     if command == "prepare":
         prepare(work)
     else:
-        {"parity": parity, "official_greedy": official_greedy, "var_parity": var_parity,
+        {"parity": parity, "jacobi": jacobi, "official_greedy": official_greedy, "var_parity": var_parity,
          "var_official_greedy": var_official_greedy, "var_scales": var_scales, "cli_refusals": cli_refusals,
          "outputs": outputs,
          "tensorrt": tensorrt}[command](work, [*shlex.split(os.environ.get("RAR_EMULATOR", "")), sys.argv[3]])

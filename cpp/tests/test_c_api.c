@@ -221,6 +221,13 @@ int main(int argc, char** argv) {
   expect(RarPipelineGenerateTokens(pipeline, labels, 1, params, tokens), RAR_ERROR_INVALID_ARGUMENT, "seed",
          "seed too large");
   RarResultDestroy(RarGenerateParamsSetSeed(params, 7));
+  RarResultDestroy(RarGenerateParamsSetParallelWindow(params, 17));
+  expect(RarPipelineGenerateTokens(pipeline, labels, 1, params, tokens), RAR_ERROR_INVALID_ARGUMENT,
+         "must be 0 .. 16", "parallel window 17");
+  RarResultDestroy(RarGenerateParamsSetParallelWindow(params, 4));  /* the fp32 folder has no decode_block */
+  expect(RarPipelineGenerateTokens(pipeline, labels, 1, params, tokens), RAR_ERROR_INVALID_ARGUMENT,
+         "rar-export --parallel-decoding", "parallel window without decode_block");
+  RarResultDestroy(RarGenerateParamsSetParallelWindow(params, 0));
   expect(RarPipelineGenerateTokens(pipeline, NULL, 1, params, tokens), RAR_ERROR_INVALID_ARGUMENT, "NULL",
          "NULL labels");
   RarResult* ok = RarPipelineGenerateTokens(pipeline, labels, 3, params, tokens);
@@ -229,6 +236,9 @@ int main(int argc, char** argv) {
     failures++;
     RarResultDestroy(ok);
   }
+  double calls = 0;
+  expect_ok(RarPipelineGetMeanDecodeCalls(pipeline, &calls), "mean decode calls");
+  expect_true(calls == 17.0, "a sequential generation takes N + 1 = 17 decode calls an image");
   expect(RarPipelineSetConditionBudget(pipeline, -1), RAR_ERROR_INVALID_ARGUMENT, "condition budget",
          "negative condition budget");
   int64_t bad_tokens[16] = {0};

@@ -63,7 +63,7 @@ int Generate(int argc, char** argv) {
   std::string artifacts, class_labels, backend = "onnxruntime", device;
   fs::path out, save_tokens;
   int64_t num_per_class = 1, batch_size = 0;
-  int64_t seed = 0, condition_budget = -1;
+  int64_t seed = 0, condition_budget = -1, parallel_window = 0;
   std::optional<double> guidance_scale, guidance_pow, temperature, top_p;
   std::optional<int64_t> top_k;
   bool force = false;
@@ -85,6 +85,9 @@ int Generate(int argc, char** argv) {
   app.add_option("--condition-budget", condition_budget,
                  "Bytes of condition rows a generation may hold (0: one position a step) [default: 2 GiB]")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--parallel-window", parallel_window,
+                 "RAR: speculative Jacobi decoding with this many draft tokens per image (1-16; the folder needs "
+                 "rar-export --parallel-decoding). 0: off");
   app.add_option("--out", out, "Folder for the PNGs and samples.json")->required();
   app.add_option("--save-tokens", save_tokens, "Also save the tokens (.npy)");
   app.add_flag("--force", force, "Replace an earlier rar-generate --out / --save-tokens (never anything else)");
@@ -131,6 +134,7 @@ int Generate(int argc, char** argv) {
   rar::Sampling sampling{guidance_scale, guidance_pow, temperature, static_cast<uint64_t>(seed), std::nullopt,
                          top_k, top_p};
   if (batch_size != 0) sampling.batch_size = batch_size;
+  sampling.parallel_window = parallel_window;
   const rar::Generation generated = pipeline.Generate(labels, sampling);  // RAR: the tokens, then Decode
   const std::vector<int64_t>& tokens = generated.tokens;
   const rar::Images& decoded = generated.images;
@@ -144,7 +148,9 @@ int Generate(int argc, char** argv) {
                              {"artifacts", fs::weakly_canonical(artifacts).string()}, {"family", family},
                              {"backend", backend},
                              {"seed", seed}, {"class_labels", labels}, {"num_per_class", num_per_class},
+                             {"parallel_window", parallel_window},
                              {"images", nlohmann::json::array()}};
+    if (!pipeline.is_var()) record["decode_calls_per_image"] = pipeline.MeanDecodeCalls();
     const size_t image_bytes = static_cast<size_t>(decoded.height * decoded.width * decoded.channels);
     for (size_t i = 0; i < labels.size(); ++i) {
       const std::string name = ImageName(i, labels[i]);
@@ -171,6 +177,9 @@ int Generate(int argc, char** argv) {
             << "; start " << timings.start_ms << " ms, ";
   if (pipeline.is_var()) {
     std::cout << timings.steps << " scale steps " << timings.steps_ms << " ms";
+  } else if (parallel_window != 0) {
+    std::cout << "speculative decoding, window " << parallel_window << ": " << pipeline.MeanDecodeCalls()
+              << " decode calls an image, " << timings.steps_ms << " ms";
   } else {
     std::cout << "prefill " << timings.prefill_ms << " ms, " << timings.steps << " steps " << timings.steps_ms
               << " ms, condition window " << timings.condition_window;

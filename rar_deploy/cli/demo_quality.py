@@ -20,14 +20,17 @@ from rar_deploy.cli.common import BACKEND_CHOICE, PATH_TYPE, THREADS_OPTION, fri
 @click.option("--guidance-pow", type=float, help="Guidance schedule power [default: published].")
 @click.option("--temperature", "temperatures", type=float, multiple=True,
               help="Temperature (repeatable) [default: published].")
+@click.option("--parallel-window", "parallel_windows", type=int, multiple=True,
+              help="Speculative Jacobi decoding with this many drafts (repeatable: one row each; 0: one token a call; "
+                   "the folder needs rar-export --parallel-decoding) [default: 0].")
 @click.option("--out", type=PATH_TYPE, help="Folder for quality.json (every number) and a grid per table row "
                                             "(grid-<row>.png, one row of images per class).")
 @click.option("--force", is_flag=True, help="Replace a folder that demo-quality wrote before.")
 @click.option("--weights", type=PATH_TYPE, help="Demo weights folder of the yardsticks [default: the shipped one].")
 @THREADS_OPTION
 @friendly_errors
-def demo_quality_command(artifacts_dir, backend, per_class, seed, guidance_scales, guidance_pow, temperatures, out,
-                         force, weights, threads) -> None:
+def demo_quality_command(artifacts_dir, backend, per_class, seed, guidance_scales, guidance_pow, temperatures,
+                         parallel_windows, out, force, weights, threads) -> None:
     """Class accuracy and proxy FID of generated images, held-out token NLL and per-token entropy, for any export of
     the demo model on any backend (what a speed trick costs in quality)."""
     from contextlib import nullcontext
@@ -35,6 +38,7 @@ def demo_quality_command(artifacts_dir, backend, per_class, seed, guidance_scale
     from rar_deploy.outputs import Output, atomic_outputs
     from rar_deploy.runtime import open_pipeline
     from rar_deploy.runtime.families import RARSampling
+    from rar_deploy.runtime.jacobi import check_parallel_window
     from rar_deploy.training.demo_model import SHIPPED
     from rar_deploy.training.yardsticks import (
         QUALITY_FILE,
@@ -47,10 +51,11 @@ def demo_quality_command(artifacts_dir, backend, per_class, seed, guidance_scale
 
     say = progress_printer()
     pipeline = open_pipeline(artifacts_dir, backend=backend, threads=threads)
-    samplings = [RARSampling(guidance_scale=g, guidance_pow=guidance_pow, temperature=t)
-                 for g in guidance_scales or [None] for t in temperatures or [None]]
-    for sampling in samplings:
-        sampling.resolved(pipeline.artifacts.sampling_defaults)  # bad values: one line before any work
+    samplings = [(RARSampling(guidance_scale=g, guidance_pow=guidance_pow, temperature=t), w)
+                 for g in guidance_scales or [None] for t in temperatures or [None] for w in parallel_windows or [0]]
+    for sampling, window in samplings:  # bad values: one line before any work
+        sampling.resolved(pipeline.artifacts.sampling_defaults)
+        check_parallel_window(pipeline.artifacts, window)
     outputs = [Output(out, "--out", force, written=quality_written, owner="rar-deploy demo-quality",
                       inputs=(artifacts_dir,))] if out else []
     with (atomic_outputs(outputs) if outputs else nullcontext([None])) as (folder,):
@@ -58,9 +63,10 @@ def demo_quality_command(artifacts_dir, backend, per_class, seed, guidance_scale
         say("teacher-forced likelihood of the held-out token sequences")
         likelihood = yardsticks.likelihood()
         results, files = [], []
-        for row, sampling in enumerate(samplings):
-            say(f"generating {10 * per_class} images with {sampling}")
-            quality, images = yardsticks.generated(sampling, per_class, seed)
+        for row, (sampling, window) in enumerate(samplings):
+            say(f"generating {10 * per_class} images with {sampling}"
+                + (f", speculative decoding with {window} drafts" if window else ""))
+            quality, images = yardsticks.generated(sampling, per_class, seed, parallel_window=window)
             results.append(quality)
             if folder:
                 files.append(write_grid(folder, row, images, per_class))

@@ -14,6 +14,7 @@ Host-driven (the acceptance needs the probabilities); the graphs run through the
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +34,13 @@ class JacobiStats:
 
     calls: np.ndarray
     tokens: int
+    graph_ms: float = 0.0  # wall time in decode_block calls (their inputs' uploads and outputs' downloads included)
+    host_ms: float = 0.0  # the rest: acceptance, drafts and noise, on the host
+
+    @property
+    def host_ms_per_call(self) -> float:
+        """The host's share of a batch's decode call (what a GPU pass would add to its graph's time)."""
+        return self.host_ms / max(int(self.calls.max()), 1)
 
     @property
     def tokens_per_call(self) -> float:
@@ -132,7 +140,9 @@ def jacobi_generate(backend, inputs: RARInputs, seeds: list[tuple[int, int]], wi
     backend.artifacts.check_batch_size(len(seeds))
     c = backend.config
     n, seq, vocab, batch = c.image_seq_len, c.cache_len, c.codebook_size, len(seeds)
+    started = time.perf_counter()
     decoder = BlockDecoder(backend, inputs.rows)
+    graph_s = time.perf_counter() - started  # the condition table: a graph too
     stride = window + 1
 
     def streams(live: np.ndarray) -> np.ndarray:  # each image's rows of its current call: [B, W + 1, V + 2]
@@ -150,8 +160,12 @@ def jacobi_generate(backend, inputs: RARInputs, seeds: list[tuple[int, int]], wi
     temperature = inputs.temperature.astype(np.float64)
 
     def call(first: np.ndarray, fed: np.ndarray, predicted: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
-        return decoder(first, fed, inputs.guidance[np.minimum(predicted, n - 1), np.arange(batch)[:, None]],
-                       inputs.temperature, rows[:, :fed.shape[1], :vocab])
+        nonlocal graph_s
+        start = time.perf_counter()
+        out = decoder(first, fed, inputs.guidance[np.minimum(predicted, n - 1), np.arange(batch)[:, None]],
+                      inputs.temperature, rows[:, :fed.shape[1], :vocab])
+        graph_s += time.perf_counter() - start
+        return out
 
     # the prefill: positions 0 and 1, image token 0 sampled at position 1
     everyone = np.ones(batch, bool)
@@ -205,4 +219,5 @@ def jacobi_generate(backend, inputs: RARInputs, seeds: list[tuple[int, int]], wi
                          for j in range(done + 1, size)]
         calls[live] += 1
         on_call and on_call(accepted)
-    return tokens, JacobiStats(calls=calls, tokens=n)
+    total_ms = (time.perf_counter() - started) * 1e3
+    return tokens, JacobiStats(calls=calls, tokens=n, graph_ms=graph_s * 1e3, host_ms=total_ms - graph_s * 1e3)

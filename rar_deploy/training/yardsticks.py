@@ -49,6 +49,8 @@ class Quality:
     accuracy: float  # of generated images
     proxy_fid: float  # generated vs real held-out
     per_class_accuracy: list[float]
+    parallel_window: int = 0  # speculative Jacobi decoding's drafts per image (0: one token a decode call)
+    passes_per_image: float = 0.0  # decode calls an image took
 
 
 @dataclass(frozen=True)
@@ -88,18 +90,20 @@ class Yardsticks:
         return float((self.real_classes == self.real_labels).mean())
 
     def generated(self, sampling: RARSampling | None, per_class: int, seed: int = 0,
-                  progress: Callable | None = None) -> tuple[Quality, np.ndarray]:
-        """The quality of per_class images of every class drawn with `sampling` (None: the published values), and
-        the images (class by class)."""
+                  progress: Callable | None = None, parallel_window: int = 0) -> tuple[Quality, np.ndarray]:
+        """The quality of per_class images of every class drawn with `sampling` (None: the published values), by
+        speculative decoding with parallel_window drafts when not 0, and the images (class by class)."""
         sampling = sampling or RARSampling()
         labels = np.repeat(np.arange(len(CLASSES)), per_class)
-        images = self.pipeline.generate(labels.tolist(), sampling=sampling, seed=seed, progress=progress).images
+        images = self.pipeline.generate(labels.tolist(), sampling=sampling, seed=seed, progress=progress,
+                                        parallel_window=parallel_window).images
         classes, features = classify(self.classifier, images)
         resolved = sampling.resolved(self.pipeline.artifacts.sampling_defaults)
         correct = (classes == labels).reshape(len(CLASSES), per_class).mean(1)
         return Quality(resolved.guidance_scale, resolved.guidance_pow, resolved.temperature, int(len(images)),
                        float(correct.mean()), frechet_distance(features, self.real_features),
-                       [round(float(c), 3) for c in correct]), images
+                       [round(float(c), 3) for c in correct], parallel_window,
+                       float(self.pipeline.decode_calls.mean())), images
 
     def likelihood(self) -> Likelihood:
         """Teacher-forced through the export's decode step (unguided: the class rows alone, as trained)."""
@@ -150,11 +154,11 @@ def _teacher_forced_log_p(pipeline: RARPipeline, tokens: np.ndarray, labels: np.
 
 def quality_rows(results: list[Quality], real_accuracy: float) -> list[str]:
     """A markdown table of generation results, with the real held-out images' accuracy beside them."""
-    rows = ["| guidance scale | pow | temperature | images | class accuracy | proxy FID |",
-            "| --- | --- | --- | --- | --- | --- |"]
-    rows += [f"| {q.guidance_scale:g} | {q.guidance_pow:g} | {q.temperature:g} | {q.images} | {q.accuracy:.3f} | "
-             f"{q.proxy_fid:.2f} |" for q in results]
-    rows.append(f"| real held-out images | | | | {real_accuracy:.3f} | 0 |")
+    rows = ["| guidance scale | pow | temperature | parallel window | passes/image | images | class accuracy | "
+            "proxy FID |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows += [f"| {q.guidance_scale:g} | {q.guidance_pow:g} | {q.temperature:g} | {q.parallel_window or '-'} | "
+             f"{q.passes_per_image:.1f} | {q.images} | {q.accuracy:.3f} | {q.proxy_fid:.2f} |" for q in results]
+    rows.append(f"| real held-out images | | | | | | {real_accuracy:.3f} | 0 |")
     return rows
 
 

@@ -75,6 +75,10 @@ RAR_API RarResult* RarGenerateParamsSetSeed(RarGenerateParams* params, uint64_t 
 RAR_API RarResult* RarGenerateParamsSetBatchSize(RarGenerateParams* params, int64_t batch_size);
 RAR_API RarResult* RarGenerateParamsSetTopK(RarGenerateParams* params, int64_t top_k); /* VAR: >= 0, 0 off */
 RAR_API RarResult* RarGenerateParamsSetTopP(RarGenerateParams* params, double top_p);  /* VAR: [0, 1), 0 off */
+/* RAR: speculative Jacobi decoding with this many draft tokens per image (1 .. 16; the folder needs rar-export
+ * --parallel-decoding); 0, the default, one token a decode call. Greedy: the same tokens; sampling: the same
+ * distribution, other draws (docs/CONTRACT.md). */
+RAR_API RarResult* RarGenerateParamsSetParallelWindow(RarGenerateParams* params, int64_t window);
 
 /* Tokens [num_labels, N] into `tokens` (num_labels * N int64). Image i's noise depends on (seed, i) alone. */
 RAR_API RarResult* RarPipelineGenerateTokens(RarPipeline* pipeline, const int64_t* class_labels, size_t num_labels,
@@ -92,6 +96,9 @@ RAR_API RarResult* RarPipelineDecode(RarPipeline* pipeline, const int64_t* token
  * positions W that fit at a time (all N + 1 when they fit), and for one position per step when none do
  * (0 asks for that). Any W gives the same tokens. VAR has no condition rows: refused. */
 RAR_API RarResult* RarPipelineSetConditionBudget(RarPipeline* pipeline, int64_t bytes);
+
+/* RAR: decode calls an image of the last generation took, on average (N + 1 without a parallel window). */
+RAR_API RarResult* RarPipelineGetMeanDecodeCalls(const RarPipeline* pipeline, double* calls);
 
 /* The last generation's. VAR: steps_ms and steps are every scale's var_step, decode_ms the var_decoder;
  * prefill_ms and condition_window are 0. */

@@ -33,6 +33,7 @@ struct Sampling {
   std::optional<int64_t> batch_size;  // unset: the artifacts' largest
   std::optional<int64_t> top_k;       // VAR only: >= 0, 0 off (guidance_pow is RAR only)
   std::optional<double> top_p;        // VAR only: [0, 1), 0 off
+  int64_t parallel_window = 0;        // RAR: speculative Jacobi decoding's drafts per image (1 .. 16); 0 off
 };
 
 struct Images {
@@ -91,6 +92,12 @@ class Pipeline {
 
   void SetConditionBudget(int64_t bytes) { Check(RarPipelineSetConditionBudget(pipeline_.get(), bytes)); }
 
+  double MeanDecodeCalls() const {  // RAR: per image, of the last generation
+    double calls = 0;
+    Check(RarPipelineGetMeanDecodeCalls(pipeline_.get(), &calls));
+    return calls;
+  }
+
   RarTimings Timings() const {
     RarTimings timings{};
     Check(RarPipelineGetTimings(pipeline_.get(), &timings));
@@ -110,6 +117,7 @@ class Pipeline {
     if (sampling.batch_size) Check(RarGenerateParamsSetBatchSize(raw, *sampling.batch_size));
     if (sampling.top_k) Check(RarGenerateParamsSetTopK(raw, *sampling.top_k));
     if (sampling.top_p) Check(RarGenerateParamsSetTopP(raw, *sampling.top_p));
+    if (sampling.parallel_window) Check(RarGenerateParamsSetParallelWindow(raw, sampling.parallel_window));
     Check(RarGenerateParamsSetSeed(raw, sampling.seed));
     return params;
   }

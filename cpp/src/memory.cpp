@@ -1,5 +1,6 @@
 #include "memory.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <numeric>
 
@@ -65,10 +66,11 @@ void Memory::WriteRows(Buffer& cache, const Buffer& fresh, const std::vector<int
   for (int64_t layer = 0; layer < layers; ++layer) {
     for (size_t j = 0; j < positions.size(); ++j) {  // H rows of n * Dh elements: pitch S * Dh in the cache
       const int64_t row = static_cast<int64_t>(j);
+      const size_t kept = static_cast<size_t>(std::min(n, seq - positions[j])) * step;
       Copy2D(static_cast<char*>(cache.data) + static_cast<size_t>(((layer * rows + row) * heads) * seq + positions[j]) * step,
              static_cast<size_t>(seq) * step,
              static_cast<const char*>(fresh.data) + static_cast<size_t>((layer * fresh_rows + row) * heads * n) * step,
-             width, width, static_cast<size_t>(heads));
+             width, kept, static_cast<size_t>(heads));
     }
   }
 }

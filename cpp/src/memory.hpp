@@ -46,7 +46,7 @@ class Memory {
   void CopyRows(Buffer& destination, const std::vector<int64_t>& to, const Buffer& source,
                 const std::vector<int64_t>& from, size_t axis);
   // cache [L, R, H, S, Dh] row j <- fresh [L, R', H, n, Dh] row j at sequence indices positions[j] ..
-  // positions[j] + n - 1, j < positions.size()
+  // positions[j] + n - 1, j < positions.size(); positions past the cache's end are dropped
   void WriteRows(Buffer& cache, const Buffer& fresh, const std::vector<int64_t>& positions);
   // Capture the device work `body` enqueues into a graph and return its replay; nullptr where there is none.
   virtual std::function<void()> Capture(const std::function<void()>& /*body*/) { return nullptr; }

@@ -160,41 +160,45 @@ JacobiResult JacobiGenerate(const Artifacts& artifacts, Backend& backend, const 
     accepted[index(b)] = 1, calls[index(b)] = 1;
   }
   while (std::any_of(accepted.begin(), accepted.end(), [&](int64_t a) { return a < n; })) {
-    int64_t size = window + 1;
-    std::vector<int64_t> first(index(batch));
+    // one block size a call; an image near its end uses the positions up to N and ignores the rest (they wrap round
+    // the condition table and their keys are not written), so it never shortens another image's window
+    int64_t size = 0;
+    std::vector<int64_t> first(index(batch)), valid(index(batch));
     for (int64_t b = 0; b < batch; ++b) {
       live[index(b)] = accepted[index(b)] < n;
-      if (live[index(b)]) first[index(b)] = accepted[index(b)] + 1, size = std::min(size, seq - first[index(b)]);
+      if (live[index(b)]) first[index(b)] = accepted[index(b)] + 1, size = std::max(size, seq - first[index(b)]);
     }
+    size = std::min(size, window + 1);
+    for (int64_t b = 0; b < batch; ++b) valid[index(b)] = std::min(size, seq - first[index(b)]);
     const std::vector<float> rows = streams(live);
     std::vector<int64_t> fed(index(batch * size)), predicted(index(batch * size));
     for (int64_t b = 0; b < batch; ++b) {
       if (!live[index(b)]) continue;
       std::vector<Draft>& mine = drafts[index(b)];
-      while (static_cast<int64_t>(mine.size()) < size - 1) {  // fill the window with uniform drafts
+      while (static_cast<int64_t>(mine.size()) < valid[index(b)] - 1) {  // fill the window with uniform drafts
         const float u = rows[index((b * stride + static_cast<int64_t>(mine.size()) + 1) * width + vocab + 1)];
         mine.push_back({std::min(static_cast<int64_t>(u * static_cast<float>(vocab)), vocab - 1), {}});
       }
       fed[index(b * size)] = tokens[index(b * n + accepted[index(b)] - 1)];
       for (int64_t i = 0; i < size; ++i) {
-        if (i < size - 1) fed[index(b * size + i + 1)] = mine[index(i)].token;
+        if (i < valid[index(b)] - 1) fed[index(b * size + i + 1)] = mine[index(i)].token;
         predicted[index(b * size + i)] = accepted[index(b)] + i;
       }
     }
     out = call(first, fed, size, predicted, rows);
     for (int64_t b = 0; b < batch; ++b) {
       if (!live[index(b)]) continue;
-      const int64_t a = accepted[index(b)];
+      const int64_t a = accepted[index(b)], used = valid[index(b)];
       const double t = static_cast<double>(inputs.temperature[index(b)]);
       const float* row = rows.data() + b * stride * width;
       const float* logits = out.logits.data() + b * size * vocab;
       std::vector<std::vector<double>> p;
       if (t > 0) {
-        for (int64_t i = 0; i < size; ++i) p.push_back(Probabilities(logits + i * vocab, vocab, t));
+        for (int64_t i = 0; i < used; ++i) p.push_back(Probabilities(logits + i * vocab, vocab, t));
       }
-      int64_t done = size - 1;  // drafts accepted
+      int64_t done = used - 1;  // drafts accepted
       bool rejected = false;
-      for (int64_t i = 0; i < size - 1 && !rejected; ++i) {
+      for (int64_t i = 0; i < used - 1 && !rejected; ++i) {
         const Draft& draft = drafts[index(b)][index(i)];
         const float* logits_i = logits + i * vocab;
         bool keep;
@@ -223,10 +227,10 @@ JacobiResult JacobiGenerate(const Artifacts& artifacts, Backend& backend, const 
         }
         done = i, rejected = true;
       }
-      if (!rejected) tokens[index(b * n + a + size - 1)] = out.next_tokens[index(b * size + size - 1)];
+      if (!rejected) tokens[index(b * n + a + used - 1)] = out.next_tokens[index(b * size + used - 1)];
       accepted[index(b)] = a + done + 1;
       std::vector<Draft> next;  // drafts for the tokens after the new final ones: this call's samples
-      for (int64_t j = done + 1; j < size; ++j) {
+      for (int64_t j = done + 1; j < used; ++j) {
         next.push_back({out.next_tokens[index(b * size + j)], t == 0 ? std::vector<double>{} : p[index(j)]});
       }
       drafts[index(b)] = std::move(next);

@@ -53,9 +53,9 @@ class TorchMemory:
         destination.index_copy_(axis, torch.tensor(list(index), device=self.device), source)
 
     def write_rows(self, cache: torch.Tensor, new: torch.Tensor, rows: list[int], positions: list[int]) -> None:
-        n = new.shape[3]
+        n, seq = new.shape[3], cache.shape[3]  # positions past the cache's end are dropped
         for j, (row, position) in enumerate(zip(rows, positions)):
-            cache[:, row, :, position:position + n] = new[:, j]
+            cache[:, row, :, position:position + n] = new[:, j, :, :seq - position]
 
     def capture(self, body: Callable[[], None]) -> Callable[[], None]:
         """torch's CUDA-graph capture on a side stream (after the loop's warm-up run)."""

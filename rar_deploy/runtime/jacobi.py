@@ -178,22 +178,25 @@ def jacobi_generate(backend, inputs: RARInputs, seeds: list[tuple[int, int]], wi
         live = accepted < n
         rows = streams(live)
         first = np.where(live, accepted + 1, 0)
-        size = int(min(window + 1, (seq - first[live]).min()))
+        # one block size a call; an image near its end uses the positions up to N and ignores the rest (they wrap
+        # round the condition table, and their keys are not written), so it never shortens another image's window
+        size = int(min(window + 1, (seq - first[live]).max()))
+        valid = np.minimum(size, seq - first)  # positions of the block that image b uses
         fed = np.zeros((batch, size), np.int64)
         for b in np.flatnonzero(live):
-            while len(drafts[b]) < size - 1:  # fill the window with uniform drafts
+            while len(drafts[b]) < valid[b] - 1:  # fill the window with uniform drafts
                 u = rows[b, len(drafts[b]) + 1, vocab + 1]
                 drafts[b].append((min(int(u * vocab), vocab - 1), None))
             fed[b, 0] = tokens[b, accepted[b] - 1]
-            fed[b, 1:] = [token for token, _ in drafts[b][:size - 1]]
+            fed[b, 1:valid[b]] = [token for token, _ in drafts[b][:valid[b] - 1]]
         predicted = np.where(live[:, None], accepted[:, None] + np.arange(size), 0)
         out = call(first, fed, predicted, rows)
         for b in np.flatnonzero(live):
-            a, row, t = int(accepted[b]), rows[b], temperature[b]
-            logits = out["logits"][b]
+            a, row, t, size_b = int(accepted[b]), rows[b], temperature[b], int(valid[b])
+            logits = out["logits"][b, :size_b]
             probabilities = _probabilities(logits, t) if t > 0 else None
-            done = size - 1  # drafts accepted
-            for i in range(size - 1):
+            done = size_b - 1  # drafts accepted
+            for i in range(size_b - 1):
                 token, q = drafts[b][i]
                 if t == 0:
                     keep = token == int(np.argmax(logits[i]))
@@ -212,11 +215,11 @@ def jacobi_generate(backend, inputs: RARInputs, seeds: list[tuple[int, int]], wi
                 done = i
                 break
             else:  # every draft accepted: the last position's own sample
-                tokens[b, a + size - 1] = out["next_tokens"][b, size - 1]
+                tokens[b, a + size_b - 1] = out["next_tokens"][b, size_b - 1]
             accepted[b] = a + done + 1
             # drafts for the tokens after the new accepted ones: this call's samples where it has them
             drafts[b] = [(int(out["next_tokens"][b, j]), None if t == 0 else probabilities[j])
-                         for j in range(done + 1, size)]
+                         for j in range(done + 1, size_b)]
         calls[live] += 1
         on_call and on_call(accepted)
     total_ms = (time.perf_counter() - started) * 1e3

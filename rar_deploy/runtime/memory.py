@@ -77,13 +77,14 @@ class HostMemory:
         destination[(slice(None),) * axis + (list(index),)] = source
 
     def write_rows(self, cache: np.ndarray, new: np.ndarray, rows: list[int], positions: list[int]) -> None:
-        """cache [L, R, H, S, Dh] row rows[j] <- new [L, R', H, n, Dh] row j at positions[j] .. positions[j] + n - 1."""
-        n = new.shape[3]
+        """cache [L, R, H, S, Dh] row rows[j] <- new [L, R', H, n, Dh] row j at positions[j] .. positions[j] + n - 1;
+        positions past the cache's end are dropped."""
+        n, seq = new.shape[3], cache.shape[3]
         if n == 1:  # one position a row (RAR's step): one indexed assignment, [R', L, H, Dh] on both sides
             cache[:, list(rows), :, list(positions)] = new[:, :len(positions), :, 0].transpose(1, 0, 2, 3)
             return
         for j, (row, position) in enumerate(zip(rows, positions)):
-            cache[:, row, :, position:position + n] = new[:, j]
+            cache[:, row, :, position:position + n] = new[:, j, :, :seq - position]
 
     def capture(self, body: Callable[[], None]) -> None:
         return None  # nothing to capture on the host: the loop runs its steps directly
@@ -210,14 +211,15 @@ class CudaMemory:
 
     def write_rows(self, cache: DeviceArray, new: DeviceArray, rows: list[int], positions: list[int]) -> None:
         """cache [L, R, H, S, Dh] row rows[j] <- new [L, R', H, n, Dh] row j at positions[j]: per layer and row,
-        one 2-D copy of H rows of n*Dh elements."""
+        one 2-D copy of H rows of n*Dh elements (positions past the cache's end dropped)."""
         layers, num_rows, heads, seq, head_dim = cache.shape
         n, new_rows, step = new.shape[3], new.shape[1], head_dim * cache.dtype.itemsize
         for j, (row, position) in enumerate(zip(rows, positions)):
+            width = min(n, seq - int(position)) * step
             for layer in range(layers):
                 _check(self.runtime, self.runtime.cudaMemcpy2DAsync(
                     cache.address + ((layer * num_rows + int(row)) * heads * seq + int(position)) * step, seq * step,
-                    new.address + (layer * new_rows + j) * heads * n * step, n * step, n * step, heads,
+                    new.address + (layer * new_rows + j) * heads * n * step, n * step, width, heads,
                     self.kinds.cudaMemcpyDeviceToDevice, self.stream), "writing the KV cache")
 
     def capture(self, body: Callable[[], None]) -> Callable[[], None]:

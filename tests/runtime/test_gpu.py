@@ -212,3 +212,21 @@ def test_scheduler_on_the_gpu_equals_each_image_alone(export_tiny, tmp_path, bac
             break
     for i, tokens in enumerate(expected):
         np.testing.assert_array_equal(results[i].tokens, tokens)
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorrt"])
+def test_speculative_decoding_on_the_gpu_gives_the_sequential_greedy_tokens(export_tiny, tmp_path, backend):
+    """decode_block on CUDA memory (torch; TensorRT with its profile over the block): greedy speculative decoding
+    equals the sequential loop on the same backend, windows 1, 4, 16, batch 3 (images at different positions)."""
+    from rar_deploy.runtime import open_pipeline
+
+    if backend == "tensorrt" and find_tensorrt() is None:
+        pytest.skip("no TensorRT or TensorRT-RTX installed")
+    folder = export_tiny(tmp_path / "fp32", "fp32", engine=backend == "tensorrt", profile=BatchProfile(1, 4, 8),
+                         compute_capabilities=(cuda_capability(),), parallel_decoding=True)
+    pipeline = open_pipeline(folder, backend)
+    greedy = RARSampling(guidance_scale=4.0, temperature=0.0)
+    sequential = pipeline.generate([1, 5, 9], sampling=greedy, batch_size=3).tokens
+    for window in (1, 4, 16):
+        parallel = pipeline.generate([1, 5, 9], sampling=greedy, batch_size=3, parallel_window=window).tokens
+        np.testing.assert_array_equal(parallel, sequential, err_msg=f"window {window}")

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from rar_deploy.runtime.families import RARSampling
-from rar_deploy.runtime.jacobi import jacobi_generate
+from rar_deploy.runtime.jacobi import JacobiStats, jacobi_generate
 from rar_deploy.runtime.loops import drive
 from rar_deploy.runtime.pipeline import Pipeline, open_pipeline
 from rar_deploy.runtime.timing import StageClock, memory_usage, stage_summary
@@ -76,10 +76,10 @@ def bench_parallel(pipeline: Pipeline, batch: int, window: int, rounds: int = 3,
             sequential, parallel = sequential + middle - start, parallel + end - middle
             host += stats.host_ms_per_call / rounds
             passes.append(stats.calls)
-    calls = np.concatenate(passes)
+    every = JacobiStats(calls=np.concatenate(passes), tokens=c.image_seq_len)
     images = rounds * batch
     return {"batch": batch, "window": window, "images": images, "sequential_passes": loop.steps,
-            "passes": float(calls.mean()), "tokens_per_pass": float(c.image_seq_len / (calls - 1).mean()),
+            "passes": float(every.calls.mean()), "tokens_per_pass": every.tokens_per_call,
             "sequential_ms_per_image": sequential * 1e3 / images, "parallel_ms_per_image": parallel * 1e3 / images,
             "wall_speedup": sequential / parallel, "host_ms_per_pass": host}
 

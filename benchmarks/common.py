@@ -8,18 +8,21 @@ import sys
 from pathlib import Path
 
 
-def ensure_artifacts(workdir: Path, preset: str, precision: str, engine: bool = False, weights: str = "float"
-                     ) -> Path:
-    """<workdir>/<preset>-<precision>[-<weights>], exported from a random <preset> checkpoint made once."""
+def ensure_artifacts(workdir: Path, preset: str, precision: str, engine: bool = False, weights: str = "float",
+                     group_size: int | None = None) -> Path:
+    """<workdir>/<preset>-<precision>[-<weights>[-g<group_size>]], exported from a random <preset> checkpoint made
+    once."""
     ckpt_dir = workdir / "checkpoints"
     generator = ckpt_dir / f"{preset}.bin"
     if not generator.exists():
         subprocess.run(["rar-deploy", "make-checkpoint", "--preset", preset, "--out", str(ckpt_dir)], check=True)
-    out = workdir / (f"{preset}-{precision}" + ("" if weights == "float" else f"-{weights}"))
+    out = workdir / (f"{preset}-{precision}" + ("" if weights == "float" else f"-{weights}")
+                     + ("" if group_size is None else f"-g{group_size}"))
     if not (out / "manifest.json").exists():
         subprocess.run(["rar-export", "--ckpt", str(generator), "--tokenizer",
                         str(ckpt_dir / "maskgit-vqgan-imagenet-f16-256.bin"), "--out", str(out), f"--{precision}",
-                        "--weights", weights, "--engine" if engine else "--no-engine", "--force"], check=True)
+                        "--weights", weights, *([] if group_size is None else ["--group-size", str(group_size)]),
+                        "--engine" if engine else "--no-engine", "--force"], check=True)
     return out
 
 

@@ -5,7 +5,7 @@ loop (float32) once, all in one process so that ratios are comparable. Bytes per
 initializers as stored (int4 packed), so GB/s is what a step reads.
 
     python benchmarks/quantized_weights.py [--workdir /tmp/rar-bench] [--preset rar_b] [--batch-sizes 1,4,16]
-        [--variants fp32,fp16,int8,int4,int8-fast,int4-fast]
+        [--variants fp32,fp16,int8,int4,int8-fast,int4-fast,int4-g32-fast] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ from common import ensure_artifacts, markdown_table
 from rar_deploy.runtime import Artifacts
 from rar_deploy.tools.bench import bench_results
 
-# name -> (activations, weights, --int8-activations: ONNX Runtime's fast MatMulNBits kernels)
-VARIANTS = {"fp32": ("fp32", "float", False), "fp16": ("fp16", "float", False), "int8": ("fp32", "int8", False),
-            "int4": ("fp32", "int4", False), "int8-fast": ("fp32", "int8", True), "int4-fast": ("fp32", "int4", True)}
+# name -> (activations, weights, int4 block size (None: the export's default, 128 where it divides every width),
+# --int8-activations: ONNX Runtime's fast MatMulNBits kernels)
+VARIANTS = {"fp32": ("fp32", "float", None, False), "fp16": ("fp16", "float", None, False),
+            "int8": ("fp32", "int8", None, False), "int4": ("fp32", "int4", None, False),
+            "int8-fast": ("fp32", "int8", None, True), "int4-fast": ("fp32", "int4", None, True),
+            "int4-g32-fast": ("fp32", "int4", 32, True)}
 
 
 def main() -> None:
@@ -30,17 +33,21 @@ def main() -> None:
     parser.add_argument("--preset", default="rar_b")
     parser.add_argument("--batch-sizes", default="1,4,16")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="the first is the speed-ups' reference")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the eager float32 loop (minutes at RAR-L)")
     args = parser.parse_args()
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     progress = lambda message: print(message, flush=True)  # noqa: E731
     results = []
     for name in args.variants.split(","):
-        precision, weights, fast = VARIANTS[name]
-        artifacts = Artifacts.load(ensure_artifacts(args.workdir, args.preset, precision, weights=weights))
-        first = not results
-        run = bench_results(artifacts, ["onnxruntime"], sizes, "cpu", first, None, None, progress=progress,
+        precision, weights, group_size, fast = VARIANTS[name]
+        artifacts = Artifacts.load(ensure_artifacts(args.workdir, args.preset, precision, weights=weights,
+                                                    group_size=group_size))
+        baseline = not results and not args.no_baseline
+        run = bench_results(artifacts, ["onnxruntime"], sizes, "cpu", baseline, None, None, progress=progress,
                             int8_activations=fast)
-        run["label"] = (precision if weights == "float" else weights) + (", int8 activations" if fast else "")
+        run["label"] = ((precision if weights == "float" else weights)
+                        + ("" if group_size is None else f", blocks of {group_size}")
+                        + (", int8 activations" if fast else ""))
         results.append(run)
     (args.workdir / f"quantized_{args.preset}.json").write_text(json.dumps(results, indent=1) + "\n")
     print(markdown_table(results))

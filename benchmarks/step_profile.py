@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from rar_deploy.runtime import open_pipeline
-from rar_deploy.runtime.backends import INT8_ACTIVATIONS, EXACT_QUANTIZED_MATMUL, _session_options
+from rar_deploy.runtime.backends import EXACT_QUANTIZED_MATMUL, INT8_ACTIVATIONS, _session_options
 
 
 def profile_step(folder: Path, int8_activations: bool, batch: int) -> dict[str, float]:

@@ -17,8 +17,9 @@ import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
+from onnx.external_data_helper import load_external_data_for_model
 
-from rar_deploy.contract.weights import WeightQuantization
+from rar_deploy.contract.weights import WeightQuantization, dequantize
 from rar_deploy.errors import ExportError
 from rar_deploy.export.onnx_export import check_onnx, static_inputs
 from rar_deploy.model.quantized import QuantizedWeight
@@ -37,11 +38,14 @@ def quantize_graph(path: Path, weights: dict[str, QuantizedWeight], quantization
                    dtype: type, external_data: bool) -> QuantizedGraph:
     """Rewrite the graph at `path` in place and check it. Every Linear of `weights` must be found, or the export
     stops (the graph would not be the quantized model)."""
-    original = onnx.load(str(path))
+    # the weights are loaded once, into the converted graph: converting a loaded graph would copy them (RAR-XXL's
+    # 2.9 GB step graph twice in memory)
+    original = onnx.load(str(path), load_external_data=False)
     static = static_inputs(original)  # inputs exported without a symbolic dim (VAR's phi_index): the rest keep theirs
     model = version_converter.convert_version(original, QUANTIZED_OPSET)
     del original
-    by_value = {_key(w.dequantized.astype(dtype)): name for name, w in weights.items()}
+    load_external_data_for_model(model, str(path.parent))
+    by_value = {_key(dequantize(w.q, w.scale, quantization).astype(dtype)): name for name, w in weights.items()}
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     replaced: dict[str, str] = {}  # initializer -> the Linear it holds
     nodes = []

@@ -37,8 +37,7 @@ _KEPT = ("adaLN_modulation", "ada_lin")
 @dataclass(frozen=True)
 class QuantizedWeight:
     q: np.ndarray  # int8 [in, out] (int4 values for int4), or fp8 E4M3 values
-    scale: np.ndarray  # scale_shape, in the activation precision
-    dequantized: np.ndarray  # float32 [in, out]: what q * scale is
+    scale: np.ndarray  # scale_shape, in the activation precision (q * scale is the weight: contract.dequantize)
     input_scale: np.ndarray | None = None  # fp8: the input's static scale (a scalar in the activation precision)
 
 
@@ -70,10 +69,9 @@ def quantize_generator(generator: nn.Module, quantization: WeightQuantization, s
             q, scale = quantize(linear.weight.detach().float().T.numpy(), quantization, scale_dtype)  # [in, out]
         else:
             q, scale = quantize(calibrated[name].weight, quantization, scale_dtype, calibrated[name].peak)
-        dequantized = dequantize(q, scale, quantization)
-        linear.weight.copy_(torch.from_numpy(dequantized.T.copy()))
-        stored[name] = QuantizedWeight(q, scale, dequantized,
-                                       None if peaks is None else fp8_scale(peaks[name], scale_dtype))
+        # the weight alone holds q * scale: a second float32 copy here would be RAR-XXL's 5 GB
+        linear.weight.copy_(torch.from_numpy(dequantize(q, scale, quantization).T.copy()))
+        stored[name] = QuantizedWeight(q, scale, None if peaks is None else fp8_scale(peaks[name], scale_dtype))
     return stored
 
 

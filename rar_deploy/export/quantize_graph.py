@@ -45,6 +45,8 @@ def quantize_graph(path: Path, weights: dict[str, QuantizedWeight], quantization
     model = version_converter.convert_version(original, QUANTIZED_OPSET)
     del original
     load_external_data_for_model(model, str(path.parent))
+    for tensor in model.graph.initializer:  # loading marks them DEFAULT: the same bytes as before, unmarked
+        tensor.ClearField("data_location")
     by_value = {_key(dequantize(w.q, w.scale, quantization).astype(dtype)): name for name, w in weights.items()}
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     replaced: dict[str, str] = {}  # initializer -> the Linear it holds

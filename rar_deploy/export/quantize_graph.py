@@ -86,6 +86,8 @@ def quantize_graph(path: Path, weights: dict[str, QuantizedWeight], quantization
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)
     onnx.save(model, str(path), save_as_external_data=external_data, location=data.name)
+    if data.exists():  # onnx writes external data for its owner only (0600); the folder's other files follow the umask
+        data.chmod(path.stat().st_mode & 0o777)
     check_onnx(path, static)
     return QuantizedGraph({name: list(weights[name].q.shape) for name in sorted(weights)}, stored)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,16 @@ def test_the_manifest_lists_every_file_the_export_wrote(export_tiny, tmp_path):
     for out in (export_tiny(tmp_path / "inline", "fp32"), export_tiny(tmp_path / "ext", "fp32", external_data=True)):
         written = {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()} - {"manifest.json"}
         assert written == set(_manifest(out)["files"]), out
+
+
+def test_every_file_of_an_export_has_the_same_permissions(export_tiny, tmp_path):
+    """A folder copied to a server or a container whose user is not the exporter's must be readable as a whole:
+    onnx.save writes external data owner-only (0600), the quantized step graph's included."""
+    out = export_tiny(tmp_path / "int8", "fp32", weights="int8", external_data=True)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in out.iterdir()}
+    assert "decode_step.onnx.data" in modes and set(modes.values()) == {oct(0o666 & ~umask)}, modes
 
 
 def test_cli_exports_a_demo_model(demo_checkpoints, tmp_path):

@@ -242,20 +242,18 @@ def test_forced_external_data_exports_parses_and_builds(export_tiny, tmp_path):
 
 def test_the_manifest_lists_every_file_the_export_wrote(export_tiny, tmp_path):
     """Integrity covers the whole folder: every file but the manifest itself is listed (weights torch moves to
-    `.onnx.data` on its own, above 1.5 GiB, included: the listing is of what was written)."""
-    for out in (export_tiny(tmp_path / "inline", "fp32"), export_tiny(tmp_path / "ext", "fp32", external_data=True)):
-        written = {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()} - {"manifest.json"}
-        assert written == set(_manifest(out)["files"]), out
-
-
-def test_every_file_of_an_export_has_the_same_permissions(export_tiny, tmp_path):
-    """A folder copied to a server or a container whose user is not the exporter's must be readable as a whole:
-    onnx.save writes external data owner-only (0600), the quantized step graph's included."""
-    out = export_tiny(tmp_path / "int8", "fp32", weights="int8", external_data=True)
+    `.onnx.data` on its own, above 1.5 GiB, included: the listing is of what was written). Every file has the same
+    permissions, so that a folder copied to a server or container of another user loads: onnx.save writes external
+    data owner-only (0600), the quantized step graph's included."""
     umask = os.umask(0o022)
     os.umask(umask)
-    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in out.iterdir()}
-    assert "decode_step.onnx.data" in modes and set(modes.values()) == {oct(0o666 & ~umask)}, modes
+    for out in (export_tiny(tmp_path / "inline", "fp32"),
+                export_tiny(tmp_path / "ext", "fp32", external_data=True, weights="int8")):
+        written = {str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()} - {"manifest.json"}
+        assert written == set(_manifest(out)["files"]), out
+        modes = {f.name: oct(f.stat().st_mode & 0o777) for f in out.rglob("*") if f.is_file()}
+        assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+    assert "decode_step.onnx.data" in written
 
 
 def test_cli_exports_a_demo_model(demo_checkpoints, tmp_path):

@@ -185,9 +185,10 @@ def test_quantized_reference_is_the_dequantized_weights(official_generator):
     assert set(stored) == set(quantized_linears(generator)) and len(stored) == TINY_LINEARS
     changed = {name.removesuffix(".weight") for name, p in generator.named_parameters() if not p.equal(before[name])}
     assert changed == set(stored)
+    rows = SCHEMES["int4"].group_size
     for name, weight in stored.items():
         np.testing.assert_array_equal(generator.get_submodule(name).weight.detach().numpy().T,
-                                      weight.q.astype(np.float32) * np.repeat(weight.scale, 32, axis=0))
+                                      weight.q.astype(np.float32) * np.repeat(weight.scale, rows, axis=0))
 
 
 def test_onnx_runtime_fuses_every_quantized_matmul_and_computes_in_float32(quantized_exports, tmp_path):

@@ -9,7 +9,7 @@ Sequence layout: index 0 the learned cls token, 1 the class, 2 + j image token j
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -125,7 +125,8 @@ class RARGenerator(nn.Module):
 
     # -- building blocks of every path -------------------------------------------------------------
     def run_blocks(
-        self, x: torch.Tensor, c: torch.Tensor, attend: AttendFn, modulation: torch.Tensor | None = None
+        self, x: torch.Tensor, c: torch.Tensor | None, attend: AttendFn,
+        modulation: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All blocks; returns the stream and stacked keys and values [L, R, H, P, Dh]."""
         keys, values = [], []
@@ -210,17 +211,27 @@ class RARGenerator(nn.Module):
         return self.head(x, None, condition[..., d + 6 * d * layers:]), keys, values
 
     def forward_prefix(
-        self, class_labels: torch.Tensor, tokens: torch.Tensor
+        self, class_labels: torch.Tensor, tokens: torch.Tensor, per_class_modulation: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Causal forward over [cls, class, tokens]: logits [R, n+1, V] and keys/values of all n+2."""
+        """Causal forward over [cls, class, tokens]: logits [R, n+1, V] and keys/values of all n+2.
+
+        `per_class_modulation`: the adaLN modulations computed once per distinct class of the batch and gathered
+        for its rows (they depend on class and position alone): the same values at a fraction of the cost when
+        many rows share a class, as in training; not for export (torch.unique)."""
         rows, n = tokens.shape
         positions = torch.arange(n + 2, device=tokens.device)
         ids = torch.cat([class_labels[:, None] + self.config.codebook_size + 1, tokens], dim=1)
         x = torch.cat([self.cls_token.expand(rows, -1, -1), self.embeddings(ids)], dim=1)
         x = x + self.position_features(positions)
         c = self.conditioning(class_labels, positions)
-        x, keys, values = self.run_blocks(x, c, lambda layer, q, k, v: causal_attention(q, k, v))
-        return self.head(x[:, 1:], c[:, 1:]), keys, values
+        modulation = head_modulation = None
+        if per_class_modulation:
+            classes, row_class = torch.unique(class_labels, return_inverse=True)
+            c_classes = self.conditioning(classes, positions)
+            modulation = [block.adaLN_modulation(c_classes)[row_class] for block in self.blocks]
+            head_modulation = self.adaln_before_head.adaLN_modulation(c_classes[:, 1:])[row_class]
+        x, keys, values = self.run_blocks(x, c, lambda layer, q, k, v: causal_attention(q, k, v), modulation)
+        return self.head(x[:, 1:], c[:, 1:], head_modulation), keys, values
 
     # -- public inference API ----------------------------------------------------------------------
     @torch.no_grad()

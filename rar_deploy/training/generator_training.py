@@ -39,7 +39,7 @@ def init_generator(recipe: DemoRecipe) -> RARGenerator:
 
 def next_token_loss(generator: RARGenerator, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of every image token given its prefix: tokens [B, N], labels [B] (null class allowed)."""
-    logits = generator.forward_prefix(labels, tokens[:, :-1])[0]  # [B, N, V]: output i predicts token i
+    logits = generator.forward_prefix(labels, tokens[:, :-1], per_class_modulation=True)[0]  # output i: token i
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
 

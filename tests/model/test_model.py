@@ -71,6 +71,17 @@ def test_rows_at_different_steps_share_a_batch():
     torch.testing.assert_close(logits, full[[0, 1], step], rtol=0, atol=STEP_VS_FULL_TOL)
 
 
+def test_per_class_modulation_equals_per_row():
+    """Training's forward (adaLN modulations once per distinct class, gathered for the rows) against the default."""
+    generator = random_generator(GENERATOR_PRESETS["tiny"], seed=6)
+    labels = torch.tensor([3, 1000, 3, 8, 1000])  # repeated classes and the null class, out of order
+    ids = torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(3))
+    expected = generator.forward_prefix(labels, ids)
+    gathered = generator.forward_prefix(labels, ids, per_class_modulation=True)
+    for got, want in zip(gathered, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=STEP_VS_FULL_TOL)
+
+
 @pytest.mark.parametrize("unguided", [False, True])
 def test_condition_rows_and_conditioned_steps_equal_the_official_path(unguided):
     """The deployed path (condition rows computed ahead, the prefill as positions 0 and 1 of the step)

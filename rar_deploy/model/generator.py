@@ -137,7 +137,7 @@ class RARGenerator(nn.Module):
             values.append(v)
         return x, torch.stack(keys), torch.stack(values)
 
-    def head(self, x: torch.Tensor, c: torch.Tensor, modulation: torch.Tensor | None = None) -> torch.Tensor:
+    def head(self, x: torch.Tensor, c: torch.Tensor | None, modulation: torch.Tensor | None = None) -> torch.Tensor:
         """Final adaLN and lm_head; logits in float32."""
         return self.lm_head(self.adaln_before_head(x, c, modulation)).float()
 
@@ -223,15 +223,20 @@ class RARGenerator(nn.Module):
         ids = torch.cat([class_labels[:, None] + self.config.codebook_size + 1, tokens], dim=1)
         x = torch.cat([self.cls_token.expand(rows, -1, -1), self.embeddings(ids)], dim=1)
         x = x + self.position_features(positions)
-        c = self.conditioning(class_labels, positions)
-        modulation = head_modulation = None
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return causal_attention(q, k, v)
+
         if per_class_modulation:
             classes, row_class = torch.unique(class_labels, return_inverse=True)
             c_classes = self.conditioning(classes, positions)
             modulation = [block.adaLN_modulation(c_classes)[row_class] for block in self.blocks]
+            x, keys, values = self.run_blocks(x, None, attend, modulation)
             head_modulation = self.adaln_before_head.adaLN_modulation(c_classes[:, 1:])[row_class]
-        x, keys, values = self.run_blocks(x, c, lambda layer, q, k, v: causal_attention(q, k, v), modulation)
-        return self.head(x[:, 1:], c[:, 1:], head_modulation), keys, values
+            return self.head(x[:, 1:], None, head_modulation), keys, values
+        c = self.conditioning(class_labels, positions)
+        x, keys, values = self.run_blocks(x, c, attend)
+        return self.head(x[:, 1:], c[:, 1:]), keys, values
 
     # -- public inference API ----------------------------------------------------------------------
     @torch.no_grad()

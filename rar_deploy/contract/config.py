@@ -200,7 +200,7 @@ TOKENIZER_PRESETS: dict[str, RARTokenizerConfig] = {
 
 SAMPLING_DEFAULTS: dict[str, SamplingDefaults] = {
     # the demo model's, chosen by its yardsticks (README, "The demo model"): the lowest proxy FID of the sweep
-    "demo": SamplingDefaults(temperature=0.9, guidance_scale=2.5, guidance_pow=0.0),
+    "demo": SamplingDefaults(temperature=0.9, guidance_scale=2.0, guidance_pow=0.0),
     "rar_b": SamplingDefaults(temperature=1.0, guidance_scale=16.0, guidance_pow=2.75),
     "rar_l": SamplingDefaults(temperature=1.02, guidance_scale=15.5, guidance_pow=2.5),
     "rar_xl": SamplingDefaults(temperature=1.02, guidance_scale=6.9, guidance_pow=1.5),

@@ -1,5 +1,5 @@
 """A class-conditional image set made on the machine (no download): ten classes of shapes and patterns with random
-colours, sizes, positions, rotations and textured backgrounds, deterministic from a seed.
+colours, sizes, positions, small tilts and textured backgrounds, deterministic from a seed.
 
 Image `index` of class `label` in split `split` depends on (seed, split, label, index) alone, so a split of any size
 holds the same first images, and the held-out split never repeats a training image. Colours, textures and noise
@@ -14,6 +14,9 @@ import numpy as np
 
 CLASSES = ("circle", "square", "triangle", "ring", "cross", "stripes", "checker", "diamond", "dots", "star")
 SPLITS = {"train": 0, "held_out": 1}
+# Shapes stand upright within this tilt: under a full turn the demo generator drew squares, triangles and diamonds
+# as blobs (a triangle and its upside-down self, a square and a diamond, were one class's many looks)
+MAX_TILT = np.radians(20)
 
 
 def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -29,10 +32,11 @@ def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.nd
 
 
 def _frame(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """The shape's own coordinates: centred at a random place, rotated, in units of its random radius."""
-    radius = rng.uniform(0.45, 0.75)
-    cx, cy = rng.uniform(-0.9 + radius, 0.9 - radius, 2)
-    angle = rng.uniform(0, 2 * np.pi)
+    """The shape's own coordinates (v points down the image): centred at a random place, tilted, in units of its
+    random radius."""
+    radius = rng.uniform(0.55, 0.85)
+    cx, cy = rng.uniform(-0.95 + radius, 0.95 - radius, 2)
+    angle = rng.uniform(-1, 1) * MAX_TILT
     u, v = (x - cx) / radius, (y - cy) / radius
     return np.cos(angle) * u + np.sin(angle) * v, -np.sin(angle) * u + np.cos(angle) * v, radius
 
@@ -42,11 +46,11 @@ def _circle(rng, u, v):
 
 
 def _square(rng, u, v):
-    return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    return np.maximum(np.abs(u), np.abs(v)) <= 0.7
 
 
 def _triangle(rng, u, v):
-    return (v >= -0.5) & (v <= 1 - np.sqrt(3) * np.abs(u)) & (np.abs(u) <= 0.9)
+    return (v <= 0.5) & (v >= np.sqrt(3) * np.abs(u) - 1)  # equilateral, apex up, inscribed in the unit disk
 
 
 def _ring(rng, u, v):
@@ -71,7 +75,7 @@ def _checker(rng, u, v):
 
 
 def _diamond(rng, u, v):
-    return np.abs(u) + np.abs(v) / 0.5 <= 1  # diagonals 2 : 1, so that no rotation makes it a square
+    return np.abs(u) / 0.6 + np.abs(v) <= 1  # standing on a point, diagonals 1 : 0.6, so never a tilted square
 
 
 def _dots(rng, u, v):
@@ -82,7 +86,7 @@ def _dots(rng, u, v):
 
 def _star(rng, u, v):
     points = 5
-    r, theta = np.sqrt(u**2 + v**2), np.arctan2(v, u)
+    r, theta = np.sqrt(u**2 + v**2), np.arctan2(v, u) + np.pi / 2  # a spike straight up
     edge = 0.45 + 0.55 * np.abs(np.cos(points * theta / 2)) ** 3  # five spikes of radius 1, valleys at 0.45
     return r <= edge
 

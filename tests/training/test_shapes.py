@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rar_deploy.training.shapes import CLASSES, make_image, make_split
+from rar_deploy.training.shapes import CLASSES, MAX_TILT, SHAPES, _frame, make_image, make_split
 
 
 def test_an_image_depends_on_its_seed_split_class_and_index_alone():
@@ -36,3 +36,23 @@ def test_colours_and_textures_vary():
     assert -(p * np.log2(p)).sum() > 7.5
     assert min(len(np.unique(image.reshape(-1), return_counts=False)) for image in codes.reshape(len(images), -1)) >= 8
     assert len({image.tobytes() for image in images}) == len(images)
+
+
+def test_shapes_stand_upright():
+    """Every shape's frame is tilted at most MAX_TILT (and the tilts vary); on an untilted frame (v down the image)
+    a triangle points up, a diamond stands on a point and a star has a spike straight up."""
+    axis = (np.arange(64) + 0.5) / 64 * 2 - 1
+    x, y = np.meshgrid(axis, axis)
+    tilts = []
+    for index in range(200):
+        u, _, _ = _frame(np.random.default_rng([0, 0, 2, index]), x, y)
+        tilts.append(abs(np.arctan2(u[1, 0] - u[0, 0], u[0, 1] - u[0, 0])))  # u's gradient against the image's x
+    tilts = np.array(tilts)
+    assert tilts.max() <= MAX_TILT + 1e-9 and tilts.max() > MAX_TILT / 2
+    u, v = np.meshgrid(np.linspace(-1, 1, 201), np.linspace(-1, 1, 201))  # row 0 is the top of the image
+    triangle = SHAPES["triangle"](None, u, v)
+    rows = np.flatnonzero(triangle.any(axis=1))
+    assert triangle[rows[0]].sum() < 5 < triangle[rows[-1]].sum()  # a point on top, the base below
+    diamond, star = SHAPES["diamond"](None, u, v), SHAPES["star"](None, u, v)
+    assert diamond[3, 100] and diamond[197, 100] and not diamond[100, 3] and not diamond[100, 197]
+    assert star[3, 100] and not star[197, 100]

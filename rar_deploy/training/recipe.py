@@ -15,7 +15,7 @@ class DemoRecipe:
     threads: int = 2  # torch's CPU threads: the same count gives the same bytes
     image_size: int = 64
     supersample: int = 2  # images drawn at 128 x 128 and averaged down
-    train_per_class: int = 5000  # 2,000 overfit the generator's 2,700 steps (held-out NLL 3.20, 2.86 here)
+    train_per_class: int = 5000  # third model's data: 2,000 overfit 2,700 generator steps (held-out NLL 3.20, 2.86)
     held_out_per_class: int = 100
     # tokenizer: MSE reconstruction + the VQ codebook and commitment terms; first on crops of the token grid
     # (the network is convolutional: a 32 x 32 crop costs a quarter of an image), then on whole images
@@ -32,7 +32,7 @@ class DemoRecipe:
     # generator: next-token cross-entropy over the raster order, class dropout for guidance
     # bfloat16 autocast (float32 master weights): 1.6x faster generator steps on this CPU (avx512_bf16), measured
     # paired under load; the adaLN modulations computed per class, not per row: 0.34 s a step instead of 0.45,
-    # so 2700 steps in the time 2000 took; 3300 fill the two models' 30 minutes (1173 s, tokenizer 692 s). The
+    # so 2700 steps in the time 2000 took; 3300 bring the two models to about 30 minutes (29-31 in two runs). The
     # rate: held-out NLL after 600 steps 3.65 / 3.43 / 3.33 / 3.29 nats at 1e-3 / 2e-3 / 4e-3 / 8e-3 (a longer run
     # wants a little less than the short one's best)
     generator_steps: int = 3300

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow  # an export of the demo model and 100 images (abo
 # Measured on the shipped weights (fp32 export, ONNX Runtime CPU, 10 images a class, seed 0, the published
 # sampling): 0.95 of the generated images (0.95 with window 8 too; 0.952 on 500 images) and 0.999 of the 1000 real
 # held-out images are labelled right (README, "The demo model"). Bounds: three binomial standard errors below
-# (sqrt(0.95 * 0.05 / 100) = 0.022; 0.95 - 0.065 = 0.885, kept at 0.88), for another machine's rounding; the real
-# images' 0.999 moves only with the classifier's arithmetic, bound 0.95; chance is 0.1.
+# (sqrt(0.95 * 0.05 / 100) = 0.022; 0.95 - 0.065 = 0.885, rounded down to 0.88), for another machine's rounding;
+# the real images' 0.999 moves only with the classifier's arithmetic, bound 0.95; chance is 0.1.
 MIN_GENERATED_ACCURACY, MIN_REAL_ACCURACY = 0.88, 0.95
 
 
